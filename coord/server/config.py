@@ -1,0 +1,180 @@
+"""Server configuration: a TOML file, validated up front.
+
+A bad configuration stops the server before it touches its data directory,
+with a message that names the offending field (``raft.tick_ms: must be an
+integer >= 1``), because a half-started server is harder to diagnose than
+one that refuses to start.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the field."""
+
+
+Addr = tuple[str, int]
+
+
+def parse_addr(value: Any, name: str) -> Addr:
+    if not isinstance(value, str) or ":" not in value:
+        raise ConfigError(f"{name}: expected \"host:port\", got {value!r}")
+    host, _, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not host:
+        raise ConfigError(f"{name}: missing host in {value!r}")
+    try:
+        p = int(port)
+    except ValueError:
+        raise ConfigError(f"{name}: port must be a number in {value!r}") from None
+    if not 0 <= p <= 65535:
+        raise ConfigError(f"{name}: port {p} out of range")
+    return host, p
+
+
+def format_addr(a: Addr) -> str:
+    return f"[{a[0]}]:{a[1]}" if ":" in a[0] else f"{a[0]}:{a[1]}"
+
+
+@dataclass(slots=True, frozen=True)
+class MemberAddrs:
+    peer: Addr
+    client: Addr | None = None
+
+    def to_wire(self) -> dict:
+        d = {"peer": format_addr(self.peer)}
+        if self.client:
+            d["client"] = format_addr(self.client)
+        return d
+
+    @classmethod
+    def from_wire(cls, d: Any) -> "MemberAddrs":
+        if isinstance(d, dict):
+            c = d.get("client")
+            return cls(parse_addr(d.get("peer"), "peer"), parse_addr(c, "client") if c else None)
+        return cls(parse_addr(d, "peer"))
+
+
+@dataclass(slots=True, frozen=True)
+class ServerConfig:
+    server_id: int
+    cluster_id: str
+    data_dir: str
+    peer_address: Addr
+    client_address: Addr
+    members: dict[int, MemberAddrs] = field(default_factory=dict)  # initial members (empty when joining)
+    join: bool = False
+    tick_ms: int = 50
+    election_ticks: int = 10
+    heartbeat_ticks: int = 2
+    snapshot_entries: int = 10_000
+    max_data_bytes: int = 1 << 20
+    fsync: bool = True
+
+
+def _get(d: dict, key: str, name: str, kind: type, default: Any = ..., minimum: int | None = None) -> Any:
+    if key not in d:
+        if default is ...:
+            raise ConfigError(f"{name}: required")
+        return default
+    v = d[key]
+    if kind is int and (not isinstance(v, int) or isinstance(v, bool)):
+        raise ConfigError(f"{name}: must be an integer, got {v!r}")
+    if kind is str and not isinstance(v, str):
+        raise ConfigError(f"{name}: must be a string, got {v!r}")
+    if kind is bool and not isinstance(v, bool):
+        raise ConfigError(f"{name}: must be true or false, got {v!r}")
+    if minimum is not None and v < minimum:
+        raise ConfigError(f"{name}: must be >= {minimum}, got {v}")
+    return v
+
+
+def _table(doc: dict, key: str) -> dict:
+    v = doc.get(key, {})
+    if not isinstance(v, dict):
+        raise ConfigError(f"{key}: must be a table")
+    return v
+
+
+def parse_config(doc: dict, *, base_dir: str = ".") -> ServerConfig:
+    known = {"server", "cluster", "raft", "limits"}
+    for k in doc:
+        if k not in known:
+            raise ConfigError(f"{k}: unknown section (expected one of {sorted(known)})")
+    srv, cl, raft, lim = (_table(doc, k) for k in ("server", "cluster", "raft", "limits"))
+    sid = _get(srv, "id", "server.id", int, minimum=1)
+    cluster_id = _get(srv, "cluster_id", "server.cluster_id", str)
+    if not cluster_id:
+        raise ConfigError("server.cluster_id: must not be empty")
+    data_dir = _get(srv, "data_dir", "server.data_dir", str)
+    data_dir = os.path.normpath(os.path.join(base_dir, os.path.expanduser(data_dir)))
+    peer = parse_addr(_get(srv, "peer_address", "server.peer_address", str), "server.peer_address")
+    client = parse_addr(_get(srv, "client_address", "server.client_address", str), "server.client_address")
+    fsync = _get(srv, "fsync", "server.fsync", bool, True)
+
+    join = _get(cl, "join", "cluster.join", bool, False)
+    raw_members = cl.get("members", {})
+    if not isinstance(raw_members, dict):
+        raise ConfigError("cluster.members: must be a table of id = \"host:port\" or {peer=..., client=...}")
+    members: dict[int, MemberAddrs] = {}
+    for k, v in raw_members.items():
+        name = f"cluster.members.{k}"
+        try:
+            mid = int(k)
+        except ValueError:
+            raise ConfigError(f"{name}: member ids must be integers") from None
+        if mid < 1:
+            raise ConfigError(f"{name}: member ids start at 1")
+        if isinstance(v, dict):
+            c = v.get("client")
+            members[mid] = MemberAddrs(parse_addr(v.get("peer"), f"{name}.peer"),
+                                       parse_addr(c, f"{name}.client") if c is not None else None)
+        else:
+            members[mid] = MemberAddrs(parse_addr(v, name))
+    if join and members:
+        raise ConfigError("cluster.members: must be empty when cluster.join = true (the leader adds this server)")
+    if not join:
+        if not members:
+            raise ConfigError("cluster.members: required unless cluster.join = true")
+        if sid not in members:
+            raise ConfigError(f"cluster.members: does not contain this server's id {sid}")
+        if members[sid].peer != peer:
+            raise ConfigError(
+                f"cluster.members.{sid}: peer address {format_addr(members[sid].peer)} differs from "
+                f"server.peer_address {format_addr(peer)}"
+            )
+
+    tick_ms = _get(raft, "tick_ms", "raft.tick_ms", int, 50, minimum=1)
+    election_ticks = _get(raft, "election_ticks", "raft.election_ticks", int, 10, minimum=2)
+    heartbeat_ticks = _get(raft, "heartbeat_ticks", "raft.heartbeat_ticks", int, 2, minimum=1)
+    if heartbeat_ticks >= election_ticks:
+        raise ConfigError("raft.heartbeat_ticks: must be smaller than raft.election_ticks")
+    snapshot_entries = _get(raft, "snapshot_entries", "raft.snapshot_entries", int, 10_000, minimum=1)
+    max_data = _get(lim, "max_data_bytes", "limits.max_data_bytes", int, 1 << 20, minimum=0)
+    if max_data > 16 << 20:
+        raise ConfigError("limits.max_data_bytes: at most 16 MiB")
+
+    if not join:
+        members = {**members, sid: MemberAddrs(peer, client)} if members[sid].client is None else members
+    return ServerConfig(
+        server_id=sid, cluster_id=cluster_id, data_dir=data_dir, peer_address=peer,
+        client_address=client, members=members, join=join, tick_ms=tick_ms,
+        election_ticks=election_ticks, heartbeat_ticks=heartbeat_ticks,
+        snapshot_entries=snapshot_entries, max_data_bytes=max_data, fsync=fsync,
+    )
+
+
+def load_config(path: str) -> ServerConfig:
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return parse_config(doc, base_dir=os.path.dirname(os.path.abspath(path)))

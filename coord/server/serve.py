@@ -1,0 +1,106 @@
+"""One coord server process: storage + Raft driver + peer transport.
+
+``run_server`` recovers the data directory, starts the peer transport and
+the Raft driver, and keeps the transport's peer list in step with the
+configuration in the log (a configuration entry carries every member's
+addresses, so a membership change tells each server whom to connect to).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import trio
+
+from coord.raft.config import RaftConfig
+from coord.raft.types import Membership
+from coord.server.config import MemberAddrs, ServerConfig
+from coord.server.raftnode import NodeOptions, RaftNode, StateMachine
+from coord.storage.disk import DiskStorage
+from coord.transport.peer import PeerTransport
+
+log = logging.getLogger("coord.server")
+
+
+def bootstrap_membership(cfg: ServerConfig) -> Membership | None:
+    if cfg.join:
+        return None
+    return Membership(
+        voters=frozenset(cfg.members),
+        addrs={mid: a.to_wire() for mid, a in cfg.members.items()},
+    )
+
+
+def peer_addrs(m: Membership) -> dict[int, tuple[str, int]]:
+    out = {}
+    for mid in m.members():
+        raw = m.addrs.get(mid)
+        if raw is not None:
+            try:
+                out[mid] = MemberAddrs.from_wire(raw).peer
+            except ValueError:
+                log.error("configuration has a bad address for server %d: %r", mid, raw)
+    return out
+
+
+class Server:
+    """The parts of a running server, for the service layer to use."""
+
+    def __init__(self, cfg: ServerConfig, state_machine: StateMachine):
+        self.cfg = cfg
+        self.storage = DiskStorage(cfg.data_dir, fsync=cfg.fsync)
+        rec = self.storage.open()
+        self.transport: PeerTransport | None = None
+        self.node = RaftNode(
+            cfg.server_id,
+            store=self.storage,
+            recovered_hard_state=rec.hard_state,
+            recovered_snapshot=rec.snapshot,
+            recovered_entries=rec.entries,
+            bootstrap=bootstrap_membership(cfg),
+            state_machine=state_machine,
+            send=self._send,
+            raft_config=RaftConfig(election_ticks=cfg.election_ticks, heartbeat_ticks=cfg.heartbeat_ticks),
+            options=NodeOptions(tick_seconds=cfg.tick_ms / 1000, snapshot_entries=cfg.snapshot_entries),
+            on_membership=self._on_membership,
+        )
+        self.transport = PeerTransport(
+            cfg.server_id, cfg.cluster_id, cfg.peer_address,
+            peer_addrs(self.node.core.membership), self.node.deliver,
+        )
+
+    def _send(self, msg) -> None:
+        if self.transport is not None:
+            self.transport.send(msg)
+
+    def _on_membership(self, m: Membership) -> None:
+        if self.transport is not None:
+            self.transport.update_peers(peer_addrs(m))
+        log.info("server %d: configuration voters=%s outgoing=%s learners=%s", self.cfg.server_id,
+                 sorted(m.voters), sorted(m.outgoing), sorted(m.learners))
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED,
+                  extra: Callable[[trio.Nursery], None] | None = None) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.transport.run)
+                await nursery.start(self.node.run)
+                nursery.start_soon(self._watch_leader)
+                if extra is not None:
+                    extra(nursery)
+                task_status.started()
+        finally:
+            self.storage.close()
+
+    async def _watch_leader(self) -> None:
+        """Log leadership changes: the first thing an operator looks for."""
+        seen = (-1, -1)
+        while True:
+            core = self.node.core
+            now = (core.term, core.leader_id)
+            if now != seen and core.leader_id:
+                log.info("server %d: term %d leader is %d%s", self.cfg.server_id, core.term, core.leader_id,
+                         " (me)" if core.leader_id == self.cfg.server_id else "")
+                seen = now
+            await trio.sleep(self.cfg.tick_ms / 1000)

@@ -1,0 +1,154 @@
+"""DiskStorage: the durable state of one Raft server, behind one facade.
+
+Layout of the directory::
+
+    LOCK                      flock'd while open: one server per directory
+    hardstate                 term, vote (and a commit lower bound), atomic
+    snap/snap-<i>-<t>.snap    newest two snapshots
+    wal/wal-<first>.log       log segments (entries and commit records)
+
+The Trio driver calls these blocking methods from a worker thread, one
+at a time.  ``save`` persists one Ready and returns only once it is durable.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from coord.raft.types import Entry, HardState, Snapshot
+from coord.storage.errors import InconsistentStateError, StorageClosedError, StorageError, StorageLockedError
+from coord.storage.fileio import FileIO
+from coord.storage.hardstate import HardStateFile
+from coord.storage.snapshots import SnapshotStore
+from coord.storage.wal import DEFAULT_SEGMENT_BYTES, WAL
+
+__all__ = ["DiskStorage", "Recovered"]
+
+
+@dataclass(slots=True)
+class Recovered:
+    """What open() found: the arguments RaftCore needs after a restart."""
+
+    hard_state: HardState
+    snapshot: Snapshot | None
+    entries: list[Entry]  # contiguous, starting at (snapshot index or 0) + 1
+
+
+class DiskStorage:
+    """Durable storage of one server.
+
+    ``fsync=False`` skips every fsync and is for unit tests only: a
+    production server running with it can lose acknowledged writes and
+    votes on power loss, which breaks Raft's safety.
+    """
+
+    def __init__(self, dirpath: str | os.PathLike, *, segment_bytes: int = DEFAULT_SEGMENT_BYTES, fsync: bool = True):
+        self.dir = os.fspath(dirpath)
+        self._io = FileIO(fsync)
+        self._wal = WAL(os.path.join(self.dir, "wal"), segment_bytes, self._io)
+        self._hsfile = HardStateFile(os.path.join(self.dir, "hardstate"), self._io)
+        self._snaps = SnapshotStore(os.path.join(self.dir, "snap"), self._io)
+        self._lock_fd: int | None = None
+        self._saved = HardState()  # last hard state written to the hardstate file
+        self._snapshot_index = 0  # index of the newest durable snapshot
+
+    @property
+    def fsync_count(self) -> int:
+        """fsyncs done so far (files and directories), for benchmarks."""
+        return self._io.fsync_count
+
+    def open(self) -> Recovered:
+        """Lock the directory and recover everything in it."""
+        if self._lock_fd is not None:
+            raise StorageError(f"{self.dir}: already open")
+        os.makedirs(self.dir, exist_ok=True)
+        self._lock()
+        try:
+            return self._recover()
+        except BaseException:
+            self.close()
+            raise
+
+    def _lock(self) -> None:
+        path = os.path.join(self.dir, "LOCK")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            # flock, unlike POSIX record locks, also excludes a second open
+            # in the same process (locks belong to the open file description).
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StorageLockedError(f"{path} is held: another server is using {self.dir}") from None
+        self._lock_fd = fd
+
+    def _recover(self) -> Recovered:
+        snapshot = self._snaps.load_latest()
+        snap_index, snap_term = (snapshot.meta.index, snapshot.meta.term) if snapshot else (0, 0)
+        hs = self._hsfile.load()
+        entries, wal_commit = self._wal.load(snap_index, snap_term)
+        # The term is saved before entries or a snapshot of that term (see
+        # save), so a newer term in the log means the term/vote file was
+        # lost or replaced: continuing could mean voting twice.
+        newest_term = entries[-1].term if entries else snap_term
+        if newest_term > hs.term:
+            raise InconsistentStateError(
+                f"{self.dir}: saved term {hs.term} is older than term {newest_term} found in the log/snapshot; "
+                "the hardstate file was lost or replaced"
+            )
+        last = entries[-1].index if entries else snap_index
+        commit = min(max(hs.commit, wal_commit, snap_index), last)
+        self._saved = hs
+        self._wal.commit = commit  # lets the WAL refuse to overwrite committed entries
+        self._snapshot_index = snap_index
+        return Recovered(HardState(hs.term, hs.vote, commit), snapshot, entries)
+
+    def save(self, hard_state: HardState | None, entries: Sequence[Entry], snapshot: Snapshot | None) -> None:
+        """Persist one Ready; durable when this returns.
+
+        Order, chosen so that every crash point leaves a consistent state:
+        term/vote first (a term ahead of the log is normal; a log ahead of
+        the term is not), then the snapshot (a complete file, and the log
+        is reset if it does not continue from it), then entries and the
+        commit index into the WAL, made durable by one fsync for the batch.
+        """
+        self._check_open()
+        if hard_state is not None and (hard_state.term, hard_state.vote) != (self._saved.term, self._saved.vote):
+            self._hsfile.save(hard_state)  # two extra fsyncs, only on term/vote changes
+            self._saved = hard_state
+        if snapshot is not None:
+            self.save_snapshot(snapshot)
+            self._wal.install_snapshot(snapshot.meta.index, snapshot.meta.term)
+        self._wal.append(entries)
+        if hard_state is not None:
+            self._wal.append_commit(hard_state.commit)  # no-op unless it grew
+        self._wal.sync()
+
+    def save_snapshot(self, snapshot: Snapshot) -> None:
+        """Durably store a snapshot (of this server's own state machine, or
+        an installed one via save()); follow with compact() to free the log."""
+        self._check_open()
+        self._snaps.save(snapshot)
+        self._snapshot_index = max(self._snapshot_index, snapshot.meta.index)
+
+    def compact(self, index: int) -> None:
+        """Delete WAL segments holding only entries <= index.  index must be
+        covered by a durable snapshot, or committed entries would be lost."""
+        self._check_open()
+        if index > self._snapshot_index:
+            raise StorageError(f"cannot compact through index {index}: the newest snapshot ends at {self._snapshot_index}")
+        self._wal.compact(index)
+
+    def close(self) -> None:
+        """Release files and the lock.  Idempotent."""
+        self._wal.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _check_open(self) -> None:
+        if self._lock_fd is None:
+            raise StorageClosedError(f"{self.dir}: storage is not open")
+        self._io.check()

@@ -1,0 +1,415 @@
+"""Raft messages between servers over TCP.
+
+Every server keeps one outbound connection per peer and accepts one inbound
+connection from each; a connection carries messages in one direction only,
+so the two halves of a pair never wait on each other.  Raft tolerates lost,
+duplicated and reordered messages, which is what keeps this simple: sending
+never blocks (a full queue drops the message), a broken connection loses at
+most the batch being written, and reconnection just resumes from the queue.
+
+Outbound, per peer: connect (jittered exponential backoff between
+attempts), send a handshake ``{"cluster", "from", "to"}``, then repeatedly
+take everything queued and write it as one ``send_all``.  A task also reads
+from the socket, only to notice at once when the peer closes it (instead of
+on the next write, whose data would be lost).
+
+Inbound: check the handshake (cluster id, addressee, sender id), then
+decode frames and hand each message to ``on_message``.  A malformed frame or
+message closes that connection only; other peers are unaffected.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import deque
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Mapping
+
+import trio
+from coordclient.wire import FrameError, FramedStream, encode_frame
+
+from coord.raft.types import Message
+from coord.transport.codec import message_from_wire, message_to_wire
+
+__all__ = ["PEER_MAX_FRAME", "PeerStats", "PeerTransport"]
+
+log = logging.getLogger("coord.transport")
+
+PEER_MAX_FRAME = 32 << 20
+Addr = tuple[str, int]
+
+_NET_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+@dataclass(slots=True)
+class PeerStats:
+    """Counters for one peer (monotonic; read them for metrics)."""
+
+    sent: int = 0  # messages written to the peer's socket
+    dropped: int = 0  # outbound messages lost: queue full, unencodable, or in a failed write
+    received: int = 0  # inbound messages handed to on_message
+    rejected: int = 0  # inbound messages whose sender differs from the handshake's
+    connects: int = 0  # outbound connections established (handshake written)
+
+
+class _Outbound:
+    """One peer's queue and sender-task state."""
+
+    __slots__ = ("peer_id", "addr", "queue", "wakeup", "task_scope", "conn_scope", "stats", "connected")
+
+    def __init__(self, peer_id: int, addr: Addr, stats: PeerStats):
+        self.peer_id = peer_id
+        self.addr = addr
+        self.queue: deque[Message] = deque()
+        self.wakeup = trio.Event()
+        self.task_scope: trio.CancelScope | None = None  # the sender's; cancelled when the peer is removed
+        self.conn_scope = trio.CancelScope()  # cancelled to reconnect (address change)
+        self.stats = stats
+        self.connected = False
+
+
+def _addr(a: Any) -> Addr:
+    host, port = a
+    return (str(host), int(port))
+
+
+class PeerTransport:
+    """Carries ``Message``s between the servers of one cluster.
+
+    ``peers`` maps the other servers' ids to their (host, port); an entry
+    for ``node_id`` itself is ignored, so a full membership map can be
+    passed.  ``on_message`` is called synchronously from the receiving task
+    for every valid message; it must not block, and an exception from it is
+    a bug that propagates out of ``run()``.  ``send`` and ``update_peers``
+    must be called from the Trio thread.
+    """
+
+    def __init__(
+        self,
+        node_id: int,
+        cluster_id: str,
+        listen: Addr,
+        peers: Mapping[int, Addr],
+        on_message: Callable[[Message], None],
+        *,
+        max_frame: int = PEER_MAX_FRAME,
+        queue_limit: int = 4096,
+        connect_timeout: float = 2.0,
+        handshake_timeout: float = 5.0,
+        backoff_min: float = 0.05,
+        backoff_max: float = 2.0,
+        batch_bytes: int = 4 << 20,
+        accept_unknown: bool = True,
+    ):
+        self.node_id = node_id
+        self.cluster_id = cluster_id
+        self.listen = listen
+        self.on_message = on_message
+        self.max_frame = max_frame
+        self.queue_limit = queue_limit
+        self.connect_timeout = connect_timeout
+        self.handshake_timeout = handshake_timeout
+        self.backoff_min = backoff_min
+        self.backoff_max = backoff_max
+        self.batch_bytes = batch_bytes
+        self.accept_unknown = accept_unknown
+        self.port: int | None = None  # bound port, once run() has started
+        self.peer_stats: dict[int, PeerStats] = {}
+        self.dropped_unknown = 0  # messages to ids that are not peers
+        self._out: dict[int, _Outbound] = {}
+        self._inbound: dict[int, trio.CancelScope] = {}
+        self._nursery: trio.Nursery | None = None
+        self._rng = random.Random()
+        self.update_peers(peers)
+
+    # ------------------------------------------------------------------ API
+
+    async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen and keep the outbound connections up until cancelled.
+
+        Reports the bound port through ``task_status.started`` (so ``listen``
+        may use port 0).  With an empty host every interface is used; with
+        port 0 each listener may then get its own port and the first one is
+        reported, so tests pass an explicit host.
+        """
+        host, port = self.listen
+        listeners = await trio.open_tcp_listeners(port, host=host or None)
+        self.port = listeners[0].socket.getsockname()[1]
+        log.info("node %d listening for peers on %s", self.node_id, [lst.socket.getsockname() for lst in listeners])
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(trio.serve_listeners, self._serve, listeners)
+                for out in self._out.values():
+                    nursery.start_soon(self._sender, out)
+                task_status.started(self.port)
+        finally:
+            self._nursery = None
+
+    def send(self, msg: Message) -> None:
+        """Queue ``msg`` for ``msg.to``; never blocks.  Dropped (and counted)
+        when that peer's queue is full or ``msg.to`` is not a peer."""
+        out = self._out.get(msg.to)
+        if out is None:
+            self.dropped_unknown += 1
+            return
+        q = out.queue
+        if len(q) >= self.queue_limit:
+            out.stats.dropped += 1
+            return
+        q.append(msg)
+        out.wakeup.set()
+
+    def update_peers(self, peers: Mapping[int, Any]) -> None:
+        """Make ``peers`` the peer set: start senders for new ids, stop those
+        of removed ids (their queues are discarded), reconnect where an
+        address changed."""
+        wanted = {int(pid): _addr(a) for pid, a in peers.items() if int(pid) != self.node_id}
+        for pid in [pid for pid in self._out if pid not in wanted]:
+            scope = self._out.pop(pid).task_scope
+            if scope is not None:
+                scope.cancel()
+            if not self.accept_unknown and pid in self._inbound:
+                self._inbound[pid].cancel()
+            log.info("node %d: peer %d removed", self.node_id, pid)
+        for pid, addr in wanted.items():
+            out = self._out.get(pid)
+            if out is None:
+                out = self._out[pid] = _Outbound(pid, addr, self._stats_for(pid))
+                if self._nursery is not None:
+                    self._nursery.start_soon(self._sender, out)
+            elif out.addr != addr:
+                log.info("node %d: peer %d moved from %s to %s", self.node_id, pid, out.addr, addr)
+                out.addr = addr
+                out.conn_scope.cancel()
+
+    @property
+    def peers(self) -> dict[int, Addr]:
+        return {pid: out.addr for pid, out in self._out.items()}
+
+    def snapshot(self) -> dict[str, Any]:
+        """All counters as plain data, for metrics and status pages."""
+        peers = {}
+        for pid, st in self.peer_stats.items():
+            out = self._out.get(pid)
+            peers[pid] = {
+                **asdict(st),
+                "queued": len(out.queue) if out else 0,
+                "connected": bool(out and out.connected),
+                "inbound": pid in self._inbound,
+            }
+        return {"peers": peers, "dropped_unknown": self.dropped_unknown}
+
+    # ------------------------------------------------------------- outbound
+
+    def _stats_for(self, pid: int) -> PeerStats:
+        st = self.peer_stats.get(pid)
+        if st is None:
+            st = self.peer_stats[pid] = PeerStats()
+        return st
+
+    async def _sender(self, out: _Outbound) -> None:
+        if self._out.get(out.peer_id) is not out:
+            return  # removed (or replaced) before this task got to run
+        backoff = self.backoff_min
+        quiet = False  # this streak of failures has been logged already
+        with trio.CancelScope() as out.task_scope:
+            while True:
+                with trio.CancelScope() as out.conn_scope:
+                    started = trio.current_time()
+                    reason = await self._connection(out)
+                    if trio.current_time() - started >= self.backoff_max:
+                        # A connection that worked for a while: the next
+                        # failure is news, and retrying fast is right.
+                        backoff, quiet = self.backoff_min, False
+                    log.log(
+                        logging.DEBUG if quiet else logging.INFO,
+                        "node %d -> peer %d at %s:%s: %s; retrying",
+                        self.node_id,
+                        out.peer_id,
+                        *out.addr,
+                        reason,
+                    )
+                    quiet = True
+                    await trio.sleep(backoff * (0.5 + self._rng.random()))
+                    backoff = min(backoff * 2, self.backoff_max)
+                if out.conn_scope.cancelled_caught:  # the address changed: reconnect now
+                    backoff, quiet = self.backoff_min, False
+
+    async def _connection(self, out: _Outbound) -> str:
+        """Run one outbound connection until it fails; return why it ended."""
+        host, port = out.addr
+        try:
+            with trio.fail_after(self.connect_timeout):
+                stream = await trio.open_tcp_stream(host, port)
+        except trio.TooSlowError:
+            return "connect timed out"
+        except OSError as exc:
+            return f"connect failed: {exc}"
+        reason = "connection closed"
+        async with stream:
+            hello = {"cluster": self.cluster_id, "from": self.node_id, "to": out.peer_id,
+                     "port": self.port or self.listen[1]}
+            try:
+                await stream.send_all(encode_frame(hello, self.max_frame))
+            except _NET_ERRORS as exc:
+                return f"handshake failed: {exc!r}"
+            out.connected = True
+            out.stats.connects += 1
+            log.debug("node %d -> peer %d at %s:%s: connected", self.node_id, out.peer_id, host, port)
+            try:
+                async with trio.open_nursery() as nursery:
+
+                    async def watch_close() -> None:
+                        # The peer never writes on this connection: any read
+                        # result means it is gone (or misbehaving).
+                        nonlocal reason
+                        try:
+                            data = await stream.receive_some(4096)
+                            reason = "peer closed the connection" if not data else "peer sent unexpected data"
+                        except _NET_ERRORS as exc:
+                            reason = f"read failed: {exc!r}"
+                        nursery.cancel_scope.cancel()
+
+                    nursery.start_soon(watch_close)
+                    reason = await self._pump(out, stream)
+                    nursery.cancel_scope.cancel()
+            finally:
+                out.connected = False
+        return reason
+
+    async def _pump(self, out: _Outbound, stream: trio.SocketStream) -> str:
+        """Write queued messages in batches until a write fails."""
+        q = out.queue
+        stats = out.stats
+        while True:
+            while not q:
+                out.wakeup = trio.Event()
+                await out.wakeup.wait()
+            chunks: list[bytes] = []
+            size = 0
+            while q and size < self.batch_bytes:
+                msg = q.popleft()
+                try:
+                    frame = encode_frame(message_to_wire(msg), self.max_frame)
+                except Exception:  # a bad message from our own core: log it, keep the link
+                    stats.dropped += 1
+                    log.exception("node %d: dropping unencodable message to peer %d", self.node_id, out.peer_id)
+                    continue
+                chunks.append(frame)
+                size += len(frame)
+            if not chunks:
+                continue
+            try:
+                await stream.send_all(b"".join(chunks))
+            except _NET_ERRORS as exc:
+                stats.dropped += len(chunks)
+                return f"write failed: {exc!r}"
+            stats.sent += len(chunks)
+
+    # -------------------------------------------------------------- inbound
+
+    async def _serve(self, stream: trio.SocketStream) -> None:
+        try:
+            remote = "%s:%s" % stream.socket.getpeername()[:2]
+        except OSError:
+            remote = "?"
+        async with stream:
+            framed = FramedStream(stream, self.max_frame)
+            hello: Any = None
+            with trio.move_on_after(self.handshake_timeout) as timeout:
+                try:
+                    hello = await framed.receive()
+                except trio.EndOfChannel:
+                    log.info("node %d: connection from %s closed before its handshake", self.node_id, remote)
+                    return
+                except (FrameError, *_NET_ERRORS) as exc:
+                    log.warning("node %d: refused connection from %s: bad handshake: %s", self.node_id, remote, exc)
+                    return
+            if timeout.cancelled_caught:
+                log.warning(
+                    "node %d: refused connection from %s: no handshake within %ss",
+                    self.node_id,
+                    remote,
+                    self.handshake_timeout,
+                )
+                return
+            peer_id, refusal = self._check_hello(hello)
+            if refusal:
+                log.warning("node %d: refused connection from %s: %s", self.node_id, remote, refusal)
+                return
+            self._learn_return_path(peer_id, hello, stream)
+            old = self._inbound.get(peer_id)
+            if old is not None:
+                log.info("node %d: new connection from peer %d replaces the old one", self.node_id, peer_id)
+                old.cancel()
+            scope = self._inbound[peer_id] = trio.CancelScope()
+            try:
+                with scope:
+                    await self._receive_loop(peer_id, framed, remote)
+            finally:
+                if self._inbound.get(peer_id) is scope:
+                    del self._inbound[peer_id]
+
+    def _learn_return_path(self, peer_id: int, hello: dict, stream: trio.SocketStream) -> None:
+        """A server that joins a cluster is contacted by the leader before its
+        log tells it where anybody is.  The handshake names the port the
+        sender listens on, so the joiner can answer (at the address the
+        connection came from).  Membership updates later replace this."""
+        port = hello.get("port")
+        if peer_id in self._out or type(port) is not int or not 0 < port < 65536:
+            return
+        try:
+            host = stream.socket.getpeername()[0]
+        except OSError:
+            return
+        log.info("node %d: learned return address of peer %d: %s:%d", self.node_id, peer_id, host, port)
+        out = self._out[peer_id] = _Outbound(peer_id, (host, port), self._stats_for(peer_id))
+        if self._nursery is not None:
+            self._nursery.start_soon(self._sender, out)
+
+    def _check_hello(self, hello: Any) -> tuple[int, str]:
+        """Return (peer id, "") for an acceptable handshake, else (0, reason)."""
+        if type(hello) is not dict:
+            return 0, "handshake is not a map"
+        cluster = hello.get("cluster")
+        if type(cluster) is not str or cluster != self.cluster_id:
+            shown = repr(cluster[:100]) if type(cluster) is str else type(cluster).__name__
+            return 0, f"cluster id {shown} is not ours ({self.cluster_id!r})"
+        to = hello.get("to")
+        if type(to) is not int or to != self.node_id:
+            return 0, f"handshake is addressed to node {to if type(to) is int else '?'}, this is node {self.node_id}"
+        frm = hello.get("from")
+        if type(frm) is not int or not 0 < frm < 1 << 63 or frm == self.node_id:
+            return 0, "handshake has an invalid sender id"
+        if frm not in self._out and not self.accept_unknown:
+            return 0, f"node {frm} is not a known peer"
+        return frm, ""
+
+    async def _receive_loop(self, peer_id: int, framed: FramedStream, remote: str) -> None:
+        stats = self._stats_for(peer_id)
+        deliver = self.on_message
+        while True:
+            try:
+                msg = message_from_wire(await framed.receive())
+            except trio.EndOfChannel:
+                log.debug("node %d: peer %d (%s) closed its connection", self.node_id, peer_id, remote)
+                return
+            except ValueError as exc:  # FrameError is a ValueError too
+                log.warning(
+                    "node %d: closing connection from peer %d (%s): malformed input: %s",
+                    self.node_id,
+                    peer_id,
+                    remote,
+                    exc,
+                )
+                return
+            except _NET_ERRORS as exc:
+                log.info("node %d: connection from peer %d (%s) failed: %r", self.node_id, peer_id, remote, exc)
+                return
+            if msg.frm != peer_id:
+                stats.rejected += 1
+                continue
+            stats.received += 1
+            deliver(msg)

@@ -1,0 +1,144 @@
+"""The simulated application: a hash chain over applied entries, and a fake disk.
+
+The state machine does no real work; its whole state is (applied index, hash
+of everything applied).  That is enough to detect any divergence between
+servers, and small enough that a snapshot is a few bytes (padded on purpose
+so that InstallSnapshot needs several chunks when the chunk size is small).
+"""
+
+from __future__ import annotations
+
+import struct
+
+import cbor2
+
+from coord.raft.types import Entry, EntryKind, HardState, Membership, Ready, Snapshot, SnapshotMeta
+
+from .checkers import GENESIS, LogView, chain_hash
+
+_SNAP = struct.Struct(">4sQ16s")
+_MAGIC = b"SIMS"
+
+
+def encode_snapshot(index: int, state_hash: bytes, pad: int = 0) -> bytes:
+    """Snapshot payload: magic, applied index, hash, then ``pad`` filler bytes."""
+    return _SNAP.pack(_MAGIC, index, state_hash) + bytes((index + k) & 0xFF for k in range(pad))
+
+
+def decode_snapshot(data: bytes) -> tuple[int, bytes]:
+    """(applied index, hash) of a snapshot payload; ValueError if it is not one."""
+    if len(data) < _SNAP.size:
+        raise ValueError(f"snapshot payload too short ({len(data)} bytes)")
+    magic, index, h = _SNAP.unpack_from(data)
+    if magic != _MAGIC:
+        raise ValueError("snapshot payload has a bad magic")
+    return index, h
+
+
+def decode_membership(data: bytes) -> Membership | None:
+    """A CONFIG entry's payload (CBOR of ``Membership.to_wire()``), or None if unreadable."""
+    try:
+        return Membership.from_wire(cbor2.loads(data))
+    except Exception:
+        return None
+
+
+def same_membership(a: Membership, b: Membership) -> bool:
+    return a.voters == b.voters and a.outgoing == b.outgoing and a.learners == b.learners
+
+
+class HashChainSM:
+    """State machine of one node: applied index, term of that entry, hash,
+    and the configuration in effect at the applied index (decoded from the
+    applied CONFIG entries, so the driver can cross-check the core's
+    snapshot metadata)."""
+
+    __slots__ = ("applied", "term", "hash", "membership")
+
+    def __init__(self, membership: Membership | None = None):
+        self.applied = 0
+        self.term = 0
+        self.hash = GENESIS
+        self.membership = membership
+
+    def apply(self, e: Entry) -> None:
+        self.hash = chain_hash(self.hash, e.index, e.term, e.kind, e.data)
+        self.applied = e.index
+        self.term = e.term
+        if e.kind == EntryKind.CONFIG:
+            m = decode_membership(e.data)
+            if m is not None:
+                self.membership = m
+
+    def snapshot_data(self, pad: int) -> bytes:
+        return encode_snapshot(self.applied, self.hash, pad)
+
+    def restore(self, snap: Snapshot) -> None:
+        index, h = decode_snapshot(snap.data)
+        if index != snap.meta.index:
+            raise ValueError(f"snapshot payload is at index {index}, its metadata says {snap.meta.index}")
+        self.applied = index
+        self.term = snap.meta.term
+        self.hash = h
+        self.membership = snap.meta.membership
+
+
+class FakeDisk:
+    """What survives a crash: hard state, latest snapshot, log.
+
+    ``write`` is the synced path (a whole Ready's persistence, in the order
+    the Ready docstring prescribes).  ``write_ops`` replays a prefix of
+    not-yet-synced writes, modelling data that reached the platter without
+    an fsync before the crash.
+    """
+
+    def __init__(self) -> None:
+        self.hard_state = HardState()
+        self.snapshot: Snapshot | None = None
+        self.log = LogView()
+
+    @property
+    def snapshot_index(self) -> int:
+        return self.snapshot.meta.index if self.snapshot is not None else 0
+
+    def write(self, rd: Ready) -> None:
+        for op in ready_ops(rd):
+            self.apply_op(op)
+
+    def apply_op(self, op: tuple) -> None:
+        kind, val = op
+        if kind == "snap":
+            self.store_snapshot(val, install=True)
+        elif kind == "ent":
+            if val.index > self.snapshot_index:
+                self.log.append([val])
+        else:
+            self.hard_state = val
+
+    def store_snapshot(self, snap: Snapshot, *, install: bool, drop_log: bool = True) -> None:
+        """Keep ``snap`` as the durable snapshot.  ``install``: it came from the
+        leader, so the log follows Raft's InstallSnapshot rule; otherwise it is
+        a local compaction and the covered log prefix may be dropped."""
+        if snap.meta.index <= self.snapshot_index:
+            return
+        self.snapshot = snap
+        if install:
+            self.log.install_snapshot(snap.meta.index, snap.meta.term)
+        elif drop_log:
+            self.log.compact(snap.meta.index, snap.meta.term)
+
+    def recovery_state(self) -> tuple[HardState, SnapshotMeta | None, list[Entry]]:
+        """(hard state, snapshot meta, entries after the snapshot) for RaftCore()."""
+        meta = self.snapshot.meta if self.snapshot is not None else None
+        return self.hard_state, meta, self.log.after(self.snapshot_index)
+
+
+def ready_ops(rd: Ready) -> list[tuple]:
+    """A Ready's writes in disk order: snapshot, then entries, then hard state."""
+    ops: list[tuple] = []
+    if rd.snapshot is not None:
+        ops.append(("snap", rd.snapshot))
+    ops.extend(("ent", e) for e in rd.entries)
+    if rd.hard_state is not None:
+        ops.append(("hs", rd.hard_state))
+    return ops
