@@ -41,7 +41,8 @@ class KV:
         self.data: dict[bytes, bytes] = {}
 
     def apply(self, e: Entry) -> int:
-        self.data[e.data[:8]] = e.data[8:]
+        if e.data:
+            self.data[e.data[:8]] = e.data[8:]
         return e.index
 
     def snapshot(self) -> bytes:

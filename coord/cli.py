@@ -49,6 +49,44 @@ def serve(config_path: str, log_level: str) -> None:
         pass
 
 
+async def probe_status(addr: tuple[str, int], timeout: float = 2.0) -> dict | None:
+    """One server's status over the client protocol, or None if it does not answer."""
+    import trio
+    from coordclient.wire import FramedStream
+
+    with trio.move_on_after(timeout):
+        try:
+            stream = await trio.open_tcp_stream(*addr)
+        except OSError:
+            return None
+        async with stream:
+            fs = FramedStream(stream)
+            try:
+                await fs.send({"id": 1, "op": "status"})
+                resp = await fs.receive()
+            except (OSError, trio.BrokenResourceError, trio.EndOfChannel, ValueError):
+                return None
+            return resp.get("r") if isinstance(resp, dict) and resp.get("ok") else None
+    return None
+
+
+def wait_for_leader(addrs: list[tuple[str, int]], timeout: float) -> dict | None:
+    """Poll the servers until one reports itself leader; its status, or None."""
+    import trio
+
+    async def poll() -> dict | None:
+        with trio.move_on_after(timeout):
+            while True:
+                for a in addrs:
+                    st = await probe_status(a, timeout=0.5)
+                    if st and st.get("role") == "leader":
+                        return st
+                await trio.sleep(0.1)
+        return None
+
+    return trio.run(poll)
+
+
 def free_ports(n: int) -> list[int]:
     """Ports that were free a moment ago on 127.0.0.1 (bound, read, released)."""
     socks, ports = [], []
@@ -114,8 +152,13 @@ def dev(servers: int, data_dir: str | None, log_level: str) -> None:
             ))
         cfgs = [load_config(os.path.join(root, f"server{sid}.toml")) for sid in range(1, servers + 1)]
         endpoints = ",".join(f"{c.client_address[0]}:{c.client_address[1]}" for c in cfgs)
-        click.echo(f"coord dev: {servers} servers, data in {root}", err=True)
-        click.echo(f"COORD_ENDPOINTS={endpoints}")
+        leader = wait_for_leader([c.client_address for c in cfgs], timeout=60)
+        if leader is None:
+            raise click.ClickException("no leader was elected within 60 s; see the servers' logs above")
+        click.echo(f"coord dev: {servers} servers up, leader is server {leader['server_id']}, data in {root}",
+                   err=True)
+        click.echo(f"export COORD_ENDPOINTS={endpoints}")
+        click.echo("coord dev: Ctrl-C stops the ensemble", err=True)
         sys.stdout.flush()
         while all(p.poll() is None for p in procs):
             time.sleep(0.2)

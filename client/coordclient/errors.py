@@ -89,6 +89,10 @@ class RuntimeInconsistencyError(CoordError):
     code = Err.RUNTIME_INCONSISTENCY
 
 
+class AuthFailedError(CoordError):
+    code = Err.AUTH_FAILED
+
+
 class ConfChangeError(CoordError):
     code = Err.CONF_CHANGE
 

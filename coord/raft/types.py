@@ -110,6 +110,14 @@ class MsgType(enum.IntEnum):
     TIMEOUT_NOW = 11  # leadership transfer: "campaign now, skip pre-vote"
     READ_INDEX = 12  # follower -> leader: confirm leadership for a read
     READ_INDEX_RESP = 13
+    # Service-level messages that share the peer links but never reach the
+    # Raft core (the driver routes them to the service):
+    FORWARD = 20  # follower -> leader: propose ``data`` (a command); ``context`` = request id
+    FORWARD_RESP = 21  # leader -> follower: ``data`` = result, ``index`` = zxid, ``reject`` = not leader
+    SESSION_TOUCH = 22  # follower -> leader: ``data`` = CBOR list of session ids seen alive
+
+
+APP_MESSAGES = frozenset({MsgType.FORWARD, MsgType.FORWARD_RESP, MsgType.SESSION_TOUCH})
 
 
 @dataclass(slots=True)

@@ -1,40 +1,29 @@
-"""Process entry point of a server: wires the parts together and handles signals.
-
-Until the coordination service (namespace, sessions, client port) lands,
-the replicated state machine is a no-op: the server runs Raft (elections,
-replication, membership) and nothing else.
-"""
+"""Process entry point of a server: builds the service, serves clients,
+stops cleanly on SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
+import logging
 import signal
 
 import trio
 
-from coord.raft.types import Entry
+from coord.server.clientport import serve_clients
 from coord.server.config import ServerConfig
-from coord.server.serve import Server
+from coord.server.service import CoordService
 
-
-class NullStateMachine:
-    """Applies nothing; stands in until the namespace state machine exists."""
-
-    def apply(self, entry: Entry) -> None:
-        return None
-
-    def snapshot(self) -> bytes:
-        return b""
-
-    def restore(self, data: bytes) -> None:
-        return None
+log = logging.getLogger("coord.server")
 
 
 async def serve_until_signal(cfg: ServerConfig) -> None:
-    server = Server(cfg, NullStateMachine())
-    async with trio.open_nursery() as nursery:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            await nursery.start(server.run)
-            async for _ in signals:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        service = CoordService(cfg)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(service.run)
+            await nursery.start(serve_clients, service)
+            log.info("server %d ready (cluster %r, data in %s)", cfg.server_id, cfg.cluster_id, cfg.data_dir)
+            async for signum in signals:
+                log.info("server %d: signal %d, stopping", cfg.server_id, signum)
                 nursery.cancel_scope.cancel()
                 break
 

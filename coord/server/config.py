@@ -74,6 +74,8 @@ class ServerConfig:
     heartbeat_ticks: int = 2
     snapshot_entries: int = 10_000
     max_data_bytes: int = 1 << 20
+    min_session_timeout_ms: int = 1000
+    max_session_timeout_ms: int = 60_000
     fsync: bool = True
 
 
@@ -156,8 +158,10 @@ def parse_config(doc: dict, *, base_dir: str = ".") -> ServerConfig:
         raise ConfigError("raft.heartbeat_ticks: must be smaller than raft.election_ticks")
     snapshot_entries = _get(raft, "snapshot_entries", "raft.snapshot_entries", int, 10_000, minimum=1)
     max_data = _get(lim, "max_data_bytes", "limits.max_data_bytes", int, 1 << 20, minimum=0)
-    if max_data > 16 << 20:
-        raise ConfigError("limits.max_data_bytes: at most 16 MiB")
+    if max_data > 3 << 20:
+        raise ConfigError("limits.max_data_bytes: at most 3 MiB (a client frame is 4 MiB)")
+    min_st = _get(lim, "min_session_timeout_ms", "limits.min_session_timeout_ms", int, 1000, minimum=100)
+    max_st = _get(lim, "max_session_timeout_ms", "limits.max_session_timeout_ms", int, 60_000, minimum=min_st)
 
     if not join:
         members = {**members, sid: MemberAddrs(peer, client)} if members[sid].client is None else members
@@ -166,6 +170,7 @@ def parse_config(doc: dict, *, base_dir: str = ".") -> ServerConfig:
         client_address=client, members=members, join=join, tick_ms=tick_ms,
         election_ticks=election_ticks, heartbeat_ticks=heartbeat_ticks,
         snapshot_entries=snapshot_entries, max_data_bytes=max_data, fsync=fsync,
+        min_session_timeout_ms=min_st, max_session_timeout_ms=max_st,
     )
 
 

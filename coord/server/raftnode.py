@@ -35,6 +35,7 @@ from coord.raft.types import (
     HardState,
     Membership,
     Message,
+    APP_MESSAGES,
     ProposalDropped,
     Ready,
     Role,
@@ -48,7 +49,9 @@ class StateMachine(Protocol):
     """What the driver needs from the replicated state machine."""
 
     def apply(self, entry: Entry) -> Any:
-        """Apply one committed NORMAL entry; the result goes to its proposer."""
+        """Apply one committed entry (every kind, in log order: no-op and
+        configuration entries advance the zxid too); the result of a NORMAL
+        entry goes to its proposer."""
 
     def snapshot(self) -> bytes:
         """Serialize the whole state (as of the last applied entry)."""
@@ -143,6 +146,7 @@ class RaftNode:
         options: NodeOptions = NodeOptions(),
         seed: int | None = None,
         on_membership: Callable[[Membership], None] | None = None,
+        on_app_message: Callable[[Message], None] | None = None,
     ):
         self.node_id = node_id
         self.store = store
@@ -150,6 +154,7 @@ class RaftNode:
         self.send = send
         self.opts = options
         self.on_membership = on_membership
+        self.on_app_message = on_app_message
         if recovered_snapshot is not None and recovered_snapshot.meta.index > 0:
             state_machine.restore(recovered_snapshot.data)
         self.core = RaftCore(
@@ -182,6 +187,10 @@ class RaftNode:
     # ------------------------------------------------------------------
     def deliver(self, msg: Message) -> None:
         """Called by the transport for every received message (never blocks)."""
+        if msg.type in APP_MESSAGES:
+            if self.on_app_message is not None:
+                self.on_app_message(msg)
+            return
         self._send_in.send_nowait(msg)
 
     @property
@@ -392,12 +401,11 @@ class RaftNode:
     def _apply(self, e: Entry) -> None:
         result = None
         error: BaseException | None = None
-        if e.kind == EntryKind.NORMAL:
-            try:
-                result = self.sm.apply(e)
-            except Exception as exc:  # a deterministic state machine error is the proposer's answer
-                error = exc
-            self.entries_applied += 1
+        try:
+            result = self.sm.apply(e)
+        except Exception as exc:  # a deterministic state machine error is the proposer's answer
+            error = exc
+        self.entries_applied += 1
         pending = self._waiters.pop(e.index, None)
         if pending is not None:
             term, w = pending

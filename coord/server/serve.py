@@ -14,7 +14,7 @@ from typing import Callable
 import trio
 
 from coord.raft.config import RaftConfig
-from coord.raft.types import Membership
+from coord.raft.types import Membership, Message
 from coord.server.config import MemberAddrs, ServerConfig
 from coord.server.raftnode import NodeOptions, RaftNode, StateMachine
 from coord.storage.disk import DiskStorage
@@ -47,7 +47,8 @@ def peer_addrs(m: Membership) -> dict[int, tuple[str, int]]:
 class Server:
     """The parts of a running server, for the service layer to use."""
 
-    def __init__(self, cfg: ServerConfig, state_machine: StateMachine):
+    def __init__(self, cfg: ServerConfig, state_machine: StateMachine, *,
+                 on_app_message: Callable[[Message], None] | None = None):
         self.cfg = cfg
         self.storage = DiskStorage(cfg.data_dir, fsync=cfg.fsync)
         rec = self.storage.open()
@@ -64,6 +65,7 @@ class Server:
             raft_config=RaftConfig(election_ticks=cfg.election_ticks, heartbeat_ticks=cfg.heartbeat_ticks),
             options=NodeOptions(tick_seconds=cfg.tick_ms / 1000, snapshot_entries=cfg.snapshot_entries),
             on_membership=self._on_membership,
+            on_app_message=on_app_message,
         )
         self.transport = PeerTransport(
             cfg.server_id, cfg.cluster_id, cfg.peer_address,

@@ -1,0 +1,287 @@
+"""One client connection: framing, request ids, the reader and writer tasks.
+
+A ``Connection`` knows nothing about sessions, retries or reconnects (that
+is ``client.py``); it turns one byte stream into "send a request, await its
+response" plus a stream of watch events routed by watch id.
+
+Ordering is what makes watches correct, so it is kept simple: a single
+reader task handles frames strictly in arrival order and does all the
+bookkeeping for a frame (``last_zxid``, event delivery, watch-id binding)
+synchronously, before the task waiting for a response is woken.  The
+protocol promises that every event with zxid <= Z arrives before a response
+carrying Z, so when a caller sees a response every event it implies has
+already been delivered.
+
+All requests go through one writer task fed by a bounded channel: a caller
+cancelled while waiting for a response never leaves half a frame on the
+wire, and bursts of pipelined requests go out in few writes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import Callable, Protocol
+
+import trio
+
+from coordclient.wire import DEFAULT_MAX_FRAME, FramedStream, FrameError
+
+__all__ = ["Connection", "ConnectionClosed", "WatchHandler"]
+
+log = logging.getLogger(__name__)
+
+# Frames waiting for the writer; callers block (cancellably) beyond this.
+SEND_QUEUE = 256
+# Frames the writer coalesces into one send.
+SEND_BATCH = 64
+# Events for watch ids not bound yet (a watch registration replays history
+# before its response names the wid); beyond this the connection is dropped.
+MAX_UNCLAIMED_EVENTS = 10_000
+
+# Errors that mean "this byte stream is finished".
+STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, trio.EndOfChannel, FrameError, OSError)
+
+
+class ConnectionClosed(Exception):
+    """The connection ended before a response arrived (internal to the SDK)."""
+
+
+class WatchHandler(Protocol):
+    def on_event(self, frame: dict) -> bool:
+        """Handle a ``watch``/``resync`` event; return True when the watch is done (one-shot fired)."""
+
+
+# claim(conn, wid, zxid) -> handler for the wid, or None to have it unwatched.
+Claim = Callable[["Connection", int, int], "WatchHandler | None"]
+
+
+class _Pending:
+    __slots__ = ("done", "response", "claim", "abandoned")
+
+    def __init__(self, claim: Claim | None):
+        self.done = trio.Event()
+        self.response: dict | None = None
+        self.claim = claim
+        self.abandoned = False
+
+
+class Connection:
+    """A framed connection to one server.
+
+    ``run()`` must be running (in some nursery) for requests to complete; it
+    returns once the connection is finished, after failing every pending
+    request with ``ConnectionClosed``.  ``on_zxid`` is called with the zxid
+    of every response and event, in arrival order.
+    """
+
+    def __init__(self, stream: trio.abc.Stream, *, on_zxid: Callable[[int], None],
+                 max_frame: int = DEFAULT_MAX_FRAME, label: str = ""):
+        self.label = label
+        self._framed = FramedStream(stream, max_frame)
+        self._on_zxid = on_zxid
+        self._send_ch, self._send_rx = trio.open_memory_channel[dict](SEND_QUEUE)
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+        self._claims_pending = 0
+        self._wids: dict[int, WatchHandler] = {}
+        self._unclaimed: dict[int, list[dict]] = {}
+        self._unclaimed_count = 0
+        self._scope = trio.CancelScope()
+        self.closed = False
+        self.close_reason: str | None = None
+        self.closed_event = trio.Event()
+        self.last_recv = self.last_send = trio.current_time()
+        self.max_zxid = 0
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.label}{' closed' if self.closed else ''}>"
+
+    # -- lifecycle --------------------------------------------------------
+
+    async def run(self) -> None:
+        """Read and write until the stream fails or ``abort`` is called."""
+        try:
+            with self._scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._writer)
+                    await self._reader()
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._finish()
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(self._framed.stream)
+
+    def abort(self, reason: str) -> None:
+        """End the connection (synchronously as far as callers can tell)."""
+        if self.close_reason is None:
+            self.close_reason = reason
+        self._scope.cancel()
+        self._finish()
+
+    def _finish(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.close_reason is None:
+            self.close_reason = "connection closed"
+        self._send_ch.close()
+        pending, self._pending = self._pending, {}
+        for p in pending.values():
+            p.done.set()  # response None: ConnectionClosed
+        self._wids.clear()
+        self._unclaimed.clear()
+        self._claims_pending = 0
+        self.closed_event.set()
+
+    # -- requests ---------------------------------------------------------
+
+    async def request(self, msg: dict, *, claim: Claim | None = None) -> dict:
+        """Send ``msg`` (an id is added) and return the response frame.
+
+        ``claim`` is for requests that may register a watch: when the
+        response carries a ``wid`` the reader calls ``claim(conn, wid, zxid)``
+        before anything else is read, so no event for the new watch can be
+        missed.  If the caller gave up waiting, or ``claim`` returns None, the
+        server-side watch is removed with a fire-and-forget ``unwatch``.
+        """
+        if self.closed:
+            raise ConnectionClosed(self.close_reason)
+        rid = next(self._ids)
+        pending = _Pending(claim)
+        self._pending[rid] = pending
+        if claim is not None:
+            self._claims_pending += 1
+        queued = False
+        try:
+            await self._send_ch.send({**msg, "id": rid})
+            queued = True
+            await pending.done.wait()
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise ConnectionClosed(self.close_reason) from None
+        finally:
+            if not pending.done.is_set():
+                pending.abandoned = True
+                # A queued watch request keeps its slot so that a late wid is unwatched.
+                if not (queued and claim is not None) and self._pending.pop(rid, None) is not None:
+                    if claim is not None:
+                        self._claims_pending -= 1
+        if pending.response is None:
+            raise ConnectionClosed(self.close_reason)
+        return pending.response
+
+    def forget(self, wid: int) -> None:
+        """Stop routing events for ``wid`` (before an explicit unwatch)."""
+        self._wids.pop(wid, None)
+
+    def send_unwatch(self, wid: int) -> None:
+        """Best-effort removal of a server-side watch nobody wants; never blocks."""
+        self._wids.pop(wid, None)
+        if not self.closed:
+            try:
+                self._send_ch.send_nowait({"id": next(self._ids), "op": "unwatch", "wid": wid})
+            except (trio.WouldBlock, trio.ClosedResourceError):
+                pass  # the watch dies with the connection at the latest
+
+    # -- tasks ------------------------------------------------------------
+
+    async def _writer(self) -> None:
+        try:
+            async for first in self._send_rx:
+                batch = [first]
+                while len(batch) < SEND_BATCH:
+                    try:
+                        batch.append(self._send_rx.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                await self._framed.send_many(batch)
+                self.last_send = trio.current_time()
+        except STREAM_ERRORS as exc:
+            self.abort(f"send failed: {exc!r}")
+
+    async def _reader(self) -> None:
+        try:
+            while True:
+                frame = await self._framed.receive()
+                self.last_recv = trio.current_time()
+                if not isinstance(frame, dict):
+                    self.abort("protocol error: frame is not a map")
+                    return
+                self._dispatch(frame)
+                if self.closed:
+                    return
+        except trio.EndOfChannel:
+            self.close_reason = self.close_reason or "server closed the connection"
+        except STREAM_ERRORS as exc:
+            self.close_reason = self.close_reason or f"receive failed: {exc!r}"
+
+    # -- dispatch (reader task, synchronous) ------------------------------
+
+    def _dispatch(self, frame: dict) -> None:
+        zxid = frame.get("zxid")
+        if isinstance(zxid, int):
+            if zxid > self.max_zxid:
+                self.max_zxid = zxid
+            self._on_zxid(zxid)
+        ev = frame.get("ev")
+        if ev is not None:
+            self._event(ev, frame)
+            return
+        pending = self._pending.pop(frame.get("id"), None)
+        if pending is None:
+            return  # the caller gave up (or an unwatch we fired and forgot)
+        if pending.claim is not None:
+            self._claims_pending -= 1
+            self._settle_claim(pending, frame)
+        pending.response = frame
+        pending.done.set()
+
+    def _settle_claim(self, pending: _Pending, frame: dict) -> None:
+        wid = None
+        if frame.get("ok"):
+            result = frame.get("r")
+            wid = result.get("wid") if isinstance(result, dict) else None
+            if wid is None:
+                wid = frame.get("wid")
+        if isinstance(wid, int):
+            handler = None if pending.abandoned else pending.claim(self, wid, frame.get("zxid") or 0)
+            if handler is None:
+                self.send_unwatch(wid)
+            else:
+                self._wids[wid] = handler
+                for event in self._unclaimed.pop(wid, ()):
+                    self._unclaimed_count -= 1
+                    if self._deliver(wid, handler, event):
+                        break
+        if self._claims_pending == 0 and self._unclaimed:
+            # No registration is outstanding: leftovers belong to watches we dropped.
+            self._unclaimed.clear()
+            self._unclaimed_count = 0
+
+    def _event(self, ev: object, frame: dict) -> None:
+        if ev == "closing":
+            self.close_reason = f"server closing: {frame.get('reason')}"
+            return
+        if ev not in ("watch", "resync"):
+            return  # unknown event kinds are ignored: room for protocol growth
+        wid = frame.get("wid")
+        handler = self._wids.get(wid)
+        if handler is not None:
+            self._deliver(wid, handler, frame)
+        elif self._claims_pending and isinstance(wid, int):
+            if self._unclaimed_count >= MAX_UNCLAIMED_EVENTS:
+                self.abort("too many events for unregistered watches")
+                return
+            self._unclaimed.setdefault(wid, []).append(frame)
+            self._unclaimed_count += 1
+
+    def _deliver(self, wid: int, handler: WatchHandler, frame: dict) -> bool:
+        try:
+            done = handler.on_event(frame)
+        except Exception:  # noqa: BLE001 - a handler bug must not kill the connection
+            log.exception("watch handler failed")
+            done = True
+        if done:
+            self._wids.pop(wid, None)
+        return done
+

@@ -1,0 +1,273 @@
+"""The replicated state machine of coord: the node tree and the session table.
+
+Every server applies the same Raft entries in the same order and must end in
+the same state, so ``apply`` is a function of (state, entry) alone: time
+comes inside the command ("t", the leader's clock), ids from the entry's
+index (the zxid), nothing that reaches the state, a result or an event
+depends on hash or dict iteration order (it is sorted first), and there are
+no floats.
+
+``apply`` never raises for a bad command: malformed or refused commands get
+an error result and change nothing, because the same bytes are refused the
+same way on every server.  Reads are plain method calls raising
+``coordclient.errors`` exceptions; the server decides when a read may run.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from typing import Any, Callable
+
+import cbor2
+
+from coord.namespace.commands import Command, decode_command
+from coord.namespace.history import Event, EventHistory
+from coord.namespace.sessions import DEFAULT_DEDUP_WINDOW, SessionTable
+from coord.namespace.tree import DATA, Tree, child_names, join, stat
+from coord.namespace.txn import Txn
+from coord.raft.types import Entry, EntryKind
+from coordclient.errors import CoordError, InvalidPathError, MultiError, NoNodeError, SessionExpiredError
+from coordclient.protocol import DEFAULT_MAX_DATA, validate_path
+
+log = logging.getLogger("coord.namespace")
+
+SNAPSHOT_FORMAT = "coord-namespace/1"
+DEFAULT_HISTORY = 100_000
+
+EventListener = Callable[[int, list[tuple[str, str]]], None]
+
+
+def error_result(e: CoordError) -> dict:
+    """The result of a refused command, as its proposer receives it."""
+    if isinstance(e, MultiError) and e.cause is not None:
+        c = e.cause
+        return {"ok": False, "err": c.code.value, "msg": c.message, "path": c.path,
+                "index": e.index, "results": e.results}
+    return {"ok": False, "err": e.code.value, "msg": e.message, "path": e.path}
+
+
+class NamespaceStateMachine:
+    """apply/snapshot/restore for the Raft driver, reads for the server.
+
+    ``on_events(zxid, [(type, path), ...])`` is called after each applied
+    command that emitted events (and never for one that failed or was a
+    duplicate); ``events_since`` replays the same events from a bounded
+    history.
+    """
+
+    def __init__(self, *, max_data_bytes: int = DEFAULT_MAX_DATA, history_size: int = DEFAULT_HISTORY,
+                 dedup_window: int = DEFAULT_DEDUP_WINDOW, on_events: EventListener | None = None) -> None:
+        self.max_data_bytes = max_data_bytes
+        self.on_events = on_events
+        self._tree = Tree()
+        self._sessions = SessionTable(dedup_window)
+        self._history = EventHistory(history_size)
+        self._last_zxid = 0
+        self._ops = {
+            "create": lambda cmd, txn: txn.create(cmd.body, cmd.sid),
+            "delete": lambda cmd, txn: txn.delete(cmd.body),
+            "set": lambda cmd, txn: txn.set(cmd.body),
+            "multi": lambda cmd, txn: txn.multi(cmd.body.ops, cmd.sid),
+            "session_open": self._session_open,
+            "session_close": self._session_close,
+            "session_expire": self._session_expire,
+        }
+
+    # ------------------------------------------------------------------
+    # applying
+    # ------------------------------------------------------------------
+    @property
+    def last_zxid(self) -> int:
+        """Index of the last entry applied or noted (changing anything or not)."""
+        return self._last_zxid
+
+    def note_zxid(self, index: int) -> None:
+        """Account for a log entry that is not a command (no-op, configuration)."""
+        if index > self._last_zxid:
+            self._last_zxid = index
+
+    def apply(self, entry: Entry) -> dict | None:
+        zxid = entry.index
+        if entry.kind != EntryKind.NORMAL:
+            self.note_zxid(zxid)
+            return None
+        try:
+            cmd = decode_command(entry.data)
+        except CoordError as e:
+            result, events = error_result(e), None
+        else:
+            result, events = self._execute(cmd, zxid)
+        self._last_zxid = zxid
+        if events:
+            self._history.add(zxid, events)
+            if self.on_events is not None:
+                try:
+                    self.on_events(zxid, events)
+                except Exception:  # the change is applied either way; a listener bug must not look like a failed write
+                    log.exception("event listener failed at zxid %d", zxid)
+        return result
+
+    def _execute(self, cmd: Command, zxid: int) -> tuple[dict, list | None]:
+        session = None
+        if cmd.sid:
+            session = self._sessions.get(cmd.sid)
+            if session is None:
+                return error_result(SessionExpiredError(f"session {cmd.sid:#x} does not exist")), None
+            session.last_t = cmd.t
+            if cmd.dedup:
+                try:
+                    prior = session.recall(cmd.seq)
+                except CoordError as e:
+                    return error_result(e), None
+                if prior is not None:
+                    return dict(prior), None
+        txn = Txn(self._tree, self._sessions, zxid, cmd.t, self.max_data_bytes)
+        try:
+            r = self._ops[cmd.op](cmd, txn)
+        except CoordError as e:
+            txn.rollback()
+            result, events = error_result(e), None
+        except BaseException:
+            txn.rollback()  # a bug must not leave half a command behind
+            raise
+        else:
+            result, events = {"ok": True, "r": r}, txn.events
+        if cmd.dedup:
+            session.remember(cmd.seq, result, self._sessions.window)
+            result = dict(result)  # the remembered one is replicated state: callers get their own copy
+        return result, events
+
+    def _session_open(self, cmd: Command, txn: Txn) -> dict:
+        body = cmd.body
+        self._sessions.open(txn.zxid, body.timeout_ms, body.secret, cmd.t)
+        return {"sid": txn.zxid, "timeout_ms": body.timeout_ms}
+
+    def _session_close(self, cmd: Command, txn: Txn) -> dict:
+        if not cmd.sid:
+            raise SessionExpiredError("no session to close")
+        txn.drop_session(cmd.sid)
+        return {}
+
+    def _session_expire(self, cmd: Command, txn: Txn) -> dict:
+        expired = []
+        for sid in dict.fromkeys(cmd.body.sids):  # in the command's order, once each
+            if self._sessions.get(sid) is not None:
+                txn.drop_session(sid)
+                expired.append(sid)
+        return {"expired": expired}
+
+    # ------------------------------------------------------------------
+    # reads
+    # ------------------------------------------------------------------
+    def _lookup(self, path: Any) -> list | None:
+        why = validate_path(path)
+        if why is not None:
+            raise InvalidPathError(f"{why}: {path!r}"[:300], path=path if isinstance(path, str) else None)
+        return self._tree.get(path)
+
+    def _node(self, path: Any) -> list:
+        node = self._lookup(path)
+        if node is None:
+            raise NoNodeError(f"{path} does not exist", path=path)
+        return node
+
+    def get(self, path: str) -> tuple[bytes, list[int]]:
+        node = self._node(path)
+        return node[DATA], stat(node)
+
+    def exists(self, path: str) -> list[int] | None:
+        node = self._lookup(path)
+        return None if node is None else stat(node)
+
+    def children(self, path: str) -> list[str]:
+        return child_names(self._node(path))
+
+    def children_with_stats(self, path: str) -> list[tuple[str, list[int]]]:
+        nodes = self._tree.nodes
+        return [(name, stat(nodes[join(path, name)])) for name in child_names(self._node(path))]
+
+    @property
+    def node_count(self) -> int:
+        """Number of nodes, the root included."""
+        return len(self._tree)
+
+    def sessions(self) -> dict[int, tuple[int, bytes]]:
+        """sid -> (timeout_ms, secret) of every live session, by sid."""
+        return {sid: (s.timeout_ms, s.secret) for sid, s in sorted(self._sessions.by_id.items())}
+
+    def session_exists(self, sid: int) -> bool:
+        return self._sessions.get(sid) is not None
+
+    def session_last_t(self, sid: int) -> int | None:
+        """The leader's clock ("t") in the last command carrying this session."""
+        s = self._sessions.get(sid)
+        return None if s is None else s.last_t
+
+    def ephemerals_of(self, sid: int) -> list[str]:
+        s = self._sessions.get(sid)
+        return sorted(s.ephemerals) if s is not None else []
+
+    def events_since(self, zxid: int) -> list[Event] | None:
+        """Every event after ``zxid`` as (zxid, type, path), oldest first; None
+        if the history no longer reaches back that far (re-read instead)."""
+        return self._history.since(zxid)
+
+    def dump(self) -> dict:
+        """The whole replicated state in a canonical form (for comparisons)."""
+        nodes = {p: (n[DATA], stat(n), child_names(n)) for p, n in sorted(self._tree.nodes.items())}
+        sessions = {sid: (s.timeout_ms, s.secret, s.last_t, sorted(s.ephemerals), s.floor, sorted(s.results.items()))
+                    for sid, s in sorted(self._sessions.by_id.items())}
+        return {"last_zxid": self._last_zxid, "nodes": nodes, "sessions": sessions}
+
+    # ------------------------------------------------------------------
+    # snapshots
+    # ------------------------------------------------------------------
+    def snapshot(self) -> bytes:
+        """CBOR: nodes as columns (paths, data, 8 ints each), sessions as rows.
+        The ephemerals of a session are not stored: owners say it."""
+        enabled = gc.isenabled()
+        gc.disable()  # building a million small lists would trigger many useless full collections
+        try:
+            paths, datas, ints = self._tree.export()
+            return cbor2.dumps({"format": SNAPSHOT_FORMAT, "zxid": self._last_zxid, "paths": paths,
+                                "data": datas, "ints": ints, "sessions": self._sessions.to_rows()})
+        finally:
+            if enabled:
+                gc.enable()
+
+    def restore(self, data: bytes) -> None:
+        """Replace the whole state by a snapshot's; the history restarts empty
+        at its zxid.  Empty data means the initial state.  Raises ValueError
+        (state unchanged) on a snapshot that is not ours or is damaged."""
+        if not data:
+            tree, sessions, zxid = Tree(), SessionTable(self._sessions.window), 0
+        else:
+            enabled = gc.isenabled()
+            gc.disable()
+            try:
+                tree, sessions, zxid = self._decode_snapshot(data)
+            finally:
+                if enabled:
+                    gc.enable()
+        self._tree, self._sessions, self._last_zxid = tree, sessions, zxid
+        self._history.reset(zxid)
+
+    def _decode_snapshot(self, data: bytes) -> tuple[Tree, SessionTable, int]:
+        try:
+            d = cbor2.loads(data)
+        except Exception as e:
+            raise ValueError(f"namespace snapshot is not CBOR: {e}") from None
+        if type(d) is not dict or d.get("format") != SNAPSHOT_FORMAT:
+            raise ValueError("not a namespace snapshot")
+        try:
+            tree, ephemerals = Tree.from_columns(d["paths"], d["data"], d["ints"])
+            sessions = SessionTable.from_rows(d["sessions"], self._sessions.window)
+            for path, owner in ephemerals:
+                sessions.by_id[owner].ephemerals.add(path)
+            zxid = d["zxid"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"damaged namespace snapshot: {e!r}") from None
+        if type(zxid) is not int:
+            raise ValueError("damaged namespace snapshot: bad zxid")
+        return tree, sessions, zxid

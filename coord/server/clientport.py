@@ -1,0 +1,402 @@
+"""The client port: one task pair per connection, requests pipelined.
+
+Each connection has a reader (frames in, one task per request, at most
+``MAX_INFLIGHT`` at a time so a flooding client is slowed down by TCP
+rather than by our memory) and a writer draining one bounded outbound
+queue.  Responses and watch events share that queue, which is what gives
+ZooKeeper's ordering guarantee: events are queued synchronously while the
+state machine applies a change, so every event with zxid <= Z is queued
+before any response stamped with zxid Z.  A client that does not read its
+events fills the queue and is disconnected with a reason, instead of making
+the server buffer without bound.
+
+Bad input never changes state: malformed frames close only that connection;
+a malformed request gets an error response naming the problem.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import Any, Awaitable, Callable
+
+import trio
+
+from coord.server.service import CoordService
+from coord.server.watches import KINDS, WatchRegistry
+from coordclient.errors import (
+    AuthFailedError,
+    BadArgumentsError,
+    CoordError,
+    InvalidPathError,
+    SessionExpiredError,
+    TooLargeError,
+    UnimplementedError,
+)
+from coordclient.protocol import Op, validate_path
+from coordclient.wire import DEFAULT_MAX_FRAME, FrameError, FramedStream, encode_frames
+
+log = logging.getLogger("coord.clientport")
+
+MAX_INFLIGHT = 512  # requests being served per connection
+OUT_QUEUE = 8192  # responses + events queued per connection before it counts as too slow
+MAX_MULTI_OPS = 1000
+
+_INT_MAX = (1 << 63) - 1
+
+
+def _bad(msg: str) -> BadArgumentsError:
+    return BadArgumentsError(msg)
+
+
+def arg_int(req: dict, key: str, default: Any = ..., lo: int = -1) -> int:
+    v = req.get(key, default)
+    if v is ...:
+        raise _bad(f"missing {key!r}")
+    if type(v) is not int or not lo <= v <= _INT_MAX:
+        raise _bad(f"{key!r} must be an integer >= {lo}")
+    return v
+
+
+def arg_bool(req: dict, key: str) -> bool:
+    v = req.get(key, False)
+    if v is None:
+        return False
+    if type(v) is not bool:
+        raise _bad(f"{key!r} must be true or false")
+    return v
+
+
+def arg_bytes(req: dict, key: str, limit: int) -> bytes:
+    v = req.get(key, b"")
+    if v is None:
+        v = b""
+    if type(v) is not bytes:
+        raise _bad(f"{key!r} must be bytes")
+    if len(v) > limit:
+        raise TooLargeError(f"{key!r} is {len(v)} bytes; the limit is {limit}")
+    return v
+
+
+def arg_path(req: dict, key: str = "path") -> str:
+    p = req.get(key)
+    why = validate_path(p)
+    if why is not None:
+        raise InvalidPathError(f"{why}: {p!r}"[:300], path=p if isinstance(p, str) else None)
+    return p
+
+
+def write_fields(op: str, req: dict, limit: int) -> dict:
+    """The command fields of one write op (top level or inside a multi)."""
+    if op == Op.CREATE:
+        return {"op": "create", "path": arg_path(req), "data": arg_bytes(req, "data", limit),
+                "eph": arg_bool(req, "eph"), "sq": arg_bool(req, "sq"), "parents": arg_bool(req, "parents")}
+    if op == Op.SET:
+        return {"op": "set", "path": arg_path(req), "data": arg_bytes(req, "data", limit),
+                "version": arg_int(req, "version", -1)}
+    if op == Op.DELETE:
+        return {"op": "delete", "path": arg_path(req), "version": arg_int(req, "version", -1),
+                "recursive": arg_bool(req, "recursive")}
+    if op == Op.CHECK:
+        return {"op": "check", "path": arg_path(req), "version": arg_int(req, "version", -1)}
+    raise UnimplementedError(f"unknown operation {op!r}")
+
+
+class ClientConnection:
+    """One client connection; also the ``Watcher`` its watches deliver to."""
+
+    def __init__(self, service: CoordService, stream: trio.SocketStream, max_frame: int = DEFAULT_MAX_FRAME):
+        self.service = service
+        self.ns = service.ns
+        self.stream = stream
+        self.framed = FramedStream(stream, max_frame)
+        self.out_send, self.out_recv = trio.open_memory_channel(OUT_QUEUE)
+        self.sid = 0
+        self._wids = itertools.count(1)
+        self._scope = trio.CancelScope()
+        self.close_reason: str | None = None
+        self.limit = service.cfg.max_data_bytes
+        try:
+            self.peer = "%s:%s" % stream.socket.getpeername()[:2]
+        except OSError:
+            self.peer = "?"
+
+    # -- plumbing ---------------------------------------------------------
+    async def run(self) -> None:
+        try:
+            with self._scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._writer)
+                    await self._reader(nursery)
+                    # EOF from the client: finish what is in flight, then stop.
+                    with trio.move_on_after(5):
+                        while self._inflight:
+                            await trio.sleep(0.01)
+                    nursery.cancel_scope.cancel()
+        finally:
+            self.service.watches.remove_watcher(self)
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(1):
+                    await self.stream.aclose()
+
+    _inflight = 0
+
+    def close(self, reason: str) -> None:
+        """Send a last event saying why, then drop the connection."""
+        if self.close_reason is None:
+            self.close_reason = reason
+            log.info("closing client connection %s (session %x): %s", self.peer, self.sid, reason)
+            try:
+                self.out_send.send_nowait({"ev": "closing", "reason": reason})
+            except trio.WouldBlock:
+                self._scope.cancel()
+
+    async def _writer(self) -> None:
+        recv = self.out_recv
+        while True:
+            batch = [await recv.receive()]
+            while len(batch) < 256:
+                try:
+                    batch.append(recv.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            try:
+                await self.stream.send_all(encode_frames(batch, 1 << 30))
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                self._scope.cancel()
+                return
+            if self.close_reason is not None and any(m.get("ev") == "closing" for m in batch):
+                self._scope.cancel()
+                return
+
+    async def _reader(self, nursery: trio.Nursery) -> None:
+        sem = trio.Semaphore(MAX_INFLIGHT)
+        while self.close_reason is None:
+            try:
+                req = await self.framed.receive()
+            except trio.EndOfChannel:
+                return
+            except FrameError as e:
+                self.close(f"bad frame: {e}")
+                await trio.sleep_forever()  # the writer ends the connection
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                return
+            await sem.acquire()
+            self._inflight += 1
+            nursery.start_soon(self._serve, req, sem)
+
+    def _queue(self, msg: dict) -> None:
+        try:
+            self.out_send.send_nowait(msg)
+        except trio.WouldBlock:
+            self.close("client too slow: its outbound queue is full (it is not reading responses or events)")
+
+    def deliver_event(self, wid: int, etype: str, path: str, zxid: int) -> None:
+        if self.close_reason is None:
+            self._queue({"ev": "watch", "wid": wid, "type": etype, "path": path, "zxid": zxid})
+
+    # -- requests -----------------------------------------------------------
+    async def _serve(self, req: Any, sem: trio.Semaphore) -> None:
+        rid = None
+        try:
+            if type(req) is not dict:
+                raise _bad("a request must be a map")
+            rid = req.get("id")
+            if type(rid) is not int:
+                rid = None
+                raise _bad("a request needs an integer 'id'")
+            op = req.get("op")
+            handler = HANDLERS.get(op) if isinstance(op, str) else None
+            if handler is None:
+                raise UnimplementedError(f"unknown operation {op!r}"[:200])
+            if op not in (Op.HELLO, Op.STATUS):
+                if not self.sid:
+                    raise SessionExpiredError("no session: send hello first")
+                if not self.ns.session_exists(self.sid):
+                    raise SessionExpiredError(f"session {self.sid:#x} has expired")
+                self.service.touch(self.sid)
+            result = await handler(self, req)
+            resp = {"id": rid, "ok": True, "zxid": self.service.applied, "r": result}
+        except CoordError as e:
+            resp = {"id": rid, "ok": False, "zxid": self.service.applied, "err": e.code.value,
+                    "msg": e.message, "path": e.path}
+            extra = getattr(e, "wire_extra", None)
+            if extra:
+                resp.update(extra)
+        except Exception:
+            log.exception("internal error serving %r from %s", req if len(repr(req)) < 300 else "...", self.peer)
+            resp = {"id": rid, "ok": False, "zxid": self.service.applied, "err": "SystemError",
+                    "msg": "internal server error"}
+        finally:
+            sem.release()
+            self._inflight -= 1
+        self._queue(resp)
+        if resp["ok"] and req.get("op") == Op.CLOSE:
+            self.close("session closed")
+
+    async def _write(self, fields: dict, req: dict) -> dict:
+        cmd = {**fields, "sid": self.sid, "seq": arg_int(req, "seq", lo=1)}
+        zxid, res = await self.service.write(cmd)
+        if res.get("ok"):
+            return res["r"]
+        err = CoordError.from_code(res.get("err", "SystemError"), res.get("msg", ""), path=res.get("path"))
+        if "index" in res or "results" in res:
+            err.wire_extra = {k: res[k] for k in ("index", "results") if k in res}
+        raise err
+
+    async def op_hello(self, req: dict) -> dict:
+        if self.sid:
+            raise _bad("this connection already has a session")
+        timeout_ms = arg_int(req, "timeout_ms", 10_000, lo=1)
+        sid = arg_int(req, "sid", 0, lo=0)
+        last = arg_int(req, "last_zxid", 0, lo=0)
+        if sid == 0:
+            sid, secret, timeout_ms = await self.service.open_session(timeout_ms)
+        else:
+            secret = req.get("secret")
+            if type(secret) is not bytes:
+                raise _bad("'secret' must be bytes to resume a session")
+            # Never show a client older state than it has seen elsewhere.
+            await self.service.wait_applied(last)
+            known = self.ns.sessions().get(sid)
+            if known is None:
+                raise SessionExpiredError(f"session {sid:#x} has expired")
+            if known[1] != secret:
+                raise AuthFailedError(f"wrong secret for session {sid:#x}")
+            timeout_ms = known[0]
+        self.sid = sid
+        self.service.touch(sid)
+        return {"sid": sid, "secret": secret, "timeout_ms": timeout_ms,
+                "server_id": self.service.server_id, "zxid": self.service.applied}
+
+    async def op_ping(self, req: dict) -> dict:
+        return {}
+
+    async def op_close(self, req: dict) -> dict:
+        zxid, res = await self.service.write({"op": "session_close", "sid": self.sid, "seq": 0})
+        if not res.get("ok") and res.get("err") != "SessionExpired":
+            raise CoordError.from_code(res.get("err", "SystemError"), res.get("msg", ""))
+        return {}
+
+    async def op_status(self, req: dict) -> dict:
+        return self.service.status()
+
+    async def op_create(self, req: dict) -> dict:
+        return await self._write(write_fields(Op.CREATE, req, self.limit), req)
+
+    async def op_set(self, req: dict) -> dict:
+        return await self._write(write_fields(Op.SET, req, self.limit), req)
+
+    async def op_delete(self, req: dict) -> dict:
+        return await self._write(write_fields(Op.DELETE, req, self.limit), req)
+
+    async def op_multi(self, req: dict) -> dict:
+        ops = req.get("ops")
+        if type(ops) is not list or len(ops) > MAX_MULTI_OPS:
+            raise _bad(f"'ops' must be a list of at most {MAX_MULTI_OPS} operations")
+        fields = []
+        total = 0
+        for k, o in enumerate(ops):
+            if type(o) is not dict:
+                raise _bad(f"operation {k} must be a map")
+            f = write_fields(o.get("op"), o, self.limit)
+            total += len(f.get("data", b""))
+            fields.append(f)
+        if total > self.limit:
+            raise TooLargeError(f"the multi carries {total} bytes of data; the limit is {self.limit}")
+        return await self._write({"op": "multi", "ops": fields}, req)
+
+    async def _before_read(self, req: dict) -> None:
+        if arg_bool(req, "lin"):
+            await self.service.read_barrier()
+
+    def _watch_now(self, path: str, kind: str) -> int:
+        wid = next(self._wids)
+        self.service.watches.add(self, wid, path, kind)
+        return wid
+
+    async def op_get(self, req: dict) -> dict:
+        path = arg_path(req)
+        watch = arg_bool(req, "watch")
+        await self._before_read(req)
+        data, stat = self.ns.get(path)
+        out = {"data": data, "stat": stat}
+        if watch:  # no await between the read and the registration: no missed change
+            out["wid"] = self._watch_now(path, "data")
+        return out
+
+    async def op_exists(self, req: dict) -> dict:
+        path = arg_path(req)
+        watch = arg_bool(req, "watch")
+        await self._before_read(req)
+        out = {"stat": self.ns.exists(path)}
+        if watch:
+            out["wid"] = self._watch_now(path, "exists")
+        return out
+
+    async def op_children(self, req: dict) -> dict:
+        path = arg_path(req)
+        watch = arg_bool(req, "watch")
+        stats = arg_bool(req, "stats")
+        await self._before_read(req)
+        if stats:
+            kids = [[name, st] for name, st in self.ns.children_with_stats(path)]
+        else:
+            kids = list(self.ns.children(path))
+        out = {"children": kids}
+        if watch:
+            out["wid"] = self._watch_now(path, "children")
+        return out
+
+    async def op_sync(self, req: dict) -> dict:
+        await self.service.read_barrier()
+        return {}
+
+    async def op_watch(self, req: dict) -> dict:
+        path = arg_path(req)
+        kind = req.get("kind", "persistent")
+        if kind not in KINDS:
+            raise _bad(f"'kind' must be one of {list(KINDS)}")
+        recursive = arg_bool(req, "recursive")
+        if recursive and kind != "persistent":
+            raise _bad("only persistent watches can be recursive")
+        frm = arg_int(req, "from", 0, lo=0)
+        await self.service.wait_applied(frm)
+        # From here to the end: no await, so no event can slip between the
+        # replay and the registration.
+        wid = next(self._wids)
+        events = self.ns.events_since(frm)
+        if events is None:
+            self._queue({"ev": "resync", "wid": wid, "zxid": self.service.applied})
+        else:
+            for zxid, etype, epath in events:
+                if WatchRegistry.matches(kind, recursive, path, etype, epath):
+                    self.deliver_event(wid, etype, epath, zxid)
+                    if kind != "persistent":
+                        return {"wid": wid}  # a one-shot watch that already fired
+        self.service.watches.add(self, wid, path, kind, recursive)
+        return {"wid": wid}
+
+    async def op_unwatch(self, req: dict) -> dict:
+        wid = arg_int(req, "wid", lo=1)
+        self.service.watches.remove(self, wid)
+        return {}
+
+
+HANDLERS: dict[str, Callable[[ClientConnection, dict], Awaitable[dict]]] = {
+    op.value: getattr(ClientConnection, f"op_{op.value}") for op in Op if op is not Op.CHECK
+}
+
+
+async def serve_clients(service: CoordService, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    host, port = service.cfg.client_address
+
+    async def handler(stream: trio.SocketStream) -> None:
+        conn = ClientConnection(service, stream)
+        await conn.run()
+
+    listeners = await trio.open_tcp_listeners(port, host=host or None)
+    log.info("server %d: serving clients on %s", service.server_id,
+             [lst.socket.getsockname()[:2] for lst in listeners])
+    task_status.started(listeners[0].socket.getsockname()[1])
+    await trio.serve_listeners(handler, listeners)

@@ -1,0 +1,315 @@
+"""The coordination service on one server: the glue between client
+connections, the Raft node and the namespace state machine.
+
+* Writes become commands in the Raft log.  On the leader they are proposed
+  directly (the leader stamps the time); a follower forwards them to the
+  leader over the peer links and answers its client only once it has applied
+  the result's zxid itself, so the client can read its own write here.
+* Reads are served from this server's state; ``wait_applied`` lets a
+  connection never read older state than its client has seen, and
+  ``read_barrier`` (ReadIndex) makes a read linearizable.
+* Session liveness: every request touches its session; followers send the
+  ids they saw to the leader in batches, and the leader proposes expiry of
+  sessions it has not heard of within their timeout.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import time
+from typing import Any
+
+import cbor2
+import trio
+
+from coord.namespace.state import NamespaceStateMachine
+from coord.raft.types import Entry, EntryKind, Message, MsgType, ProposalDropped, Role
+from coord.server.config import MemberAddrs, ServerConfig
+from coord.server.raftnode import ReadFailed
+from coord.server.serve import Server
+from coord.server.sessions import SessionTracker
+from coord.server.watches import WatchRegistry
+from coordclient.errors import (
+    CoordError,
+    NotLeaderError,
+    OperationTimeoutError,
+)
+
+log = logging.getLogger("coord.service")
+
+
+class ServiceStateMachine:
+    """What the Raft driver applies: the namespace, told about every zxid,
+    returning (zxid, result) so a proposer learns where its write landed."""
+
+    def __init__(self, ns: NamespaceStateMachine):
+        self.ns = ns
+
+    def apply(self, entry: Entry) -> tuple[int, Any]:
+        if entry.kind != EntryKind.NORMAL:
+            self.ns.note_zxid(entry.index)
+            return entry.index, None
+        return entry.index, self.ns.apply(entry)
+
+    def snapshot(self) -> bytes:
+        return self.ns.snapshot()
+
+    def restore(self, data: bytes) -> None:
+        self.ns.restore(data)
+
+
+class _Reply:
+    __slots__ = ("event", "value", "error")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+
+class CoordService:
+    def __init__(self, cfg: ServerConfig):
+        self.cfg = cfg
+        self.ns = NamespaceStateMachine(max_data_bytes=cfg.max_data_bytes)
+        self.watches = WatchRegistry()
+        self.ns.on_events = self.watches.dispatch
+        self.server = Server(cfg, ServiceStateMachine(self.ns), on_app_message=self._on_app_message)
+        self.node = self.server.node
+        self.tracker = SessionTracker()
+        self._tracked_term = -1
+        self._touched: set[int] = set()
+        self._forward_ids = itertools.count(1)
+        self._forwards: dict[bytes, _Reply] = {}
+        self._nursery: trio.Nursery | None = None
+        self.write_timeout = max(2.0, 4 * cfg.election_ticks * cfg.tick_ms / 1000)
+        self.stats = {"writes": 0, "forwarded": 0, "reads": 0, "expired_sessions": 0}
+
+    # ------------------------------------------------------------------
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(self.server.run)
+            nursery.start_soon(self._session_loop)
+            task_status.started()
+
+    @property
+    def server_id(self) -> int:
+        return self.cfg.server_id
+
+    @property
+    def applied(self) -> int:
+        return self.node.applied_index
+
+    # ------------------------------------------------------------------
+    # writes
+    # ------------------------------------------------------------------
+    async def write(self, cmd: dict) -> tuple[int, dict]:
+        """Replicate one command; returns (zxid, result dict).  Raises
+        NotLeaderError / OperationTimeoutError when the outcome is unknown
+        (the client retries with the same seq; the state machine dedups)."""
+        self.stats["writes"] += 1
+        with trio.move_on_after(self.write_timeout) as scope:
+            if self.node.is_leader:
+                zxid, res = await self._propose_local(cmd)
+            else:
+                zxid, res = await self._forward(cmd)
+                await self.node.wait_applied(zxid)
+        if scope.cancelled_caught:
+            raise OperationTimeoutError("the write did not complete in time; its outcome is unknown")
+        return zxid, res
+
+    async def _propose_local(self, cmd: dict) -> tuple[int, dict]:
+        cmd["t"] = int(time.time() * 1000)
+        try:
+            zxid, res = await self.node.propose(cbor2.dumps(cmd))
+        except ProposalDropped as e:
+            raise NotLeaderError(str(e)) from None
+        return zxid, res
+
+    async def _forward(self, cmd: dict) -> tuple[int, dict]:
+        # Wait (briefly) for a leader to be known: during an election there is none.
+        with trio.move_on_after(self.write_timeout / 2):
+            while not self.node.leader_id or self.node.is_leader:
+                if self.node.is_leader:
+                    return await self._propose_local(cmd)
+                await trio.sleep(self.cfg.tick_ms / 1000)
+        leader = self.node.leader_id
+        if not leader:
+            raise NotLeaderError("no leader is elected")
+        rid = next(self._forward_ids).to_bytes(8, "big")
+        reply = self._forwards[rid] = _Reply()
+        self.stats["forwarded"] += 1
+        try:
+            self.server.transport.send(Message(MsgType.FORWARD, self.server_id, leader,
+                                               data=cbor2.dumps(cmd), context=rid))
+            await reply.event.wait()
+        finally:
+            self._forwards.pop(rid, None)
+        if reply.error is not None:
+            raise reply.error
+        return reply.value
+
+    def _on_app_message(self, m: Message) -> None:
+        if m.type is MsgType.FORWARD:
+            if self._nursery is not None:
+                self._nursery.start_soon(self._serve_forward, m)
+        elif m.type is MsgType.FORWARD_RESP:
+            reply = self._forwards.get(m.context)
+            if reply is None:
+                return
+            if m.reject:
+                reply.error = NotLeaderError(m.data.decode("utf-8", "replace") or "the leader changed")
+            else:
+                try:
+                    reply.value = (m.index, cbor2.loads(m.data))
+                except Exception:
+                    reply.error = OperationTimeoutError("malformed reply from the leader")
+            reply.event.set()
+        elif m.type is MsgType.SESSION_TOUCH:
+            try:
+                sids = cbor2.loads(m.data)
+            except Exception:
+                return
+            if isinstance(sids, list):
+                now = trio.current_time()
+                for sid in sids:
+                    if isinstance(sid, int):
+                        self.tracker.touch(sid, now)
+
+    async def _serve_forward(self, m: Message) -> None:
+        """Leader side of a forwarded write."""
+        try:
+            cmd = cbor2.loads(m.data)
+            if not isinstance(cmd, dict):
+                raise ValueError("command is not a map")
+        except Exception as e:
+            log.warning("server %d: malformed forwarded command from %d: %s", self.server_id, m.frm, e)
+            return
+        resp = Message(MsgType.FORWARD_RESP, self.server_id, m.frm, context=m.context)
+        if not self.node.is_leader:
+            resp.reject = True
+            resp.data = b"not the leader"
+        else:
+            try:
+                with trio.fail_after(self.write_timeout):
+                    zxid, res = await self._propose_local(cmd)
+                resp.index, resp.data = zxid, cbor2.dumps(res)
+            except (NotLeaderError, trio.TooSlowError) as e:
+                resp.reject = True
+                resp.data = str(e).encode()
+        self.server.transport.send(resp)
+
+    # ------------------------------------------------------------------
+    # reads
+    # ------------------------------------------------------------------
+    async def wait_applied(self, zxid: int, timeout: float | None = None) -> None:
+        if self.node.applied_index >= zxid:
+            return
+        with trio.move_on_after(timeout or self.write_timeout) as scope:
+            await self.node.wait_applied(zxid)
+        if scope.cancelled_caught:
+            raise OperationTimeoutError(
+                f"this server has not caught up to zxid {zxid} (it is at {self.node.applied_index})"
+            )
+
+    async def read_barrier(self) -> None:
+        with trio.move_on_after(self.write_timeout) as scope:
+            while True:
+                try:
+                    await self.node.read_barrier()
+                    return
+                except ReadFailed:
+                    await trio.sleep(self.cfg.tick_ms / 1000)  # no leader right now: retry until the deadline
+        if scope.cancelled_caught:
+            raise OperationTimeoutError("could not confirm the read with a leader in time")
+
+    # ------------------------------------------------------------------
+    # sessions
+    # ------------------------------------------------------------------
+    def negotiate_timeout(self, requested_ms: int) -> int:
+        return max(self.cfg.min_session_timeout_ms, min(self.cfg.max_session_timeout_ms, requested_ms))
+
+    async def open_session(self, timeout_ms: int) -> tuple[int, bytes, int]:
+        timeout_ms = self.negotiate_timeout(timeout_ms)
+        secret = os.urandom(16)
+        zxid, res = await self.write({"op": "session_open", "sid": 0, "seq": 0,
+                                      "timeout_ms": timeout_ms, "secret": secret})
+        if not res.get("ok"):
+            raise CoordError.from_code(res.get("err", "SystemError"), res.get("msg", ""))
+        sid = res["r"]["sid"]
+        self.touch(sid)
+        return sid, secret, timeout_ms
+
+    def touch(self, sid: int) -> None:
+        if self.node.is_leader:
+            self.tracker.touch(sid, trio.current_time())
+        else:
+            self._touched.add(sid)
+
+    def _session_timeouts(self) -> dict[int, int]:
+        return {sid: v[0] for sid, v in self.ns.sessions().items()}
+
+    async def _session_loop(self) -> None:
+        """Forward keepalives (followers) or expire sessions (leader)."""
+        period = max(0.05, self.cfg.min_session_timeout_ms / 1000 / 4)
+        while True:
+            await trio.sleep(period)
+            now = trio.current_time()
+            core = self.node.core
+            if core.role is Role.LEADER:
+                sessions = self._session_timeouts()
+                if self._tracked_term != core.term:
+                    # New leader: fresh full timeouts for everyone (no mass expiry after an election).
+                    self.tracker.reset(sessions, now)
+                    self._tracked_term = core.term
+                else:
+                    self.tracker.reconcile(sessions, now)
+                for sid in self._touched:
+                    self.tracker.touch(sid, now)
+                self._touched.clear()
+                expired = self.tracker.expired(now, retry_after=self.write_timeout)
+                if expired:
+                    self._nursery.start_soon(self._expire, expired)
+            else:
+                self._tracked_term = -1
+                if self._touched and core.leader_id:
+                    sids, self._touched = sorted(self._touched), set()
+                    self.server.transport.send(Message(MsgType.SESSION_TOUCH, self.server_id, core.leader_id,
+                                                       data=cbor2.dumps(sids)))
+
+    async def _expire(self, sids: list[int]) -> None:
+        try:
+            await self.write({"op": "session_expire", "sid": 0, "seq": 0, "sids": sids})
+            self.stats["expired_sessions"] += len(sids)
+            log.info("server %d: expired sessions %s", self.server_id, [hex(s) for s in sids])
+        except CoordError as e:
+            log.info("server %d: expiring sessions failed (%s); will retry", self.server_id, e)
+
+    # ------------------------------------------------------------------
+    def status(self) -> dict:
+        core = self.node.core
+        m = core.membership
+        role = {Role.LEADER: "leader", Role.FOLLOWER: "follower",
+                Role.CANDIDATE: "candidate", Role.PRE_CANDIDATE: "candidate"}[core.role]
+        if role == "follower" and self.server_id in m.learners:
+            role = "learner"
+        members = {}
+        for mid in sorted(m.members()):
+            raw = m.addrs.get(mid)
+            try:
+                a = MemberAddrs.from_wire(raw) if raw is not None else None
+            except ValueError:
+                a = None
+            members[mid] = a.to_wire() if a else {}
+        out = {
+            "server_id": self.server_id, "role": role, "term": core.term, "leader": core.leader_id,
+            "commit": core.commit_index, "applied": self.node.applied_index,
+            "voters": sorted(m.voters), "outgoing": sorted(m.outgoing), "learners": sorted(m.learners),
+            "members": members, "config_version": core.membership_version,
+            "nodes": self.ns.node_count, "sessions": len(self._session_timeouts()),
+        }
+        if core.role is Role.LEADER:
+            out["progress"] = {pid: {**p, "lag": core.last_index - p["match"]} for pid, p in core.progress().items()}
+        return out

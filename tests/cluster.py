@@ -1,0 +1,205 @@
+"""Real coord server processes on 127.0.0.1, for end-to-end tests and scripts.
+
+Each server is a separate ``python -m coord serve`` process with its own
+data directory and free ports chosen at start.  Servers can be SIGKILLed,
+paused (SIGSTOP/SIGCONT) and restarted on the same data.  The harness asks
+servers for their status over the client protocol, the way any tool would.
+
+    with Cluster(3, tmp_path) as c:
+        c.start()
+        leader = trio.run(c.wait_leader)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import trio
+
+from coord.cli import free_ports, probe_status as status
+
+HOST = "127.0.0.1"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def child_env() -> dict[str, str]:
+    """The children import the same code as this process, installed or not."""
+    paths = [ROOT, os.path.join(ROOT, "client")]
+    if os.environ.get("PYTHONPATH"):
+        paths.append(os.environ["PYTHONPATH"])
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "PYTHONUNBUFFERED": "1"}
+
+
+class Cluster:
+    def __init__(self, n: int, base_dir: str | os.PathLike, *, tick_ms: int = 50, election_ticks: int = 10,
+                 heartbeat_ticks: int = 2, min_session_timeout_ms: int = 500, snapshot_entries: int = 10_000,
+                 cluster_id: str = "test", log_level: str = "info"):
+        self.n = n
+        self.base = os.fspath(base_dir)
+        self.tick_ms, self.election_ticks, self.heartbeat_ticks = tick_ms, election_ticks, heartbeat_ticks
+        self.min_session_timeout_ms = min_session_timeout_ms
+        self.snapshot_entries = snapshot_entries
+        self.cluster_id = cluster_id
+        self.log_level = log_level
+        ports = free_ports(2 * n)
+        self.peer_ports = {i: ports[i - 1] for i in range(1, n + 1)}
+        self.client_ports = {i: ports[n + i - 1] for i in range(1, n + 1)}
+        self.procs: dict[int, subprocess.Popen] = {}
+        self._logs: dict[int, Any] = {}
+
+    # -- configuration ----------------------------------------------------
+    def config_path(self, sid: int) -> str:
+        return os.path.join(self.base, f"server{sid}.toml")
+
+    def log_path(self, sid: int) -> str:
+        return os.path.join(self.base, f"server{sid}.log")
+
+    def client_addr(self, sid: int) -> tuple[str, int]:
+        return HOST, self.client_ports[sid]
+
+    @property
+    def endpoints(self) -> str:
+        return ",".join(f"{HOST}:{self.client_ports[i]}" for i in sorted(self.client_ports))
+
+    def write_config(self, sid: int, members: list[int] | None = None, join: bool = False) -> None:
+        members = list(range(1, self.n + 1)) if members is None else members
+        lines = [
+            "[server]",
+            f"id = {sid}",
+            f'cluster_id = "{self.cluster_id}"',
+            f'data_dir = "{os.path.join(self.base, f"data{sid}")}"',
+            f'peer_address = "{HOST}:{self.peer_ports[sid]}"',
+            f'client_address = "{HOST}:{self.client_ports[sid]}"',
+            "",
+            "[cluster]",
+        ]
+        if join:
+            lines.append("join = true")
+        else:
+            lines.append("[cluster.members]")
+            for m in members:
+                lines.append(f'{m} = {{ peer = "{HOST}:{self.peer_ports[m]}", client = "{HOST}:{self.client_ports[m]}" }}')
+        lines += [
+            "",
+            "[raft]",
+            f"tick_ms = {self.tick_ms}",
+            f"election_ticks = {self.election_ticks}",
+            f"heartbeat_ticks = {self.heartbeat_ticks}",
+            f"snapshot_entries = {self.snapshot_entries}",
+            "",
+            "[limits]",
+            f"min_session_timeout_ms = {self.min_session_timeout_ms}",
+        ]
+        with open(self.config_path(sid), "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+    # -- processes ----------------------------------------------------------
+    def start(self) -> "Cluster":
+        os.makedirs(self.base, exist_ok=True)
+        for sid in range(1, self.n + 1):
+            if not os.path.exists(self.config_path(sid)):
+                self.write_config(sid)
+            self.start_server(sid)
+        return self
+
+    def start_server(self, sid: int) -> None:
+        if sid in self.procs and self.procs[sid].poll() is None:
+            raise RuntimeError(f"server {sid} is already running")
+        logf = open(self.log_path(sid), "ab")
+        self._logs[sid] = logf
+        self.procs[sid] = subprocess.Popen(
+            [sys.executable, "-m", "coord", "serve", "--config", self.config_path(sid), "--log-level", self.log_level],
+            stdout=logf, stderr=subprocess.STDOUT, env=child_env(),
+        )
+
+    def kill(self, sid: int, sig: int = signal.SIGKILL) -> None:
+        p = self.procs.get(sid)
+        if p is not None and p.poll() is None:
+            p.send_signal(sig)
+            if sig in (signal.SIGKILL, signal.SIGTERM):
+                p.wait(timeout=10)
+
+    def pause(self, sid: int) -> None:
+        self.kill(sid, signal.SIGSTOP)
+
+    def resume(self, sid: int) -> None:
+        self.kill(sid, signal.SIGCONT)
+
+    def restart(self, sid: int) -> None:
+        self.kill(sid)
+        self.start_server(sid)
+
+    def running(self) -> list[int]:
+        return [sid for sid, p in self.procs.items() if p.poll() is None]
+
+    def close(self) -> None:
+        for sid, p in self.procs.items():
+            if p.poll() is None:
+                try:
+                    p.send_signal(signal.SIGCONT)
+                    p.kill()
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + 10
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        for f in self._logs.values():
+            f.close()
+
+    def __enter__(self) -> "Cluster":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def logs(self, sid: int, tail: int = 4000) -> str:
+        try:
+            with open(self.log_path(sid), "rb") as f:
+                return f.read().decode("utf-8", "replace")[-tail:]
+        except OSError:
+            return ""
+
+    # -- observation --------------------------------------------------------
+    async def statuses(self) -> dict[int, dict]:
+        out: dict[int, dict] = {}
+
+        async def one(sid: int) -> None:
+            st = await status(self.client_addr(sid), timeout=1.0)
+            if st is not None:
+                out[sid] = st
+
+        async with trio.open_nursery() as n:
+            for sid in self.running():
+                n.start_soon(one, sid)
+        return out
+
+    async def wait_leader(self, timeout: float = 20.0, exclude: tuple[int, ...] = ()) -> int:
+        """The id of a leader that every running server agrees on."""
+        with trio.fail_after(timeout):
+            while True:
+                sts = await self.statuses()
+                leaders = {st["server_id"] for st in sts.values() if st["role"] == "leader"}
+                leaders -= set(exclude)
+                if len(leaders) == 1:
+                    lid = leaders.pop()
+                    term = sts[lid]["term"]
+                    if all(st["leader"] == lid and st["term"] == term for st in sts.values()
+                           if st["server_id"] not in exclude):
+                        return lid
+                await trio.sleep(0.05)
+
+    async def wait_applied_all(self, zxid: int, timeout: float = 20.0) -> None:
+        with trio.fail_after(timeout):
+            while True:
+                sts = await self.statuses()
+                if len(sts) == len(self.running()) and all(st["applied"] >= zxid for st in sts.values()):
+                    return
+                await trio.sleep(0.05)
