@@ -16,7 +16,7 @@ watches, the ``watch`` op (one-shot kinds and persistent/recursive) with
 unwatch, status, and the ordering guarantee (events are queued on every
 connection when a write applies, before any later response).
 
-Fault hooks: ``FakeServer.drop_connections/stop/start/blackhole``,
+Fault hooks: ``FakeServer.drop_connections/stop/start/blackhole/close_after_events``,
 ``FakeState.expire_session/fail_next/trim_history``, ``delay_apply`` (a
 write waits before applying; it still applies if the connection dies) and
 ``delay_reply`` (the response waits after applying), optional time-based
@@ -512,6 +512,12 @@ class FakeConn:
             self.out_send.send_nowait(frame)
         except trio.WouldBlock:
             self.close("client too slow")
+            return
+        if frame.get("ev") == "watch" and self.server.close_after_events is not None:
+            self.server.close_after_events -= 1
+            if self.server.close_after_events <= 0:
+                self.server.close_after_events = None
+                self.close()  # the client gets exactly the events queued so far, then EOF
 
     def reply(self, rid: Any, outcome: tuple) -> None:
         if outcome[0] == "ok":
@@ -573,6 +579,7 @@ class FakeServer:
         self.conns: set[FakeConn] = set()
         self.listening = True
         self.blackhole = False  # accept and read, never answer: a hung server
+        self.close_after_events: int | None = None  # close a connection after sending this many more events
         self.host = f"fake{server_id}"
         self.port = server_id
         self._tcp_scope: trio.CancelScope | None = None
@@ -715,9 +722,12 @@ class FakeCluster:
                 return await server.connect()
         raise OSError(errno.EHOSTUNREACH, f"no fake server at {host}:{port}")
 
-    def client(self, *, seed: int = 0, **kwargs: Any) -> Client:
+    def client(self, *, seed: int = 0, servers: list[int] | None = None, **kwargs: Any) -> Client:
+        """A Client of this cluster (of only ``servers``, if given)."""
         kwargs.setdefault("session_timeout", 3.0)
-        return Client(self.endpoints, connect_stream=self.connect, rng=random.Random(seed), **kwargs)
+        chosen = self.servers if servers is None else [self.server(i) for i in servers]
+        endpoints = ",".join(f"{s.host}:{s.port}" for s in chosen)
+        return Client(endpoints, connect_stream=self.connect, rng=random.Random(seed), **kwargs)
 
 
 @asynccontextmanager

@@ -190,3 +190,43 @@ def test_cbor_tags_and_odd_types_are_refused_not_fatal(server):
     odd = cbor2.dumps({"id": 5, "op": "get", "path": cbor2.CBORTag(4242, "/")})
     got = _raw(server, struct.pack(">I", len(odd)) + odd)
     assert b"InvalidPath" in got or b"BadArguments" in got
+
+
+def test_client_that_never_reads_its_events_is_disconnected(server):
+    """Memory stays bounded: a watcher that stops reading is cut off with a reason."""
+    async def go():
+        lazy, lfs = await _session(server.client_addr(1))
+        # A small receive buffer on our side so the server's queue fills quickly.
+        lazy.socket.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
+        r = await _call(lfs, id=2, op="watch", path="/flood", kind="persistent", recursive=True)
+        assert r["ok"]
+        writer, wfs = await _session(server.client_addr(1))
+        await _call(wfs, id=1, op="create", path="/flood", seq=1)
+        payload = b"x" * 2000
+        # Pipeline many writes: each one is an event the lazy client never reads.
+        n = 12_000
+        async with trio.open_nursery() as nursery:
+            async def send_all():
+                for k in range(n):
+                    await wfs.send({"id": 10 + k, "op": "set", "path": "/flood", "data": payload,
+                                    "version": -1, "seq": 2 + k})
+            nursery.start_soon(send_all)
+            got = 0
+            with trio.fail_after(120):
+                while got < n:
+                    r = await wfs.receive()
+                    if "ev" not in r:
+                        got += 1
+        # Now read what the lazy client was sent: it must end with a 'closing' event.
+        tail = b""
+        with trio.fail_after(30):
+            while True:
+                chunk = await lazy.receive_some(1 << 20)
+                if not chunk:
+                    break
+                tail = (tail + chunk)[-4096:]
+        assert b"closing" in tail and b"too slow" in tail
+        await _call(wfs, id=1, op="delete", path="/flood", seq=n + 10)
+        await writer.aclose()
+
+    trio.run(go)

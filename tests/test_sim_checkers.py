@@ -259,8 +259,13 @@ def test_hash_chain_state_machine_and_snapshot_payload():
         sm.apply(e)
         c.on_apply(1, e)
     assert sm.hash == c.applied_hash(2)
-    data = sm.snapshot_data(pad=100)
+    data = sm.snapshot_data(bytes(range(100)))
     assert decode_snapshot(data) == (2, sm.hash) and len(data) > 100
+    other_bytes = sm.snapshot_data(bytes(100))
+    with pytest.raises(ValueError):  # stitched from two transfers of the same state
+        decode_snapshot(data[:64] + other_bytes[64:])
+    with pytest.raises(ValueError):
+        decode_snapshot(data + b"x")
     other = HashChainSM()
     other.restore(Snapshot(SnapshotMeta(2, 1, Membership(frozenset({1}))), data))
     assert (other.applied, other.hash) == (2, sm.hash)

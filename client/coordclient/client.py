@@ -253,6 +253,11 @@ class _Watch:
     (re-)registered).  ``from_zxid`` is where the current registration
     started: events at or below it were delivered before, so they are
     dropped if a server ever repeats one.
+
+    One zxid can carry several events (a multi, a recursive delete), and a
+    connection can die between two of them.  So the watch remembers the
+    zxid of its last event and how many it got at that zxid; ``resume``
+    then restarts just before that zxid and skips the ones already seen.
     """
 
     def __init__(self, client: "Client", kind: str, path: str, recursive: bool = False):
@@ -264,24 +269,50 @@ class _Watch:
         self.conn: Connection | None = None
         self.wid: int | None = None
         self.done = False
+        self._last_zxid = 0  # zxid of the last event delivered
+        self._at_last = 0  # events delivered with that zxid
+        self._skip = 0  # events at _last_zxid to drop after a resume
+
+    def resume(self, conn: Connection) -> None:
+        """``conn`` (where this watch was registered) is gone: choose the
+        ``from`` for the next registration."""
+        resume = max(self.from_zxid, conn.max_zxid)
+        if self._last_zxid > resume:
+            resume, self._skip = self._last_zxid - 1, self._at_last
+        else:
+            self._skip = 0
+        self.from_zxid = resume
+        self.conn = self.wid = None
 
     def register_msg(self) -> dict:
         return {"op": "watch", "path": self.path, "kind": self.kind, "recursive": self.recursive,
                 "from": self.from_zxid}
 
-    def claim(self, conn: Connection, wid: int, zxid: int) -> "_Watch | None":
+    def claim(self, conn: Connection, wid: int) -> "_Watch | None":
+        """Called by the connection's reader when the registration's response
+        arrives (before any later frame); None has the watch removed."""
         if self.done:
             return None
-        # from_zxid stays: a re-registration's replayed events precede its response.
         self.conn, self.wid = conn, wid
         return self
 
     def event_from(self, frame: dict) -> WatchEvent | None:
+        """The event to deliver for ``frame``, or None for a repeat."""
         zxid = frame.get("zxid") or 0
         if frame.get("ev") == RESYNC:
+            # Live from zxid on: nothing at or below it will come again.
+            self.from_zxid = max(self.from_zxid, zxid)
+            self._last_zxid = self._at_last = self._skip = 0
             return WatchEvent(RESYNC, self.path, zxid)
         if zxid <= self.from_zxid:
-            return None  # already delivered through an earlier registration
+            return None  # delivered through an earlier registration
+        if zxid == self._last_zxid and self._skip:
+            self._skip -= 1
+            return None
+        if zxid == self._last_zxid:
+            self._at_last += 1
+        else:
+            self._last_zxid, self._at_last, self._skip = zxid, 1, 0
         return WatchEvent(str(frame.get("type")), str(frame.get("path", self.path)), zxid)
 
     def finish(self, error: CoordError | None = None) -> None:
@@ -362,15 +393,23 @@ class WatchStream:
                 else:
                     ...  # ev.type is created/changed/deleted(/children)
 
-    Events arrive in zxid order, across reconnects, with no gap and no
-    duplicate.  Iteration ends when the stream is closed or the client
-    closes; it raises ``SessionExpiredError`` when the session expires and
+    By default the stream starts "now": with the first change committed
+    after the watch was opened (the client syncs first to find that point).
+    With ``start_zxid=Z`` it starts with the first change after zxid ``Z``:
+    read a node, then watch from ``client.last_zxid`` and no change in
+    between is missed.  If the server's history no longer reaches back to
+    ``Z`` the first event is a resync.  Events arrive in zxid order, across
+    reconnects, with no gap and no duplicate.
+
+    Iteration ends when the stream is closed or the client closes; it
+    raises ``SessionExpiredError`` when the session expires and
     ``WatchOverflowError`` if more than ``buffer`` events were left unread
     (in both cases after yielding what was buffered).
     """
 
-    def __init__(self, client: "Client", path: str, recursive: bool, buffer: int):
+    def __init__(self, client: "Client", path: str, recursive: bool, buffer: int, start_zxid: int | None):
         self._w = _Persistent(client, path, recursive, buffer)
+        self._start_zxid = start_zxid
 
     @property
     def path(self) -> str:
@@ -382,7 +421,7 @@ class WatchStream:
 
     async def start(self) -> "WatchStream":
         """Register the watch (``async with`` does this)."""
-        await self._w.client._start_persistent(self._w)
+        await self._w.client._start_persistent(self._w, self._start_zxid)
         return self
 
     async def aclose(self) -> None:
@@ -559,13 +598,15 @@ class Client:
             return
         self._closing = True  # new calls fail; the supervisor will not reconnect
         conn = self._conn
-        if self.connected and conn is not None and not conn.closed:
-            with trio.move_on_after(min(self.session_timeout, 5.0)):
-                try:
-                    await conn.request({"op": Op.CLOSE.value})
-                except ConnectionClosed:
-                    pass
-        self._finish()
+        try:
+            if self.connected and conn is not None and not conn.closed:
+                with trio.move_on_after(min(self.session_timeout, 5.0)):
+                    try:
+                        await conn.request({"op": Op.CLOSE.value})
+                    except ConnectionClosed:
+                        pass
+        finally:
+            self._finish()
 
     def _finish(self) -> None:
         self._closing = True
@@ -679,10 +720,7 @@ class Client:
         self._conn = None
         for w in self._watches:
             if w.conn is conn:
-                # The protocol delivered every event up to the connection's
-                # last zxid before that zxid: resume right after it.
-                w.from_zxid = max(w.from_zxid, conn.max_zxid)
-                w.conn = w.wid = None
+                w.resume(conn)
                 self._orphans.append(w)
         self._conn_change()
         self._set_state(ConnState.SUSPENDED)
@@ -803,11 +841,11 @@ class Client:
         if not callable(callback):
             raise TypeError("watch must be a callable taking a WatchEvent")
 
-        def claim(conn: Connection, wid: int, zxid: int) -> _OneShot | None:
+        def claim(conn: Connection, wid: int) -> _OneShot | None:
             if self._closing or self._state is ConnState.EXPIRED:
                 return None
             w = _OneShot(self, kind, path, callback)
-            w.claim(conn, wid, zxid)
+            w.claim(conn, wid)
             self._watches.add(w)
             return w
 
@@ -817,12 +855,20 @@ class Client:
         if not self._closing and self._nursery is not None:
             self._nursery.start_soon(_run_callback, callback, event)
 
-    async def _start_persistent(self, w: _Persistent) -> None:
+    async def _start_persistent(self, w: _Persistent, start_zxid: int | None) -> None:
+        if w.done or w in self._watches:
+            raise RuntimeError("a WatchStream can be started only once")
         self._raise_if_dead()
-        w.from_zxid = self.last_zxid
+        deadline = trio.current_time() + self.request_timeout
+        if start_zxid is None:
+            # "Now": everything committed before this call is applied on the
+            # server once sync returns, and last_zxid has caught up with it.
+            await self._call({"op": Op.SYNC.value}, deadline=deadline)
+            start_zxid = self.last_zxid
+        w.from_zxid = start_zxid
         self._watches.add(w)
         try:
-            await self._call(w.register_msg(), claim=w.claim)
+            await self._call(w.register_msg(), claim=w.claim, deadline=deadline)
         except BaseException:
             w.finish()
             raise
@@ -923,13 +969,17 @@ class Client:
         """The connected server's view of the ensemble (role, term, members...)."""
         return await self._call({"op": Op.STATUS.value})
 
-    def watch(self, path: str, *, recursive: bool = False, buffer: int = DEFAULT_WATCH_BUFFER) -> WatchStream:
-        """A persistent watch on ``path`` (and its subtree with ``recursive``);
-        see ``WatchStream``.  Registration happens on ``async with``/``start()``."""
+    def watch(self, path: str, *, recursive: bool = False, start_zxid: int | None = None,
+              buffer: int = DEFAULT_WATCH_BUFFER) -> WatchStream:
+        """A persistent watch on ``path`` (and its subtree with ``recursive``),
+        from now or from after ``start_zxid``; see ``WatchStream``.
+        Registration happens on ``async with``/``start()``."""
         _check_path(path)
         if buffer < 1:
             raise ValueError("buffer must be at least 1")
-        return WatchStream(self, path, recursive, buffer)
+        if start_zxid is not None and (not isinstance(start_zxid, int) or start_zxid < 0):
+            raise ValueError("start_zxid must be a zxid (an int >= 0)")
+        return WatchStream(self, path, recursive, buffer, start_zxid)
 
 
 class _AttemptFailed(Exception):

@@ -52,8 +52,8 @@ class WatchHandler(Protocol):
         """Handle a ``watch``/``resync`` event; return True when the watch is done (one-shot fired)."""
 
 
-# claim(conn, wid, zxid) -> handler for the wid, or None to have it unwatched.
-Claim = Callable[["Connection", int, int], "WatchHandler | None"]
+# claim(conn, wid) -> handler for the wid, or None to have it unwatched.
+Claim = Callable[["Connection", int], "WatchHandler | None"]
 
 
 class _Pending:
@@ -92,6 +92,8 @@ class Connection:
         self.close_reason: str | None = None
         self.closed_event = trio.Event()
         self.last_recv = self.last_send = trio.current_time()
+        # Highest zxid of a *response*: every event up to it has been delivered.
+        # (An event's zxid says less: a multi's other events may still follow.)
         self.max_zxid = 0
 
     def __repr__(self) -> str:
@@ -140,7 +142,7 @@ class Connection:
         """Send ``msg`` (an id is added) and return the response frame.
 
         ``claim`` is for requests that may register a watch: when the
-        response carries a ``wid`` the reader calls ``claim(conn, wid, zxid)``
+        response carries a ``wid`` the reader calls ``claim(conn, wid)``
         before anything else is read, so no event for the new watch can be
         missed.  If the caller gave up waiting, or ``claim`` returns None, the
         server-side watch is removed with a fire-and-forget ``unwatch``.
@@ -220,13 +222,13 @@ class Connection:
     def _dispatch(self, frame: dict) -> None:
         zxid = frame.get("zxid")
         if isinstance(zxid, int):
-            if zxid > self.max_zxid:
-                self.max_zxid = zxid
             self._on_zxid(zxid)
         ev = frame.get("ev")
         if ev is not None:
             self._event(ev, frame)
             return
+        if isinstance(zxid, int) and zxid > self.max_zxid:
+            self.max_zxid = zxid
         pending = self._pending.pop(frame.get("id"), None)
         if pending is None:
             return  # the caller gave up (or an unwatch we fired and forgot)
@@ -244,7 +246,7 @@ class Connection:
             if wid is None:
                 wid = frame.get("wid")
         if isinstance(wid, int):
-            handler = None if pending.abandoned else pending.claim(self, wid, frame.get("zxid") or 0)
+            handler = None if pending.abandoned else pending.claim(self, wid)
             if handler is None:
                 self.send_unwatch(wid)
             else:

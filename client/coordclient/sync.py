@@ -200,10 +200,11 @@ class SyncClient:
     def status(self) -> dict:
         return self._run(self.client.status)
 
-    def watch(self, path: str, *, recursive: bool = False, buffer: int = DEFAULT_WATCH_BUFFER) -> "SyncWatch":
+    def watch(self, path: str, *, recursive: bool = False, start_zxid: int | None = None,
+              buffer: int = DEFAULT_WATCH_BUFFER) -> "SyncWatch":
         """A persistent watch as a blocking iterator; use it as a context manager."""
-        return SyncWatch(self, self._run_sync(functools.partial(self.client.watch, path, recursive=recursive,
-                                                                buffer=buffer)))
+        make = functools.partial(self.client.watch, path, recursive=recursive, start_zxid=start_zxid, buffer=buffer)
+        return SyncWatch(self, self._run_sync(make))
 
 
 class SyncWatch:

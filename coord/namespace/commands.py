@@ -34,7 +34,7 @@ from coordclient.errors import BadArgumentsError, CoordError, MultiError, Unimpl
 from coordclient.protocol import Err
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Create:
     path: str
     data: bytes = b""
@@ -43,48 +43,48 @@ class Create:
     parents: bool = False
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Delete:
     path: str
     version: int = -1
     recursive: bool = False
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class SetData:
     path: str
     data: bytes = b""
     version: int = -1
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Check:
     path: str
     version: int = -1
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Multi:
     ops: tuple  # of Create | Delete | SetData | Check
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class SessionOpen:
     timeout_ms: int
     secret: bytes = b""
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class SessionClose:
     pass
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class SessionExpire:
     sids: tuple[int, ...]
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Command:
     op: str
     body: Any  # one of the classes above
@@ -101,55 +101,80 @@ class Command:
 WRITE_OPS = frozenset({"create", "delete", "set", "multi"})
 MULTI_OPS = frozenset({"check", "create", "set", "delete"})
 _REQUIRED = object()
-_ENVELOPE = ("op", "t", "sid", "seq")
+_ENVELOPE = (("t", int, 0), ("sid", int, 0), ("seq", int, 0))
 
-# op -> (class, ((field, type, default), ...)); type list means "list", checked further below.
-_SCHEMA: dict[str, tuple[type, tuple]] = {
-    "create": (Create, (("path", str, _REQUIRED), ("data", bytes, b""), ("eph", bool, False),
-                        ("sq", bool, False), ("parents", bool, False))),
-    "delete": (Delete, (("path", str, _REQUIRED), ("version", int, -1), ("recursive", bool, False))),
-    "set": (SetData, (("path", str, _REQUIRED), ("data", bytes, b""), ("version", int, -1))),
-    "check": (Check, (("path", str, _REQUIRED), ("version", int, -1))),
-    "multi": (Multi, (("ops", list, _REQUIRED),)),
-    "session_open": (SessionOpen, (("timeout_ms", int, _REQUIRED), ("secret", bytes, b""))),
-    "session_close": (SessionClose, ()),
-    "session_expire": (SessionExpire, (("sids", list, _REQUIRED),)),
+
+def _check_version(b: Any) -> None:
+    if b.version < -1:
+        raise BadArgumentsError("'version' must be >= -1")
+
+
+def _check_open(b: SessionOpen) -> None:
+    if b.timeout_ms <= 0:
+        raise BadArgumentsError("'timeout_ms' must be positive")
+
+
+def _check_expire(b: SessionExpire) -> None:
+    if any(type(s) is not int or s <= 0 for s in b.sids):
+        raise BadArgumentsError("'sids' must be a list of positive integers")
+    b.sids = tuple(b.sids)
+
+
+def _check_multi(b: Multi) -> None:
+    b.ops = _multi_ops(b.ops)
+
+
+class _Spec:
+    """How to read one op: its class, fields (name, exact type, default) and extra check."""
+
+    __slots__ = ("cls", "fields", "check", "top_keys", "multi_keys")
+
+    def __init__(self, cls: type, fields: tuple, check: Any = None) -> None:
+        self.cls, self.fields, self.check = cls, fields, check
+        names = {name for name, _, _ in fields} | {"op"}
+        self.top_keys = frozenset(names | {name for name, _, _ in _ENVELOPE})
+        self.multi_keys = frozenset(names)
+
+
+_SCHEMA: dict[str, _Spec] = {
+    "create": _Spec(Create, (("path", str, _REQUIRED), ("data", bytes, b""), ("eph", bool, False),
+                             ("sq", bool, False), ("parents", bool, False))),
+    "delete": _Spec(Delete, (("path", str, _REQUIRED), ("version", int, -1), ("recursive", bool, False)),
+                    _check_version),
+    "set": _Spec(SetData, (("path", str, _REQUIRED), ("data", bytes, b""), ("version", int, -1)), _check_version),
+    "check": _Spec(Check, (("path", str, _REQUIRED), ("version", int, -1)), _check_version),
+    "multi": _Spec(Multi, (("ops", list, _REQUIRED),), _check_multi),
+    "session_open": _Spec(SessionOpen, (("timeout_ms", int, _REQUIRED), ("secret", bytes, b"")), _check_open),
+    "session_close": _Spec(SessionClose, ()),
+    "session_expire": _Spec(SessionExpire, (("sids", list, _REQUIRED),), _check_expire),
 }
 
 
-def _field(d: dict, name: str, typ: type, default: Any) -> Any:
-    v = d.get(name, default)
-    if v is _REQUIRED:
-        raise BadArgumentsError(f"missing field {name!r}")
-    if type(v) is not typ:  # exact: bool is not an int here, bytearray is not bytes
-        raise BadArgumentsError(f"field {name!r} must be {typ.__name__}")
-    return v
+def _values(d: dict, fields: tuple) -> list:
+    out = []
+    for name, typ, default in fields:
+        v = d.get(name, default)
+        if type(v) is not typ:  # exact: bool is not an int here, bytearray is not bytes
+            if v is _REQUIRED:
+                raise BadArgumentsError(f"missing field {name!r}")
+            raise BadArgumentsError(f"field {name!r} must be {typ.__name__}")
+        out.append(v)
+    return out
 
 
-def _body(op: Any, d: dict, allowed_extra: tuple[str, ...]) -> Any:
+def _body(op: Any, d: dict, in_multi: bool) -> Any:
     if not isinstance(op, str):
         raise BadArgumentsError("'op' must be a string")
     spec = _SCHEMA.get(op)
     if spec is None:
         raise UnimplementedError(f"unknown operation {op!r}"[:200])
-    cls, fields = spec
-    known = {name for name, _, _ in fields}
-    for k in d:
-        if k not in known and k not in allowed_extra:
-            raise BadArgumentsError(f"unknown field {k!r} for {op}"[:200])
-    vals = {name: _field(d, name, typ, default) for name, typ, default in fields}
-    if vals.get("version", -1) < -1:
-        raise BadArgumentsError("'version' must be >= -1")
-    if op == "session_open" and vals["timeout_ms"] <= 0:
-        raise BadArgumentsError("'timeout_ms' must be positive")
-    if op == "session_expire":
-        sids = vals["sids"]
-        if any(type(s) is not int or s <= 0 for s in sids):
-            raise BadArgumentsError("'sids' must be a list of positive integers")
-        vals["sids"] = tuple(sids)
-    if op == "multi":
-        vals["ops"] = _multi_ops(vals["ops"])
-    return cls(**vals)
+    if not d.keys() <= (spec.multi_keys if in_multi else spec.top_keys):
+        unknown = sorted(map(repr, d.keys() - (spec.multi_keys if in_multi else spec.top_keys)))
+        raise BadArgumentsError(f"unknown field(s) for {op}: {', '.join(unknown)}"[:200])
+    body = spec.cls(*_values(d, spec.fields))
+    if spec.check is not None:
+        spec.check(body)
+    return body
 
 
 def _multi_ops(raw: list) -> tuple:
@@ -161,7 +186,7 @@ def _multi_ops(raw: list) -> tuple:
             op = o.get("op")
             if isinstance(op, str) and op in _SCHEMA and op not in MULTI_OPS:
                 raise BadArgumentsError(f"{op} is not allowed inside a multi")
-            ops.append(_body(op, o, ("op",)))
+            ops.append(_body(op, o, True))
         except CoordError as e:
             raise multi_failure(i, e, len(raw)) from None
     return tuple(ops)
@@ -181,11 +206,11 @@ def parse_command(d: Any) -> Command:
     Unimplemented, or MultiError for a bad op inside a multi)."""
     if type(d) is not dict:
         raise BadArgumentsError("a command must be a map")
-    env = [_field(d, k, int, 0) for k in _ENVELOPE[1:]]
-    if any(v < 0 for v in env):
+    t, sid, seq = _values(d, _ENVELOPE)
+    if t < 0 or sid < 0 or seq < 0:
         raise BadArgumentsError("'t', 'sid' and 'seq' must be >= 0")
     op = d.get("op")
-    return Command(op, _body(op, d, _ENVELOPE), *env)
+    return Command(op, _body(op, d, False), t, sid, seq)
 
 
 def decode_command(data: bytes) -> Command:

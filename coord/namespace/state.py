@@ -11,6 +11,19 @@ no floats.
 an error result and change nothing, because the same bytes are refused the
 same way on every server.  Reads are plain method calls raising
 ``coordclient.errors`` exceptions; the server decides when a read may run.
+
+Results (plain CBOR-friendly dicts)::
+
+    {"ok": True, "r": r}   create {"path", "stat"}; set {"stat"}; delete {};
+                           multi {"results": [r per op; check -> {}]};
+                           session_open {"sid", "timeout_ms"}; session_close {};
+                           session_expire {"expired": [sids that existed]}
+    {"ok": False, "err": Err value, "msg": str, "path": str | None}
+                           a failed multi adds "index" and "results" (one
+                           {"err", "msg", "path"} per op: the failing op's
+                           error, RuntimeInconsistency for the others)
+
+Stats are lists in ``protocol.STAT_FIELDS`` order.
 """
 
 from __future__ import annotations
@@ -161,10 +174,14 @@ class NamespaceStateMachine:
     # reads
     # ------------------------------------------------------------------
     def _lookup(self, path: Any) -> list | None:
+        if type(path) is str:
+            node = self._tree.get(path)
+            if node is not None:  # valid: it was checked when created
+                return node
         why = validate_path(path)
         if why is not None:
             raise InvalidPathError(f"{why}: {path!r}"[:300], path=path if isinstance(path, str) else None)
-        return self._tree.get(path)
+        return None
 
     def _node(self, path: Any) -> list:
         node = self._lookup(path)

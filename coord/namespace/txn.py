@@ -93,9 +93,16 @@ class Txn:
     def _unset(node: Node, data: bytes, version: int, mzxid: int, mtime: int) -> None:
         node[DATA], node[VERSION], node[MZXID], node[MTIME] = data, version, mzxid, mtime
 
-    def _node(self, path: str) -> Node:
-        """The node at a (checked) path."""
+    def _lookup(self, path: str) -> Node | None:
+        """The node at ``path`` or None; InvalidPath for a bad path.  Only
+        misses are checked: every path in the tree was checked when created."""
         node = self.tree.get(path)
+        if node is None:
+            check_path(path)
+        return node
+
+    @staticmethod
+    def _exists(node: Node | None, path: str) -> Node:
         if node is None:
             raise NoNodeError(f"{path} does not exist", path=path)
         return node
@@ -159,9 +166,9 @@ class Txn:
 
     def set(self, op: SetData) -> dict:
         path = op.path
-        check_path(path)
+        node = self._lookup(path)
         self._check_size(op.data, path)
-        node = self._node(path)
+        node = self._exists(node, path)
         self._check_version(node, op.version, path)
         self.undo.append((self._unset, node, node[DATA], node[VERSION], node[MZXID], node[MTIME]))
         node[DATA] = op.data
@@ -173,10 +180,10 @@ class Txn:
 
     def delete(self, op: Delete) -> dict:
         path = op.path
-        check_path(path)
+        node = self._lookup(path)
         if path == "/":
             raise BadArgumentsError("the root cannot be deleted", path=path)
-        node = self._node(path)
+        node = self._exists(node, path)
         self._check_version(node, op.version, path)
         if node[KIDS]:
             if not op.recursive:
@@ -187,8 +194,7 @@ class Txn:
         return {}
 
     def check(self, op: Check) -> dict:
-        check_path(op.path)
-        self._check_version(self._node(op.path), op.version, op.path)
+        self._check_version(self._exists(self._lookup(op.path), op.path), op.version, op.path)
         return {}
 
     def multi(self, ops: tuple, sid: int) -> dict:

@@ -129,7 +129,7 @@ class RaftCore:
         self._forwarded_reads: dict[bytes, int] = {}
 
         # Follower's partial InstallSnapshot transfer and completed snapshot to hand out.
-        self._snap_recv: tuple[int, int, Membership, bytearray] | None = None
+        self._snap_recv: tuple[tuple, Membership, bytearray] | None = None
         self._snapshot_to_install: Snapshot | None = None
 
         self._msgs_now: list[Message] = []
@@ -564,13 +564,17 @@ class RaftCore:
             self._snap_recv = None
             reply(0, done=True)  # we already have all of it
             return
+        # One transfer = one leader's snapshot in one term: two servers may
+        # serialize the same state differently, so chunks of different
+        # transfers must never be mixed even if index and term agree.
+        key = (m.index, m.log_term, m.frm, m.term)
         buf = self._snap_recv
-        if buf is None or (buf[0], buf[1]) != (m.index, m.log_term):
+        if buf is None or buf[0] != key:
             if m.offset != 0:
                 reply(0, reject=True)
                 return
-            buf = self._snap_recv = (m.index, m.log_term, m.membership or Membership(), bytearray())
-        data = buf[3]
+            buf = self._snap_recv = (key, m.membership or Membership(), bytearray())
+        data = buf[2]
         if m.offset != len(data):
             reply(len(data), reject=True)
             return
@@ -579,7 +583,7 @@ class RaftCore:
             reply(len(data))
             return
         self._snap_recv = None
-        snap = Snapshot(SnapshotMeta(buf[0], buf[1], buf[2]), bytes(data))
+        snap = Snapshot(SnapshotMeta(m.index, m.log_term, buf[1]), bytes(data))
         self._install_snapshot(snap)
         reply(len(data), done=True)
 

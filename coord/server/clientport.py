@@ -40,6 +40,7 @@ log = logging.getLogger("coord.clientport")
 
 MAX_INFLIGHT = 512  # requests being served per connection
 OUT_QUEUE = 8192  # responses + events queued per connection before it counts as too slow
+CLOSE_GRACE = 5.0  # seconds a closing connection gets to take its last frames
 MAX_MULTI_OPS = 1000
 
 _INT_MAX = (1 << 63) - 1
@@ -126,6 +127,7 @@ class ClientConnection:
         try:
             with self._scope:
                 async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
                     nursery.start_soon(self._writer)
                     await self._reader(nursery)
                     # EOF from the client: finish what is in flight, then stop.
@@ -140,16 +142,28 @@ class ClientConnection:
                     await self.stream.aclose()
 
     _inflight = 0
+    _nursery: trio.Nursery | None = None
 
     def close(self, reason: str) -> None:
-        """Send a last event saying why, then drop the connection."""
-        if self.close_reason is None:
-            self.close_reason = reason
-            log.info("closing client connection %s (session %x): %s", self.peer, self.sid, reason)
+        """Send a last event saying why, then drop the connection.  What was
+        still queued is discarded (the connection is ending anyway), and a
+        client that reads nothing gets a few seconds before the socket closes."""
+        if self.close_reason is not None:
+            return
+        self.close_reason = reason
+        log.info("closing client connection %s (session %#x): %s", self.peer, self.sid, reason)
+        while True:
             try:
-                self.out_send.send_nowait({"ev": "closing", "reason": reason})
+                self.out_recv.receive_nowait()
             except trio.WouldBlock:
-                self._scope.cancel()
+                break
+        self.out_send.send_nowait({"ev": "closing", "reason": reason})
+        if self._nursery is not None:
+            self._nursery.start_soon(self._close_after, CLOSE_GRACE)
+
+    async def _close_after(self, seconds: float) -> None:
+        await trio.sleep(seconds)
+        self._scope.cancel()
 
     async def _writer(self) -> None:
         recv = self.out_recv

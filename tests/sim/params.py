@@ -115,9 +115,9 @@ def churn_profile(rng: random.Random) -> SimParams:
 def crashy_profile(rng: random.Random) -> SimParams:
     """Servers crash constantly, often all at once, often with torn writes."""
     p = default_profile(rng)
-    return p.replace(n_initial=rng.choice((3, 5)), crash_rate=8.0, total_crash_prob=0.2,
-                     torn_write_prob=0.8, downtime_us=(5_000, 300_000),
-                     disk_us=(1_000, 20_000))
+    return p.replace(n_initial=rng.choice((3, 5)), crash_rate=5.0, total_crash_prob=0.15,
+                     torn_write_prob=0.8, downtime_us=(2_000, 150_000),
+                     disk_us=(500, 15_000))
 
 
 def calm_profile(rng: random.Random) -> SimParams:

@@ -370,7 +370,7 @@ class Simulation:
         node.next_snapshot_at = sm.applied + self.rng.randint(*self.p.snapshot_every)
         if sm.applied <= node.disk.snapshot_index:
             return
-        data = sm.snapshot_data(self.rng.randint(0, self.p.snapshot_pad))
+        data = sm.snapshot_data(self.rng.randbytes(self.rng.randint(0, self.p.snapshot_pad)))
         retain = self.rng.choice((0, 0, 2, 20))
         if retain:
             node.core.compact(sm.applied, data, retain=retain)

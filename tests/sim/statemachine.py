@@ -8,6 +8,7 @@ so that InstallSnapshot needs several chunks when the chunk size is small).
 
 from __future__ import annotations
 
+import hashlib
 import struct
 
 import cbor2
@@ -16,22 +17,32 @@ from coord.raft.types import Entry, EntryKind, HardState, Membership, Ready, Sna
 
 from .checkers import GENESIS, LogView, chain_hash
 
-_SNAP = struct.Struct(">4sQ16s")
+_SNAP = struct.Struct(">4sQ16sI8s")
 _MAGIC = b"SIMS"
 
 
-def encode_snapshot(index: int, state_hash: bytes, pad: int = 0) -> bytes:
-    """Snapshot payload: magic, applied index, hash, then ``pad`` filler bytes."""
-    return _SNAP.pack(_MAGIC, index, state_hash) + bytes((index + k) & 0xFF for k in range(pad))
+def encode_snapshot(index: int, state_hash: bytes, pad: bytes = b"") -> bytes:
+    """Snapshot payload: magic, applied index, hash, then ``pad`` filler.
+
+    The filler is random, so two snapshots of the same state differ in their
+    bytes (as real serializations may); its length and digest are in the
+    header, so a payload stitched together from chunks of two different
+    transfers is detected instead of silently installed."""
+    digest = hashlib.blake2b(pad, digest_size=8).digest()
+    return _SNAP.pack(_MAGIC, index, state_hash, len(pad), digest) + pad
 
 
 def decode_snapshot(data: bytes) -> tuple[int, bytes]:
     """(applied index, hash) of a snapshot payload; ValueError if it is not one."""
     if len(data) < _SNAP.size:
         raise ValueError(f"snapshot payload too short ({len(data)} bytes)")
-    magic, index, h = _SNAP.unpack_from(data)
+    magic, index, h, pad_len, digest = _SNAP.unpack_from(data)
     if magic != _MAGIC:
         raise ValueError("snapshot payload has a bad magic")
+    pad = data[_SNAP.size:]
+    if len(pad) != pad_len or hashlib.blake2b(pad, digest_size=8).digest() != digest:
+        raise ValueError(f"snapshot payload is corrupt: {len(data)} bytes, "
+                         f"header promises {_SNAP.size + pad_len} with another digest")
     return index, h
 
 
@@ -70,7 +81,7 @@ class HashChainSM:
             if m is not None:
                 self.membership = m
 
-    def snapshot_data(self, pad: int) -> bytes:
+    def snapshot_data(self, pad: bytes = b"") -> bytes:
         return encode_snapshot(self.applied, self.hash, pad)
 
     def restore(self, snap: Snapshot) -> None:
