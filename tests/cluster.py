@@ -38,7 +38,9 @@ def child_env() -> dict[str, str]:
 class Cluster:
     def __init__(self, n: int, base_dir: str | os.PathLike, *, tick_ms: int = 50, election_ticks: int = 10,
                  heartbeat_ticks: int = 2, min_session_timeout_ms: int = 500, snapshot_entries: int = 10_000,
-                 cluster_id: str = "test", log_level: str = "info"):
+                 cluster_id: str = "test", log_level: str = "info", spare: int = 0):
+        """``n`` initial members (ids 1..n); ``spare`` more ids get ports and
+        can be started later with a joining configuration."""
         self.n = n
         self.base = os.fspath(base_dir)
         self.tick_ms, self.election_ticks, self.heartbeat_ticks = tick_ms, election_ticks, heartbeat_ticks
@@ -46,9 +48,10 @@ class Cluster:
         self.snapshot_entries = snapshot_entries
         self.cluster_id = cluster_id
         self.log_level = log_level
-        ports = free_ports(2 * n)
-        self.peer_ports = {i: ports[i - 1] for i in range(1, n + 1)}
-        self.client_ports = {i: ports[n + i - 1] for i in range(1, n + 1)}
+        total = n + spare
+        ports = free_ports(2 * total)
+        self.peer_ports = {i: ports[i - 1] for i in range(1, total + 1)}
+        self.client_ports = {i: ports[total + i - 1] for i in range(1, total + 1)}
         self.procs: dict[int, subprocess.Popen] = {}
         self._logs: dict[int, Any] = {}
 
@@ -64,7 +67,20 @@ class Cluster:
 
     @property
     def endpoints(self) -> str:
-        return ",".join(f"{HOST}:{self.client_ports[i]}" for i in sorted(self.client_ports))
+        """Client endpoints of the initial members."""
+        return self.endpoints_of(range(1, self.n + 1))
+
+    def endpoints_of(self, sids) -> str:
+        return ",".join(f"{HOST}:{self.client_ports[i]}" for i in sids)
+
+    def addrs(self, sid: int) -> dict:
+        """A server's addresses as membership changes take them."""
+        return {"id": sid, "peer": f"{HOST}:{self.peer_ports[sid]}", "client": f"{HOST}:{self.client_ports[sid]}"}
+
+    def start_joining(self, sid: int) -> None:
+        """Start server ``sid`` with a configuration that says "join"."""
+        self.write_config(sid, join=True)
+        self.start_server(sid)
 
     def write_config(self, sid: int, members: list[int] | None = None, join: bool = False) -> None:
         members = list(range(1, self.n + 1)) if members is None else members
@@ -181,18 +197,21 @@ class Cluster:
                 n.start_soon(one, sid)
         return out
 
-    async def wait_leader(self, timeout: float = 20.0, exclude: tuple[int, ...] = ()) -> int:
-        """The id of a leader that every running server agrees on."""
+    async def wait_leader(self, timeout: float = 20.0, exclude: tuple[int, ...] = (),
+                          among: tuple[int, ...] | None = None) -> int:
+        """The id of a leader that every running server (or every server in
+        ``among``, less ``exclude``) agrees on."""
         with trio.fail_after(timeout):
             while True:
                 sts = await self.statuses()
+                if among is not None:
+                    sts = {k: v for k, v in sts.items() if k in among}
+                sts = {k: v for k, v in sts.items() if k not in exclude}
                 leaders = {st["server_id"] for st in sts.values() if st["role"] == "leader"}
-                leaders -= set(exclude)
                 if len(leaders) == 1:
                     lid = leaders.pop()
                     term = sts[lid]["term"]
-                    if all(st["leader"] == lid and st["term"] == term for st in sts.values()
-                           if st["server_id"] not in exclude):
+                    if all(st["leader"] == lid and st["term"] == term for st in sts.values()):
                         return lid
                 await trio.sleep(0.05)
 

@@ -101,6 +101,15 @@ async def test_client_side_checks_send_nothing():
         assert sum(cl.state.op_counts.values()) == before
 
 
+async def test_request_over_the_frame_limit_fails_alone():
+    async with open_cluster(1) as cl, cl.client() as c:
+        big = b"x" * DEFAULT_MAX_DATA
+        with pytest.raises(TooLargeError):
+            await c.multi([ops.create(f"/big{i}", big) for i in range(5)])  # > 4 MiB in one frame
+        assert c.connected and await c.create("/small") == "/small"
+        assert cl.state.op_counts["multi"] == 0
+
+
 async def test_multi_commits_atomically():
     async with open_cluster(1) as cl, cl.client() as c:
         await c.create("/m", b"v0")
@@ -129,6 +138,18 @@ async def test_multi_failure_raises_multierror_and_applies_nothing():
         assert "/m/new" not in cl.state.nodes and cl.state.data("/m") == b"v0" and cl.state.zxid == zxid
         with pytest.raises(TypeError):
             await c.multi([{"op": "frobnicate"}])
+
+
+def test_multi_error_results_accept_codes_or_maps():
+    from coordclient.client import _error_from
+
+    frame = {"ok": False, "err": "NoNode", "msg": "gone", "path": "/x", "index": 1,
+             "results": [{"err": "RuntimeInconsistency", "msg": "", "path": None},
+                         {"err": "NoNode", "msg": "gone", "path": "/x"}, "RuntimeInconsistency"]}
+    err = _error_from(frame)
+    assert isinstance(err, MultiError) and err.index == 1 and isinstance(err.cause, NoNodeError)
+    assert [type(r) for r in err.results] == [RuntimeInconsistencyError, NoNodeError, RuntimeInconsistencyError]
+    assert err.results[1].path == "/x"
 
 
 async def test_pipelined_calls_complete_concurrently():

@@ -224,8 +224,6 @@ def test_leader_transfer():
     assert any(e.index == idx and e.term == t for e in c.applied[1])
 
 
-@pytest.mark.xfail(strict=False, reason="core bug: RaftCore.promotable() only looks at the latest "
-                   "configuration, so a removed leader never campaigns again (sim: liveness failures)")
 def test_removed_leader_with_longest_log_stays_electable_until_c_new_commits():
     """Raft thesis 4.2.2: a server not in its own latest configuration must
     still start elections, because until C_new commits it may be needed.
@@ -251,8 +249,6 @@ def test_removed_leader_with_longest_log_stays_electable_until_c_new_commits():
     assert c.leader() != 0, f"no leader can ever be elected: {c.describe()}"
 
 
-@pytest.mark.xfail(strict=False, reason="core bug: the InstallSnapshot receive buffer is keyed by "
-                   "(index, term) only, not by the sending leader/term (sim: corrupt snapshot installed)")
 def test_snapshot_chunks_of_two_transfers_are_never_stitched():
     """Two leaders may hold different bytes for a snapshot at the same
     (index, term) (each server serializes its own).  A follower that got the

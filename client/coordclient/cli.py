@@ -229,6 +229,11 @@ def watch(c: _Ctx, path: str, recursive: bool, count: int | None) -> None:
     c.run(action)
 
 
+from coordclient import cli_admin  # noqa: E402  (commands that register on the group above)
+
+cli_admin.register(cli, pass_ctx)
+
+
 def main(argv: list[str] | None = None) -> Any:
     """Console-script entry point (``coordctl = "coordclient.cli:main"``)."""
     return cli.main(args=argv, prog_name="coordctl")

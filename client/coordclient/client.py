@@ -237,10 +237,21 @@ def _error_from(frame: dict) -> CoordError:
     path = frame.get("path")
     if isinstance(frame.get("index"), int):
         cause = CoordError.from_code(code, message, path=path)
-        results = [None if c in (None, "ok", "Ok") else CoordError.from_code(str(c))
-                   for c in frame.get("results") or []]
+        results = [_op_error(r) for r in frame.get("results") or []]
         return MultiError(message, path=path, index=frame["index"], cause=cause, results=results)
     return CoordError.from_code(code, message, path=path)
+
+
+def _op_error(result: object) -> CoordError | None:
+    """One op's outcome in a failed multi: an error code, or a map with
+    "err"/"msg"/"path" (both forms are accepted); None if it had none."""
+    if isinstance(result, dict):
+        if not result.get("err"):
+            return None
+        return CoordError.from_code(str(result["err"]), str(result.get("msg") or ""), path=result.get("path"))
+    if result in (None, "ok", "Ok"):
+        return None
+    return CoordError.from_code(str(result))
 
 
 # -- watches ---------------------------------------------------------------

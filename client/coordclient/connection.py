@@ -12,9 +12,11 @@ protocol promises that every event with zxid <= Z arrives before a response
 carrying Z, so when a caller sees a response every event it implies has
 already been delivered.
 
-All requests go through one writer task fed by a bounded channel: a caller
-cancelled while waiting for a response never leaves half a frame on the
-wire, and bursts of pipelined requests go out in few writes.
+All requests go through one writer task fed by a bounded channel of
+encoded frames: a caller cancelled while waiting for a response never
+leaves half a frame on the wire, bursts of pipelined requests go out in few
+writes, and a request too large to send fails in its caller (encoding
+happens there) instead of killing the connection.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from typing import Callable, Protocol
 
 import trio
 
-from coordclient.wire import DEFAULT_MAX_FRAME, FramedStream, FrameError
+from coordclient.errors import TooLargeError
+from coordclient.wire import DEFAULT_MAX_FRAME, FramedStream, FrameError, FrameTooLarge, encode_frame
 
 __all__ = ["Connection", "ConnectionClosed", "WatchHandler"]
 
@@ -80,7 +83,8 @@ class Connection:
         self.label = label
         self._framed = FramedStream(stream, max_frame)
         self._on_zxid = on_zxid
-        self._send_ch, self._send_rx = trio.open_memory_channel[dict](SEND_QUEUE)
+        self._max_frame = max_frame
+        self._send_ch, self._send_rx = trio.open_memory_channel[bytes](SEND_QUEUE)
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
         self._claims_pending = 0
@@ -150,13 +154,17 @@ class Connection:
         if self.closed:
             raise ConnectionClosed(self.close_reason)
         rid = next(self._ids)
+        try:
+            frame = encode_frame({**msg, "id": rid}, self._max_frame)
+        except FrameTooLarge as exc:
+            raise TooLargeError(str(exc), path=msg.get("path")) from None
         pending = _Pending(claim)
         self._pending[rid] = pending
         if claim is not None:
             self._claims_pending += 1
         queued = False
         try:
-            await self._send_ch.send({**msg, "id": rid})
+            await self._send_ch.send(frame)
             queued = True
             await pending.done.wait()
         except (trio.ClosedResourceError, trio.BrokenResourceError):
@@ -181,7 +189,7 @@ class Connection:
         self._wids.pop(wid, None)
         if not self.closed:
             try:
-                self._send_ch.send_nowait({"id": next(self._ids), "op": "unwatch", "wid": wid})
+                self._send_ch.send_nowait(encode_frame({"id": next(self._ids), "op": "unwatch", "wid": wid}))
             except (trio.WouldBlock, trio.ClosedResourceError):
                 pass  # the watch dies with the connection at the latest
 
@@ -196,7 +204,7 @@ class Connection:
                         batch.append(self._send_rx.receive_nowait())
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
-                await self._framed.send_many(batch)
+                await self._framed.stream.send_all(b"".join(batch))
                 self.last_send = trio.current_time()
         except STREAM_ERRORS as exc:
             self.abort(f"send failed: {exc!r}")

@@ -53,13 +53,18 @@ class Op(str, enum.Enum):
     # watches
     WATCH = "watch"  # persistent watch stream on a node or subtree
     UNWATCH = "unwatch"
-    # tools
+    # tools and administration (allowed without a session)
     STATUS = "status"
+    MEMBER_CHANGE = "member_change"  # add/remove/promote servers (one joint-consensus step)
+    LEADER_TRANSFER = "leader_transfer"
+    SNAPSHOT = "snapshot"  # stream a consistent snapshot of the state machine
     # operations inside MULTI only
     CHECK = "check"
 
 
 WRITE_OPS = frozenset({Op.CREATE, Op.DELETE, Op.SET, Op.MULTI})
+SESSIONLESS_OPS = frozenset({Op.HELLO, Op.STATUS, Op.MEMBER_CHANGE, Op.LEADER_TRANSFER, Op.SNAPSHOT})
+SNAPSHOT_CHUNK = 1 << 20
 
 
 class Err(str, enum.Enum):

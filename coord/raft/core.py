@@ -173,8 +173,28 @@ class RaftCore:
     def progress(self) -> dict[int, dict]:
         return {pid: pr.describe() for pid, pr in self.prs.items()}
 
+    def recent_members(self) -> frozenset[int]:
+        """Members of the latest configuration and of the one before it: the
+        servers a leader may still have to reach (a removed server must hear
+        that it was removed)."""
+        out = self.membership.members()
+        if len(self._confs) > 1:
+            out |= self._confs[-2][1].members()
+        return out
+
     def promotable(self) -> bool:
-        return self.node_id in self.membership.all_voters()
+        """May this server campaign?  A voter of its latest configuration may;
+        so may a voter of the previous one while the latest is not known to be
+        committed.  Without the second rule a leader that removed itself and
+        lost its quorum before C_new committed leaves nobody able to finish the
+        change (the remaining voters can lack C_new and need its vote).
+        Votes are always counted in the candidate's latest configuration, so
+        who campaigns does not affect safety."""
+        me = self.node_id
+        if me in self.membership.all_voters():
+            return True
+        return (self.membership_version > self.log.commit and len(self._confs) > 1
+                and me in self._confs[-2][1].all_voters())
 
     # ------------------------------------------------------------------
     # inputs
@@ -236,7 +256,9 @@ class RaftCore:
                 f"cannot turn voters {sorted(demoted)} into learners in one step: remove them first"
             )
         members = new_voters | new_learners
-        merged = {k: v for k, v in cur.addrs.items() if k in members}
+        # A joint configuration still needs the addresses of the servers it removes.
+        keep = members | cur.voters if new_voters != cur.voters else members
+        merged = {k: v for k, v in cur.addrs.items() if k in keep}
         merged.update({k: v for k, v in (addrs or {}).items() if k in members})
         if new_voters == cur.voters:
             if new_learners == cur.learners and merged == cur.addrs:
@@ -445,8 +467,13 @@ class RaftCore:
         self._bcast = True
 
     def _sync_progress(self) -> None:
-        """Leader: one Progress per member (plus itself), after a config change."""
+        """Leader: one Progress per member (plus itself), after a config change.
+        Servers that the newest, not yet committed, configuration removes keep
+        receiving the log until it commits, so that they learn of their removal
+        (and stop campaigning) instead of being cut off before it."""
         want = set(self.membership.members()) | {self.node_id}
+        if self.membership_version > self.log.commit and len(self._confs) > 1:
+            want |= self._confs[-2][1].members()
         for pid in list(self.prs):
             if pid not in want:
                 del self.prs[pid]
@@ -819,9 +846,13 @@ class RaftCore:
                 self._leader_read(ctx, frm)
         m = self.membership
         if self.membership_version <= lg.commit:
+            if len(self.prs) > len(m.members() | {self.node_id}):
+                self._sync_progress()  # the removal committed: stop replicating to the removed
             if m.joint:
                 # C_old,new is committed: move to C_new on our own (thesis 4.3).
-                self._append_config(Membership(m.voters, frozenset(), m.learners, m.addrs))
+                final = m.voters | m.learners
+                self._append_config(Membership(m.voters, frozenset(), m.learners,
+                                               {k: v for k, v in m.addrs.items() if k in final}))
             elif self.node_id not in m.voters:
                 # We are not in the committed C_new: hand over and step down.
                 best = max(

@@ -10,6 +10,7 @@ import trio
 
 from coord.server.clientport import serve_clients
 from coord.server.config import ServerConfig
+from coord.server.sdnotify import notify
 from coord.server.service import CoordService
 
 log = logging.getLogger("coord.server")
@@ -22,8 +23,10 @@ async def serve_until_signal(cfg: ServerConfig) -> None:
             await nursery.start(service.run)
             await nursery.start(serve_clients, service)
             log.info("server %d ready (cluster %r, data in %s)", cfg.server_id, cfg.cluster_id, cfg.data_dir)
+            notify(f"READY=1\nSTATUS=serving clients on {cfg.client_address[0]}:{cfg.client_address[1]}")
             async for signum in signals:
                 log.info("server %d: signal %d, stopping", cfg.server_id, signum)
+                notify("STOPPING=1")
                 nursery.cancel_scope.cancel()
                 break
 

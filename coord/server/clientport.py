@@ -18,22 +18,25 @@ from __future__ import annotations
 
 import itertools
 import logging
+import zlib
 from typing import Any, Awaitable, Callable
 
 import trio
 
-from coord.server.service import CoordService
+from coord.server.config import ConfigError, MemberAddrs, parse_addr
+from coord.server.service import AdminService, CoordService
 from coord.server.watches import KINDS, WatchRegistry
 from coordclient.errors import (
     AuthFailedError,
     BadArgumentsError,
+    ConnectionLossError,
     CoordError,
     InvalidPathError,
     SessionExpiredError,
     TooLargeError,
     UnimplementedError,
 )
-from coordclient.protocol import Op, validate_path
+from coordclient.protocol import SESSIONLESS_OPS, SNAPSHOT_CHUNK, Op, validate_path
 from coordclient.wire import DEFAULT_MAX_FRAME, FrameError, FramedStream, encode_frames
 
 log = logging.getLogger("coord.clientport")
@@ -223,7 +226,10 @@ class ClientConnection:
             handler = HANDLERS.get(op) if isinstance(op, str) else None
             if handler is None:
                 raise UnimplementedError(f"unknown operation {op!r}"[:200])
-            if op not in (Op.HELLO, Op.STATUS):
+            if op not in SESSIONLESS_OPS:
+                if not self.service.is_member():
+                    self.close("this server is not a member of the ensemble")
+                    raise ConnectionLossError("this server is not a member of the ensemble; use another")
                 if not self.sid:
                     raise SessionExpiredError("no session: send hello first")
                 if not self.ns.session_exists(self.sid):
@@ -374,7 +380,12 @@ class ClientConnection:
         recursive = arg_bool(req, "recursive")
         if recursive and kind != "persistent":
             raise _bad("only persistent watches can be recursive")
-        frm = arg_int(req, "from", 0, lo=0)
+        frm = req.get("from")
+        if frm is None:  # "from now": nothing to replay
+            wid = next(self._wids)
+            self.service.watches.add(self, wid, path, kind, recursive)
+            return {"wid": wid}
+        frm = arg_int(req, "from", lo=0)
         await self.service.wait_applied(frm)
         # From here to the end: no await, so no event can slip between the
         # replay and the registration.
@@ -390,6 +401,52 @@ class ClientConnection:
                         return {"wid": wid}  # a one-shot watch that already fired
         self.service.watches.add(self, wid, path, kind, recursive)
         return {"wid": wid}
+
+    # -- administration -----------------------------------------------------
+    async def op_member_change(self, req: dict) -> dict:
+        def servers(key: str) -> dict[int, dict]:
+            raw = req.get(key) or []
+            if type(raw) is not list:
+                raise _bad(f"{key!r} must be a list of {{id, peer, client}} maps")
+            out = {}
+            for item in raw:
+                if type(item) is not dict:
+                    raise _bad(f"{key!r} must be a list of {{id, peer, client}} maps")
+                sid = arg_int(item, "id", lo=1)
+                try:
+                    addrs = MemberAddrs(parse_addr(item.get("peer"), f"{key}.peer"),
+                                        parse_addr(item["client"], f"{key}.client") if item.get("client") else None)
+                except ConfigError as e:
+                    raise _bad(str(e)) from None
+                out[sid] = addrs.to_wire()
+            return out
+
+        def ids(key: str) -> list[int]:
+            raw = req.get(key) or []
+            if type(raw) is not list or any(type(x) is not int or x < 1 for x in raw):
+                raise _bad(f"{key!r} must be a list of server ids")
+            return raw
+
+        version = req.get("version")
+        if version is not None and (type(version) is not int or version < 0):
+            raise _bad("'version' must be a non-negative integer or null")
+        return await AdminService(self.service).change(
+            add_voters=servers("add_voters"), add_learners=servers("add_learners"),
+            remove=ids("remove"), promote=ids("promote"), version=version,
+            wait=req.get("wait", True) is not False)
+
+    async def op_leader_transfer(self, req: dict) -> dict:
+        return await AdminService(self.service).transfer(arg_int(req, "to", 0, lo=0))
+
+    async def op_snapshot(self, req: dict) -> dict:
+        """A consistent snapshot (taken without yielding, at one zxid), sent as
+        ``{"ev": "chunk", "id": <request id>, "data": ...}`` frames before the response."""
+        zxid = self.service.applied
+        data = self.service.ns.snapshot()
+        rid = req["id"]
+        for off in range(0, len(data), SNAPSHOT_CHUNK):
+            await self.out_send.send({"ev": "chunk", "id": rid, "data": data[off:off + SNAPSHOT_CHUNK]})
+        return {"zxid": zxid, "size": len(data), "crc32": zlib.crc32(data)}
 
     async def op_unwatch(self, req: dict) -> dict:
         wid = arg_int(req, "wid", lo=1)

@@ -34,13 +34,11 @@ def bootstrap_membership(cfg: ServerConfig) -> Membership | None:
 
 def peer_addrs(m: Membership) -> dict[int, tuple[str, int]]:
     out = {}
-    for mid in m.members():
-        raw = m.addrs.get(mid)
-        if raw is not None:
-            try:
-                out[mid] = MemberAddrs.from_wire(raw).peer
-            except ValueError:
-                log.error("configuration has a bad address for server %d: %r", mid, raw)
+    for mid, raw in m.addrs.items():
+        try:
+            out[mid] = MemberAddrs.from_wire(raw).peer
+        except ValueError:
+            log.error("configuration has a bad address for server %d: %r", mid, raw)
     return out
 
 
@@ -50,6 +48,7 @@ class Server:
     def __init__(self, cfg: ServerConfig, state_machine: StateMachine, *,
                  on_app_message: Callable[[Message], None] | None = None):
         self.cfg = cfg
+        self._addr_book: dict[int, tuple[str, int]] = {}
         self.storage = DiskStorage(cfg.data_dir, fsync=cfg.fsync)
         rec = self.storage.open()
         self.transport: PeerTransport | None = None
@@ -67,9 +66,10 @@ class Server:
             on_membership=self._on_membership,
             on_app_message=on_app_message,
         )
+        self._addr_book.update(peer_addrs(self.node.core.membership))
         self.transport = PeerTransport(
             cfg.server_id, cfg.cluster_id, cfg.peer_address,
-            peer_addrs(self.node.core.membership), self.node.deliver,
+            dict(self._addr_book), self.node.deliver,
         )
 
     def _send(self, msg) -> None:
@@ -77,8 +77,12 @@ class Server:
             self.transport.send(msg)
 
     def _on_membership(self, m: Membership) -> None:
+        # Addresses of every server ever configured, newest first; the peers
+        # are the members of this configuration and of the previous one.
+        self._addr_book.update(peer_addrs(m))
         if self.transport is not None:
-            self.transport.update_peers(peer_addrs(m))
+            wanted = self.node.core.recent_members()
+            self.transport.update_peers({sid: a for sid, a in self._addr_book.items() if sid in wanted})
         log.info("server %d: configuration voters=%s outgoing=%s learners=%s", self.cfg.server_id,
                  sorted(m.voters), sorted(m.outgoing), sorted(m.learners))
 

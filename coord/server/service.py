@@ -98,6 +98,10 @@ class CoordService:
     def server_id(self) -> int:
         return self.cfg.server_id
 
+    def is_member(self) -> bool:
+        """Removed servers and servers still waiting to join serve no clients."""
+        return self.server_id in self.node.core.membership.members()
+
     @property
     def applied(self) -> int:
         return self.node.applied_index
@@ -313,3 +317,101 @@ class CoordService:
         if core.role is Role.LEADER:
             out["progress"] = {pid: {**p, "lag": core.last_index - p["match"]} for pid, p in core.progress().items()}
         return out
+
+
+class AdminService:
+    """Membership changes and leadership transfer, run on the leader.
+
+    Every change is computed from the configuration the caller saw (its
+    ``version``, the log index of that configuration), so two operators racing
+    cannot both apply theirs; the Raft core refuses a change while another is
+    in flight and any result without a voter.  Voter changes go through joint
+    consensus (C_old,new then C_new); ``change`` can add and remove several
+    servers in that one step.
+    """
+
+    def __init__(self, service: CoordService):
+        self.s = service
+
+    def _leader_core(self):
+        node = self.s.node
+        if not node.is_leader:
+            leader = node.leader_id
+            addr = self.s.status()["members"].get(leader, {}).get("client") if leader else None
+            err = NotLeaderError(f"this server is not the leader; the leader is {leader or 'unknown'}"
+                                 + (f" at {addr}" if addr else ""))
+            err.wire_extra = {"leader": leader, "leader_client": addr}
+            raise err
+        return node.core
+
+    async def change(self, *, add_voters: dict[int, dict], add_learners: dict[int, dict], remove: list[int],
+                     promote: list[int], version: int | None, wait: bool = True) -> dict:
+        from coordclient.errors import ConfChangeError as WireConfChange
+        from coord.raft.types import ConfChangeError
+
+        core = self._leader_core()
+        cur = core.membership
+        members = cur.members()
+        for sid in list(add_voters) + list(add_learners):
+            if sid in members:
+                raise WireConfChange(f"server {sid} is already a member")
+        for sid in remove:
+            if sid not in members:
+                raise WireConfChange(f"server {sid} is not a member")
+        for sid in promote:
+            if sid not in cur.learners:
+                raise WireConfChange(f"server {sid} is not a learner")
+        voters = (set(cur.voters) | set(add_voters) | set(promote)) - set(remove)
+        learners = (set(cur.learners) | set(add_learners)) - set(remove) - set(promote)
+        addrs = {**add_voters, **add_learners}
+        try:
+            index, term = self.s.node.call(
+                lambda c: c.propose_membership(voters, learners, addrs, expect_version=version))
+        except ConfChangeError as e:
+            raise WireConfChange(str(e)) from None
+        except ProposalDropped as e:
+            raise NotLeaderError(str(e)) from None
+        if wait:
+            await self._wait_settled(index, term)
+        return self.s.status()
+
+    async def _wait_settled(self, index: int, term: int) -> None:
+        """Until the change is committed and, for a voter change, C_new too."""
+        node = self.s.node
+        with trio.move_on_after(10 * self.s.write_timeout) as scope:
+            while True:
+                core = node.core
+                if core.log_term(index) not in (None, term) and core.commit_index >= index:
+                    raise WireConfChangeLost()
+                settled = (core.commit_index >= core.membership_version >= index
+                           and not core.membership.joint)
+                if settled:
+                    return
+                await trio.sleep(self.s.cfg.tick_ms / 1000)
+        if scope.cancelled_caught:
+            raise OperationTimeoutError("the membership change did not complete in time; check `status`")
+
+    async def transfer(self, target: int) -> dict:
+        core = self._leader_core()
+        if target == 0:
+            prog = core.progress()
+            candidates = [v for v in core.membership.voters if v != self.s.server_id and v in prog]
+            if not candidates:
+                from coordclient.errors import ConfChangeError as WireConfChange
+                raise WireConfChange("there is no other voter to transfer leadership to")
+            target = max(candidates, key=lambda v: prog[v]["match"])
+        try:
+            self.s.node.call(lambda c: c.transfer_leadership(target))
+        except Exception as e:
+            from coordclient.errors import ConfChangeError as WireConfChange
+            raise WireConfChange(str(e)) from None
+        with trio.move_on_after(max(2.0, 3 * self.s.cfg.election_ticks * self.s.cfg.tick_ms / 1000)):
+            while self.s.node.leader_id != target or self.s.node.is_leader:
+                await trio.sleep(self.s.cfg.tick_ms / 1000)
+            return {"leader": target}
+        raise OperationTimeoutError(f"leadership did not move to {target} in time")
+
+
+class WireConfChangeLost(OperationTimeoutError):
+    def __init__(self) -> None:
+        super().__init__("the change was overwritten by a new leader before it committed; retry it")

@@ -1,0 +1,197 @@
+"""``FaultCluster``: the real-process ensemble of ``tests.cluster`` with every
+link behind a proxy, plus the fault operations a nemesis needs.
+
+Addresses: server ``s`` listens on ``peer_ports[s]`` / ``client_ports[s]``
+(as in ``Cluster``); its proxies listen on ``peer_proxy_ports[s]`` /
+``client_proxy_ports[s]``.  Every configuration lists every member at its
+*proxy* addresses -- the same table on every server, as the replicated
+membership requires -- so all server-to-server traffic, including replies
+and snapshot transfers, crosses a proxy.  Servers are started through
+``tests.faults.serve``, which binds the peer transport to the real port.
+Clients use ``endpoints`` (the client proxies); the harness itself observes
+servers through ``statuses()`` on the real client ports, so a cut never
+blinds it.
+
+The proxies run as tasks of the caller's Trio run: ``await
+nursery.start(cluster.run_proxies)`` before ``cluster.start()``.
+
+Membership changes: ``prepare_joiner`` allocates ports and proxies for a
+server that starts with ``join = true``; once the ensemble has an admin
+operation to add or remove members, a nemesis fault can call it between
+``prepare_joiner``/``start_server`` and the checks (see ``nemesis.FAULTS``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import trio
+
+from coord.cli import free_ports
+from tests.cluster import HOST, Cluster, child_env
+from tests.faults.proxy import CLIENT, Net, Proxies
+
+
+class FaultCluster(Cluster):
+    def __init__(self, n: int, base_dir: str | os.PathLike, **kw):
+        super().__init__(n, base_dir, **kw)
+        self.net = Net()
+        self.proxies = Proxies(self.net)
+        self.peer_proxy_ports: dict[int, int] = {}
+        self.client_proxy_ports: dict[int, int] = {}
+        self.paused: set[int] = set()
+        self._proxy_nursery: trio.Nursery | None = None
+        ports = free_ports(2 * n)
+        for sid in range(1, n + 1):
+            self._add_proxies(sid, ports[sid - 1], ports[n + sid - 1])
+
+    def _add_proxies(self, sid: int, peer_proxy: int, client_proxy: int) -> None:
+        self.peer_proxy_ports[sid] = peer_proxy
+        self.client_proxy_ports[sid] = client_proxy
+        self.proxies.add_peer(sid, peer_proxy, self.peer_ports[sid])
+        self.proxies.add_client(sid, client_proxy, self.client_ports[sid])
+
+    async def run_proxies(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._proxy_nursery = nursery
+            await nursery.start(self.proxies.run)
+            task_status.started()
+
+    # -- configuration and processes ---------------------------------------
+    @property
+    def endpoints(self) -> str:
+        """Where clients connect: the client proxies."""
+        return ",".join(f"{HOST}:{self.client_proxy_ports[i]}" for i in sorted(self.client_proxy_ports))
+
+    @property
+    def direct_endpoints(self) -> str:
+        return ",".join(f"{HOST}:{self.client_ports[i]}" for i in sorted(self.client_ports))
+
+    def proxy_endpoint(self, sid: int) -> str:
+        return f"{HOST}:{self.client_proxy_ports[sid]}"
+
+    def write_config(self, sid: int, members: list[int] | None = None, join: bool = False) -> None:
+        members = list(range(1, self.n + 1)) if members is None else members
+        lines = [
+            "[server]",
+            f"id = {sid}",
+            f'cluster_id = "{self.cluster_id}"',
+            f'data_dir = "{os.path.join(self.base, f"data{sid}")}"',
+            f'peer_address = "{HOST}:{self.peer_proxy_ports[sid]}"',  # as listed; bound to peer_ports by serve.py
+            f'client_address = "{HOST}:{self.client_ports[sid]}"',
+            "",
+            "[cluster]",
+        ]
+        if join:
+            lines.append("join = true")
+        else:
+            lines.append("[cluster.members]")
+            for m in members:
+                lines.append(f'{m} = {{ peer = "{HOST}:{self.peer_proxy_ports[m]}", '
+                             f'client = "{HOST}:{self.client_proxy_ports[m]}" }}')
+        lines += [
+            "",
+            "[raft]",
+            f"tick_ms = {self.tick_ms}",
+            f"election_ticks = {self.election_ticks}",
+            f"heartbeat_ticks = {self.heartbeat_ticks}",
+            f"snapshot_entries = {self.snapshot_entries}",
+            "",
+            "[limits]",
+            f"min_session_timeout_ms = {self.min_session_timeout_ms}",
+        ]
+        with open(self.config_path(sid), "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+    def start_server(self, sid: int) -> None:
+        if sid in self.procs and self.procs[sid].poll() is None:
+            raise RuntimeError(f"server {sid} is already running")
+        logf = open(self.log_path(sid), "ab")
+        self._logs[sid] = logf
+        self.procs[sid] = subprocess.Popen(
+            [sys.executable, "-m", "tests.faults.serve", "--config", self.config_path(sid),
+             "--peer-listen", f"{HOST}:{self.peer_ports[sid]}", "--log-level", self.log_level],
+            stdout=logf, stderr=subprocess.STDOUT, env=child_env(),
+        )
+        self.paused.discard(sid)
+
+    def prepare_joiner(self, sid: int) -> None:
+        """Ports, proxies and a ``join = true`` configuration for a new server
+        (the hook for membership faults; the proxy task group must be running)."""
+        if sid in self.peer_ports:
+            raise ValueError(f"server {sid} exists already")
+        real_peer, real_client, peer_proxy, client_proxy = free_ports(4)
+        self.peer_ports[sid], self.client_ports[sid] = real_peer, real_client
+        self._add_proxies(sid, peer_proxy, client_proxy)
+        assert self._proxy_nursery is not None, "run_proxies first"
+        for lst in self.proxies.listeners[-2:]:
+            self._proxy_nursery.start_soon(lst.run)
+        self.write_config(sid, join=True)
+
+    # -- process faults ---------------------------------------------------------
+    def pause(self, sid: int) -> None:
+        super().pause(sid)
+        self.paused.add(sid)
+
+    def resume(self, sid: int) -> None:
+        super().resume(sid)
+        self.paused.discard(sid)
+
+    def crash(self, sid: int) -> None:
+        """SIGKILL (a paused process is killed as it is)."""
+        self.kill(sid, signal.SIGKILL)
+        self.paused.discard(sid)
+
+    def stopped(self) -> list[int]:
+        return [sid for sid in self.peer_ports if sid not in self.running()]
+
+    # -- network faults -----------------------------------------------------------
+    def servers(self) -> list[int]:
+        return sorted(self.peer_ports)
+
+    def partition(self, *groups: list[int]) -> None:
+        """Cut every link between different groups, both ways (clients unaffected)."""
+        for i, a in enumerate(groups):
+            for b in groups[i + 1:]:
+                self.net.block(self.net.between(a, b))
+
+    def isolate(self, sid: int) -> None:
+        self.partition([sid], [s for s in self.servers() if s != sid])
+
+    def bridge(self, left: list[int], middle: int, right: list[int]) -> None:
+        """``left`` and ``right`` cannot talk to each other; ``middle`` talks to both."""
+        self.net.block(self.net.between(left, right))
+
+    def cut(self, src: int | str, dst: int | str) -> None:
+        """One direction of one link (``CLIENT`` names all clients)."""
+        self.net.block([(src, dst)])
+
+    def cut_clients(self, sid: int, *, requests: bool = True, responses: bool = True) -> None:
+        if requests:
+            self.cut(CLIENT, sid)
+        if responses:
+            self.cut(sid, CLIENT)
+
+    def delay(self, links: list[tuple], seconds: float) -> None:
+        self.net.set_delay(links, seconds)
+
+    def heal_network(self) -> None:
+        self.net.heal()
+
+    # -- everything back to normal ---------------------------------------------------
+    def heal_all(self) -> None:
+        """Network healed, paused servers resumed, stopped servers restarted on their data."""
+        self.heal_network()
+        for sid in list(self.paused):
+            self.resume(sid)
+        for sid in self.stopped():
+            self.start_server(sid)
+
+    async def leader_now(self) -> int | None:
+        """The leader with the highest term among servers answering right now."""
+        sts = await self.statuses()
+        leaders = [(st["term"], sid) for sid, st in sts.items() if st["role"] == "leader"]
+        return max(leaders)[1] if leaders else None
