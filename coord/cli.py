@@ -147,23 +147,28 @@ def dev(servers: int, data_dir: str | None, log_level: str) -> None:
             if not os.path.exists(path):
                 with open(path, "w") as f:
                     f.write(dev_config(sid, servers, root, peer_ports, client_ports))
+            logf = open(os.path.join(root, f"server{sid}.log"), "ab")
             procs.append(subprocess.Popen(
-                [sys.executable, "-m", "coord", "serve", "--config", path, "--log-level", log_level]
+                [sys.executable, "-m", "coord", "serve", "--config", path, "--log-level", log_level],
+                stdout=logf, stderr=subprocess.STDOUT,
             ))
+            logf.close()
         cfgs = [load_config(os.path.join(root, f"server{sid}.toml")) for sid in range(1, servers + 1)]
         endpoints = ",".join(f"{c.client_address[0]}:{c.client_address[1]}" for c in cfgs)
         leader = wait_for_leader([c.client_address for c in cfgs], timeout=60)
         if leader is None:
-            raise click.ClickException("no leader was elected within 60 s; see the servers' logs above")
-        click.echo(f"coord dev: {servers} servers up, leader is server {leader['server_id']}, data in {root}",
-                   err=True)
+            raise click.ClickException(f"no leader was elected within 60 s; see the logs in {root}")
+        click.echo(f"coord dev: {servers} servers up, leader is server {leader['server_id']}", err=True)
+        click.echo(f"coord dev: data and logs (server*.log) in {root}", err=True)
         click.echo(f"export COORD_ENDPOINTS={endpoints}")
+        click.echo("coord dev: in another terminal, after the export above:  coordctl status;  "
+                   "coordctl create /hello world;  coordctl get /hello", err=True)
         click.echo("coord dev: Ctrl-C stops the ensemble", err=True)
         sys.stdout.flush()
         while all(p.poll() is None for p in procs):
             time.sleep(0.2)
         bad = [(i + 1, p.returncode) for i, p in enumerate(procs) if p.poll() is not None]
-        raise click.ClickException(f"server(s) exited: {bad}")
+        raise click.ClickException(f"server(s) exited: {bad}; see the logs in {root}")
     except KeyboardInterrupt:
         click.echo("coord dev: stopping", err=True)
     finally:
@@ -178,6 +183,8 @@ def dev(servers: int, data_dir: str | None, log_level: str) -> None:
                 p.kill()
         if temp:
             shutil.rmtree(root, ignore_errors=True)
+        else:
+            click.echo(f"coord dev: data kept in {root}; `coord dev --data-dir {root}` starts it again", err=True)
 
 
 if __name__ == "__main__":

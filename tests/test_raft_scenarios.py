@@ -11,7 +11,7 @@ import pytest
 
 from coord.raft.config import RaftConfig
 from coord.raft.core import RaftCore
-from coord.raft.types import Membership, Message, MsgType, Role
+from coord.raft.types import Membership, Message, MsgType, ProposalDropped, Role
 from tests.sim.harness import Cluster
 from tests.sim.statemachine import encode_snapshot
 
@@ -273,3 +273,63 @@ def test_snapshot_chunks_of_two_transfers_are_never_stitched():
         follower.on_persisted(rd)
     for data in installed:
         assert data in (a, b), "installed a snapshot stitched from two different transfers"
+
+
+def test_single_voter_leader_does_not_reuse_a_term_after_losing_its_unsynced_state():
+    """A single voter elects itself without sending a message, so nothing
+    forces its new term to disk before it acts as leader.  If its first
+    AppendEntries (sent before the fsync, as leaders may) reach a learner and
+    it then crashes, the restarted server must not win the *same* term again:
+    it would hand out a different entry for an (index, term) the learner
+    already holds, and the learner would keep the old one as "matching"."""
+    m = Membership(voters=frozenset({1}), learners=frozenset({2}))
+    leader = RaftCore(1, cfg(), random.Random(1), membership=m)
+    learner = RaftCore(2, cfg(), random.Random(2))
+
+    def drain(core, persist=True):
+        out, applied = [], []
+        while core.has_ready():
+            rd = core.ready()
+            out += rd.messages
+            if persist:
+                out += rd.messages_after_persist
+                core.on_persisted(rd)
+                applied += rd.committed
+        return out, applied
+
+    def deliver(msgs, core):
+        for msg in msgs:
+            if msg.to == core.node_id:
+                core.step(msg)
+
+    leader.campaign()
+    # It won without a vote exchange, but leads only once its term is durable:
+    # until then it sends nothing and accepts no proposal.
+    assert leader.role is not Role.LEADER
+    with pytest.raises(ProposalDropped):
+        leader.propose(b"A")
+    sent, _ = drain(leader, persist=False)  # then a crash before the fsync
+    assert sent == []
+    deliver(sent, learner)
+    learner_applied = []
+    back, a = drain(learner)
+    learner_applied += a
+
+    leader = RaftCore(1, cfg(), random.Random(3), membership=m)  # restarted: nothing was durable
+    leader.campaign()
+    drain(leader)  # the term reaches the disk: now it leads
+    assert leader.role is Role.LEADER
+    idx, term = leader.propose(b"B")
+    leader_applied = []
+    for _ in range(20):
+        out, a = drain(leader)
+        leader_applied += a
+        deliver(out, learner)
+        back, a = drain(learner)
+        learner_applied += a
+        deliver(back, leader)
+        leader.tick()
+    mine = {e.index: e.data for e in leader_applied}
+    theirs = {e.index: e.data for e in learner_applied}
+    assert mine.get(idx) == b"B"
+    assert theirs.get(idx) == b"B", f"learner applied {theirs.get(idx)!r} at index {idx}, leader applied b'B'"

@@ -50,6 +50,15 @@ def test_two_leaders_in_one_term():
     assert "term 5" in str(info.value)
 
 
+def test_same_leader_of_one_term_in_two_lives():
+    c = SafetyChecker()
+    c.on_leader(1, 5, log_of([1, 5]), life=1)
+    c.on_leader(1, 5, log_of([1, 5, 5]), life=1)
+    with raises("election-safety") as info:
+        c.on_leader(1, 5, log_of([1, 5]), life=2)
+    assert "twice" in str(info.value)
+
+
 # ----------------------------------------------------------------------
 # log matching
 # ----------------------------------------------------------------------
@@ -281,9 +290,12 @@ def test_fake_disk_applies_ready_in_order_and_torn_prefixes():
     d.write(Ready(hard_state=HardState(1, 1, 0), entries=[E(1, 1), E(2, 1)]))
     rd = Ready(hard_state=HardState(2, 0, 2), entries=[E(2, 2), E(3, 2)])
     ops = ready_ops(rd)
-    assert [k for k, _ in ops] == ["ent", "ent", "hs"]
-    d.apply_op(ops[0])  # crash after the first write reached the disk
-    assert d.log.term_at(2) == 2 and d.log.last_index == 2 and d.hard_state.term == 1
+    # the term is on disk before its entries, the commit index after them
+    assert [k for k, _ in ops] == ["tv", "ent", "ent", "commit"]
+    d.apply_op(ops[0])  # crash after the first write reached the disk: the new term, no entries yet
+    assert d.hard_state.term == 2 and d.hard_state.commit == 0 and d.log.term_at(2) == 1
+    d.apply_op(ops[1])  # ... and then the first entry, which overwrites index 2
+    assert d.log.term_at(2) == 2 and d.log.last_index == 2
     snap = Snapshot(SnapshotMeta(5, 3), encode_snapshot(5, bytes(16)))
     d.write(Ready(snapshot=snap, entries=[E(6, 3)]))
     hs, meta, ents = d.recovery_state()

@@ -93,8 +93,13 @@ class RaftCore:
 
         self.log = RaftLog(snapshot.index, snapshot.term, list(entries))
         self.log.commit = max(snapshot.index, min(hard_state.commit, self.log.last_index()))
-        self.term = hard_state.term
-        self.vote = hard_state.vote
+        # A log entry of a term newer than the saved hard state means the hard
+        # state write was lost (torn) after the entries were written.  Take
+        # that term; the vote is 0 because a vote is only ever sent once the
+        # hard state holding it is durable, so none was sent in that term.
+        self.term = max(hard_state.term, self.log.last_term())
+        self.vote = hard_state.vote if self.term == hard_state.term else 0
+        self._durable_term = hard_state.term
         self._saved_hs = HardState(self.term, self.vote, self.log.commit)
 
         # Configurations in the log, oldest first; the last one is in effect.
@@ -110,6 +115,7 @@ class RaftCore:
         self.randomized_timeout = 0
         self._reset_randomized_timeout()
         self.votes: dict[int, bool] = {}
+        self._win_when_durable = False
         self.prs: dict[int, Progress] = {}
         self.lead_transferee = 0
         self._transfer_elapsed = 0
@@ -383,6 +389,11 @@ class RaftCore:
 
     def on_persisted(self, rd: Ready) -> None:
         lg = self.log
+        if rd.hard_state is not None:
+            self._durable_term = max(self._durable_term, rd.hard_state.term)
+            if self._win_when_durable and self.role is Role.CANDIDATE and self._durable_term == self.term:
+                self._win_when_durable = False
+                self._become_leader()
         if rd.snapshot is not None and lg.offset == rd.snapshot.meta.index:
             lg.stable = max(lg.stable, rd.snapshot.meta.index)
         if rd.entries:
@@ -411,6 +422,7 @@ class RaftCore:
         self.heartbeat_elapsed = 0
         self._reset_randomized_timeout()
         self.votes = {}
+        self._win_when_durable = False
         self.lead_transferee = 0
         self._abort_leader_reads()
         self.prs = {}
@@ -447,8 +459,12 @@ class RaftCore:
         if r is VoteResult.WON:
             if self.role is Role.PRE_CANDIDATE:
                 self._start_election(pre=False, transfer=False)
-            else:
+            elif self._durable_term == self.term:
                 self._become_leader()
+            else:
+                # Won without a vote exchange (a single voter): lead only once
+                # the term is on disk, or a crash could let us win it twice.
+                self._win_when_durable = True
         elif r is VoteResult.LOST:
             self._become_follower(self.term, 0)
         return r
@@ -960,7 +976,10 @@ class RaftCore:
 
     # ------------------------------------------------------------------
     def _send(self, m: Message) -> None:
-        if self.role is Role.LEADER and m.type in _LEADER_NOW:
+        # A leader's replication messages may overlap its own disk write, but
+        # only once its term is durable: otherwise a crash could let it win the
+        # same term again and hand out different entries at the same indexes.
+        if self.role is Role.LEADER and m.type in _LEADER_NOW and self._durable_term == self.term:
             self._msgs_now.append(m)
         else:
             self._msgs_after.append(m)

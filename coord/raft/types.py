@@ -185,9 +185,11 @@ class Ready:
 
       1. send ``messages`` at once (leader replication: safe to overlap with
          the leader's own disk write);
-      2. persist, with a single fsync: ``snapshot`` (if any) first, then
-         ``entries`` (the first entry's index may be <= the last stored
-         index: truncate the stored log from there), then ``hard_state``;
+      2. persist, with as few fsyncs as possible: the term and vote of
+         ``hard_state`` first (a log entry must never be durable before the
+         term it belongs to), then ``snapshot`` (if any), then ``entries`` (the
+         first entry's index may be <= the last stored index: truncate the
+         stored log from there) and the commit index;
       3. send ``messages_after_persist`` (votes and acknowledgements that
          promise something is on disk);
       4. call ``core.on_persisted(ready)``;

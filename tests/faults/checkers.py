@@ -129,34 +129,43 @@ def check_ephemerals(sessions: list[dict], final: dict[str, int]) -> list[Violat
 # -- locks -----------------------------------------------------------------------
 
 
-def check_locks(holds: list[dict], writes: list[dict], end: float) -> list[Violation]:
-    """``holds``: {"client", "token", "acquired", "until"}: the client believed
-    it held the lock from ``acquired`` until ``until`` (its release call, or
-    the moment its connection was lost; None = still held at ``end``).
+def check_locks(holds: list[dict], writes: list[dict], end: float, t0: float = 0.0) -> list[Violation]:
+    """``holds``: {"client", "token", "acquired", "until", "ended"}: the client
+    believed it held the lock from ``acquired`` until ``until`` (its release
+    call, or the moment its connection was lost; None = still held at
+    ``end``); ``ended`` says how the hold ended.  Times print relative to ``t0``.
     ``writes``: {"zxid", "token", "client"}: guarded writes the resource
     accepted (a multi that also checked the writer's lock node)."""
     out = []
     hs = sorted(holds, key=lambda h: h["acquired"])
-    overlaps = []
+    overlaps: dict[bool, list[str]] = {True: [], False: []}
     for i, a in enumerate(hs):
         a_end = end if a["until"] is None else a["until"]
+        # The session expired while the client saw no disconnection: it had
+        # no way to know it had lost the lock.
+        zombie = a.get("ended") in ("expired", "SessionExpired")
         for b in hs[i + 1:]:
             if b["acquired"] >= a_end:
                 break
             if b["client"] != a["client"]:
-                overlaps.append(f"client {a['client']} (token {a['token']}) held [{a['acquired']:.3f}, "
-                                f"{a_end:.3f}] while client {b['client']} (token {b['token']}) acquired "
-                                f"at {b['acquired']:.3f}")
-    if overlaps:
-        out.append(Violation("locks", f"{len(overlaps)} overlapping critical section(s)", overlaps))
+                overlaps[zombie].append(
+                    f"client {a['client']} (token {a['token']}) held [{a['acquired'] - t0:.3f}, {a_end - t0:.3f}] "
+                    f"(ended: {a.get('ended')}) while client {b['client']} (token {b['token']}) acquired at "
+                    f"{b['acquired'] - t0:.3f}")
+    if overlaps[False]:
+        out.append(Violation("locks", f"{len(overlaps[False])} overlapping critical section(s)", overlaps[False]))
+    if overlaps[True]:
+        out.append(Violation("locks", f"{len(overlaps[True])} overlapping critical section(s) with a zombie "
+                                      "session (expired on the ensemble while its client stayed connected)",
+                             overlaps[True]))
     order = []
     for a in hs:
         if a["until"] is None:
             continue
         for b in hs:
             if b["acquired"] > a["until"] and b["token"] <= a["token"]:
-                order.append(f"token {b['token']} (client {b['client']}, acquired {b['acquired']:.3f}) came after "
-                             f"token {a['token']} (client {a['client']}, released {a['until']:.3f})")
+                order.append(f"token {b['token']} (client {b['client']}, acquired {b['acquired'] - t0:.3f}) came "
+                             f"after token {a['token']} (client {a['client']}, released {a['until'] - t0:.3f})")
     if order:
         out.append(Violation("locks", f"{len(order)} fencing token(s) did not increase", order))
     stale, top = [], None

@@ -15,10 +15,10 @@ blinds it.
 The proxies run as tasks of the caller's Trio run: ``await
 nursery.start(cluster.run_proxies)`` before ``cluster.start()``.
 
-Membership changes: ``prepare_joiner`` allocates ports and proxies for a
-server that starts with ``join = true``; once the ensemble has an admin
-operation to add or remove members, a nemesis fault can call it between
-``prepare_joiner``/``start_server`` and the checks (see ``nemesis.FAULTS``).
+Membership: ``spare`` ids (see ``Cluster``) get proxies too and ``addrs``
+names the proxies, so a server added under load (``start_joining`` + the
+admin API) is behind proxies like the others; ``members`` is who should be
+running once everything heals.
 """
 
 from __future__ import annotations
@@ -43,10 +43,11 @@ class FaultCluster(Cluster):
         self.peer_proxy_ports: dict[int, int] = {}
         self.client_proxy_ports: dict[int, int] = {}
         self.paused: set[int] = set()
-        self._proxy_nursery: trio.Nursery | None = None
-        ports = free_ports(2 * n)
-        for sid in range(1, n + 1):
-            self._add_proxies(sid, ports[sid - 1], ports[n + sid - 1])
+        self.members: set[int] = set(range(1, n + 1))  # who should be running once everything heals
+        ids = sorted(self.peer_ports)  # the initial members and the spares
+        ports = free_ports(2 * len(ids))
+        for k, sid in enumerate(ids):
+            self._add_proxies(sid, ports[k], ports[len(ids) + k])
 
     def _add_proxies(self, sid: int, peer_proxy: int, client_proxy: int) -> None:
         self.peer_proxy_ports[sid] = peer_proxy
@@ -55,10 +56,7 @@ class FaultCluster(Cluster):
         self.proxies.add_client(sid, client_proxy, self.client_ports[sid])
 
     async def run_proxies(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            self._proxy_nursery = nursery
-            await nursery.start(self.proxies.run)
-            task_status.started()
+        await self.proxies.run(task_status=task_status)
 
     # -- configuration and processes ---------------------------------------
     @property
@@ -68,6 +66,7 @@ class FaultCluster(Cluster):
 
     @property
     def direct_endpoints(self) -> str:
+        """The servers' own client ports (for the harness and admin calls)."""
         return ",".join(f"{HOST}:{self.client_ports[i]}" for i in sorted(self.client_ports))
 
     def proxy_endpoint(self, sid: int) -> str:
@@ -118,18 +117,10 @@ class FaultCluster(Cluster):
         )
         self.paused.discard(sid)
 
-    def prepare_joiner(self, sid: int) -> None:
-        """Ports, proxies and a ``join = true`` configuration for a new server
-        (the hook for membership faults; the proxy task group must be running)."""
-        if sid in self.peer_ports:
-            raise ValueError(f"server {sid} exists already")
-        real_peer, real_client, peer_proxy, client_proxy = free_ports(4)
-        self.peer_ports[sid], self.client_ports[sid] = real_peer, real_client
-        self._add_proxies(sid, peer_proxy, client_proxy)
-        assert self._proxy_nursery is not None, "run_proxies first"
-        for lst in self.proxies.listeners[-2:]:
-            self._proxy_nursery.start_soon(lst.run)
-        self.write_config(sid, join=True)
+    def addrs(self, sid: int) -> dict:
+        """A server's addresses for a membership change: its proxies."""
+        return {"id": sid, "peer": f"{HOST}:{self.peer_proxy_ports[sid]}",
+                "client": f"{HOST}:{self.client_proxy_ports[sid]}"}
 
     # -- process faults ---------------------------------------------------------
     def pause(self, sid: int) -> None:
@@ -146,11 +137,12 @@ class FaultCluster(Cluster):
         self.paused.discard(sid)
 
     def stopped(self) -> list[int]:
-        return [sid for sid in self.peer_ports if sid not in self.running()]
+        """Members that are not running (removed servers stay down)."""
+        return [sid for sid in sorted(self.members) if sid not in self.running()]
 
     # -- network faults -----------------------------------------------------------
     def servers(self) -> list[int]:
-        return sorted(self.peer_ports)
+        return sorted(self.members | set(self.running()))
 
     def partition(self, *groups: list[int]) -> None:
         """Cut every link between different groups, both ways (clients unaffected)."""

@@ -130,13 +130,16 @@ def search(ops: Sequence[Op], init: State = ABSENT, budget: int = DEFAULT_BUDGET
     as *erased* (see ``_erase``), which ``explain`` uses.
     """
     n = len(ops)
-    if n == 0:
-        return True
     events = []
+    free = [False] * n  # returns at infinity: can always be linearized last
     for i, op in enumerate(ops):
-        ret = op.complete if (op.status != "unknown" or getattr(op, "_erased", False)) else math.inf
+        ret = op.complete if (op.status != "unknown" or getattr(op, "_erased", False)) else None
+        free[i] = ret is None
         events.append((op.invoke, 0, i))
-        events.append((ret if ret is not None else math.inf, 1, i))
+        events.append((math.inf if ret is None else ret, 1, i))
+    definite = n - sum(free)
+    if definite == 0:
+        return True
     events.sort()  # at equal times calls come first: overlapping is the permissive reading
     size = len(events)
     # Positions 1..size in a doubly linked list; 0 is the head, size + 1 the tail.
@@ -153,7 +156,6 @@ def search(ops: Sequence[Op], init: State = ABSENT, budget: int = DEFAULT_BUDGET
             ret_pos[i] = p
         else:
             call_pos[i] = p
-    tail = size + 1
 
     def lift(p: int) -> None:
         nxt[prv[p]] = nxt[p]
@@ -169,14 +171,18 @@ def search(ops: Sequence[Op], init: State = ABSENT, budget: int = DEFAULT_BUDGET
     stack: list[tuple[int, frozenset]] = []
     p = nxt[0]
     steps = 0
-    while nxt[0] != tail:
+    # Done once every op with a finite return is linearized: the free ones
+    # left can all go last (their step never fails).
+    while definite:
         steps += 1
         if steps > budget:
             raise BudgetExceeded(f"{steps} search steps over {n} operations")
         i = op_at[p]
         if not is_ret[p]:
             new = _step_all(state, ops[i])
-            if new:
+            # A free op that changes nothing here is better left for later:
+            # any linearization using it now works with it moved to the end.
+            if new and not (free[i] and new == state):
                 nbits = bits | (1 << i)
                 key = (nbits, new)
                 if key not in seen:
@@ -185,6 +191,7 @@ def search(ops: Sequence[Op], init: State = ABSENT, budget: int = DEFAULT_BUDGET
                     state, bits = new, nbits
                     lift(call_pos[i])
                     lift(ret_pos[i])
+                    definite -= not free[i]
                     p = nxt[0]
                     continue
             p = nxt[p]
@@ -195,6 +202,7 @@ def search(ops: Sequence[Op], init: State = ABSENT, budget: int = DEFAULT_BUDGET
             bits &= ~(1 << i)
             unlift(ret_pos[i])
             unlift(call_pos[i])
+            definite += not free[i]
             p = nxt[call_pos[i]]
     return True
 

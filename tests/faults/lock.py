@@ -10,6 +10,9 @@ node, so a multi that checks the node guards a write.
 
 A create whose outcome is unknown (connection lost past the SDK's retries)
 is resolved by looking for this attempt's unique prefix, as kazoo does.
+A node that could not be deleted (release or an abandoned attempt) is left
+in ``orphan``: it would block every later contender, so the caller should
+end its session, which deletes it.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class Lock:
         self.recheck = recheck  # re-read the queue this often even without a watch event
         self.node: str | None = None
         self.token: int | None = None
+        self.orphan: str | None = None  # a node of ours we failed to delete: it blocks the queue until the session ends
         self._attempts = itertools.count(1)
 
     async def acquire(self, timeout: float) -> int:
@@ -75,12 +79,16 @@ class Lock:
             raise
 
     async def release(self) -> None:
+        """Delete our node; if that fails it is remembered in ``orphan`` (the
+        caller should end the session, which deletes it)."""
         node, self.node, self.token = self.node, None, None
         if node is not None:
+            self.orphan = node
             try:
                 await self.client.delete(node)
             except NoNodeError:
                 pass
+            self.orphan = None
 
     async def _find(self, prefix: str) -> str | None:
         base = prefix.rsplit("/", 1)[1]
@@ -90,8 +98,12 @@ class Lock:
         return None
 
     async def _delete_quietly(self, node: str) -> None:
+        self.orphan = node
         with trio.CancelScope(shield=True), trio.move_on_after(2):
             try:
                 await self.client.delete(node)
+                self.orphan = None
+            except NoNodeError:
+                self.orphan = None
             except CoordError:
                 pass

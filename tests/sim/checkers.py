@@ -196,6 +196,7 @@ class SafetyChecker:
     def __init__(self, *, unique_data: bool = False):
         # Election safety.
         self.leaders: dict[int, int] = {}  # term -> node
+        self._leader_lives: dict[int, int] = {}  # term -> incarnation of its leader
         self._leader_records: list[_LeaderRecord] = []  # sorted by term
         # Log matching: (index, term) -> (kind, data, term of index - 1 or None if unknown).
         self.log_entries: dict[tuple[int, int], tuple[int, bytes, int | None]] = {}
@@ -216,16 +217,31 @@ class SafetyChecker:
     # ------------------------------------------------------------------
     # election safety and leader completeness
     # ------------------------------------------------------------------
-    def on_leader(self, node: int, term: int, log: LogView) -> None:
-        """``node`` is leader in ``term`` with ``log`` (its log right after winning)."""
+    def on_leader(self, node: int, term: int, log: LogView, life: int = 0) -> None:
+        """``node`` is leader in ``term`` with ``log`` (its log right after winning).
+
+        ``life`` numbers the node's incarnations (it changes at every
+        restart).  Winning the same term in two lives is a violation too: a
+        server can only win a term it voted for itself in, so the second win
+        proves its term/vote were not durable while it acted as leader, and
+        the two reigns may have handed out different entries for the same
+        (index, term)."""
         prev = self.leaders.get(term)
         if prev is not None:
             if prev != node:
                 raise InvariantViolation(
                     "election-safety", f"two leaders in term {term}: node {prev} and node {node}"
                 )
+            prev_life = self._leader_lives.get(term)
+            if prev_life != life:
+                raise InvariantViolation(
+                    "election-safety",
+                    f"node {node} became leader of term {term} twice, before and after a restart: "
+                    f"its term-{term} vote was not durable while it acted as leader",
+                )
             return
         self.leaders[term] = node
+        self._leader_lives[term] = life
         # Every entry committed at a term below ``term`` must be in this log.
         # Entries inside the leader's snapshot are covered by it (the snapshot
         # itself is checked against the applied sequence when restored).

@@ -425,7 +425,7 @@ class Simulation:
             node.seen_commit = c
         if role == Role.LEADER and node.leader_term != term:
             node.leader_term = term
-            self.checker.on_leader(nid, term, node.view)
+            self.checker.on_leader(nid, term, node.view, node.inc)
             self.stats["elections"] += 1
         if core.last_index > node.view.last_index:
             raise InvariantViolation(
@@ -625,7 +625,12 @@ class Simulation:
             return
         self.phase = LIVENESS
         self.live_at = self.now
-        self.live_deadline = self.now + self.p.liveness_us
+        # The bound grows with the fault phase: a leader keeps accepting
+        # proposals while its commit index is stuck, and with one-entry
+        # appends and a window of one message a follower catches up at about
+        # one entry per round trip plus fsync (~100/s), so a long fault phase
+        # can leave a backlog that alone takes longer than the base bound.
+        self.live_deadline = self.now + max(self.p.liveness_us, int(2.5 * self.p.fault_us))
         self.net.heal_all()
         self.net.drop_prob = 0.0
         self.note("fault phase over: network healed, restarting every crashed server")

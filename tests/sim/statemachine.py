@@ -123,6 +123,11 @@ class FakeDisk:
         elif kind == "ent":
             if val.index > self.snapshot_index:
                 self.log.append([val])
+        elif kind == "tv":
+            self.hard_state = HardState(val.term, val.vote, self.hard_state.commit)
+        elif kind == "commit":
+            hs = self.hard_state
+            self.hard_state = HardState(hs.term, hs.vote, val)
         else:
             self.hard_state = val
 
@@ -145,11 +150,15 @@ class FakeDisk:
 
 
 def ready_ops(rd: Ready) -> list[tuple]:
-    """A Ready's writes in disk order: snapshot, then entries, then hard state."""
+    """A Ready's writes in disk order, as ``Ready`` prescribes and
+    coord.storage does: term and vote, then snapshot, then entries, then the
+    commit index (a record after the entries in the real WAL)."""
     ops: list[tuple] = []
+    if rd.hard_state is not None:
+        ops.append(("tv", rd.hard_state))
     if rd.snapshot is not None:
         ops.append(("snap", rd.snapshot))
     ops.extend(("ent", e) for e in rd.entries)
     if rd.hard_state is not None:
-        ops.append(("hs", rd.hard_state))
+        ops.append(("commit", rd.hard_state.commit))
     return ops

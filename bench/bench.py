@@ -1,0 +1,855 @@
+#!/usr/bin/env python3
+"""coord benchmark: the anchors' workloads, measured the same way.
+
+The workloads mirror ../shared/anchors/zookeeper/bench.py and
+../shared/anchors/etcd/bench.py (same value size, key counts, in-flight
+counts, windows and CPU accounting), so the figures sit beside theirs:
+
+  W1   write throughput: set of a 100 B value over 1000 nodes, 32 in flight, 3 client processes
+  W1S  (diagnostic) W1 from a single client process
+  W2   sequential write latency: one client, 2000 set calls through a follower (W2L: the leader)
+  W3   read throughput: 32 in flight get of one 100 B node, local reads, 3 processes
+  W3L  the same with linearizable reads (ReadIndex through the leader)
+  W3S  (diagnostic) W3 from a single client process
+  W4   lock handoff: 8 client processes looping acquire/release on one lock
+  W5   create(ephemeral, sequential) + delete, 32 in flight, 3 processes (ops = creates + deletes)
+  W6   failover: a writer at ~200 sets/s, SIGKILL of the leader, gap, 3 trials
+  S1   scale: 1,000,000 nodes -> RSS, snapshot size, restart time of a server from that snapshot
+  S2   scale: 10,000 sessions held with keepalives -> server CPU while idle, RSS
+
+For W1/W3 (and every windowed workload): server CPU microseconds per
+operation = utime+stime of the server processes over the window (from
+/proc/PID/stat) / operations completed in the window; each server's peak
+RSS (VmHWM).  The load generator's CPU and the whole machine's are
+reported too, so a disturbed window is visible.
+
+    python bench/bench.py                          # own 3-server ensemble, fsync on, everything
+    python bench/bench.py --workloads W1,W3 --json out.json
+    python bench/bench.py --endpoints 127.0.0.1:2181,127.0.0.1:2182,127.0.0.1:2183 --workloads W1,W2,W3
+
+With ``--endpoints`` the servers are found by their listening ports (for
+CPU figures; same user only); W6 and S1/S2 need an ensemble this script
+started, since they kill and restart servers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import signal
+import socket
+import statistics
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+for _p in (ROOT, os.path.join(ROOT, "client")):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+VALUE = b"v" * 100
+KEYS = 1000
+mono = time.monotonic
+DEFAULT_WORKLOADS = "W1,W1S,W2,W2L,W3,W3L,W3S,W4,W5,W6,S1,S2"
+
+
+def log(msg: str) -> None:
+    sys.stderr.write(f"[bench {time.strftime('%H:%M:%S')}] {msg}\n")
+    sys.stderr.flush()
+
+
+# ----------------------------------------------------------------------------- /proc
+def proc_ticks(pid: int | None) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            data = f.read()
+    except (OSError, TypeError):
+        return None
+    rest = data[data.rindex(")") + 2:].split()
+    return int(rest[11]) + int(rest[12])
+
+
+def proc_mem_kb(pid: int | None, field: str) -> int | None:
+    """VmRSS (now) or VmHWM (peak) of a process, in KiB."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except (OSError, TypeError):
+        pass
+    return None
+
+
+def machine_ticks() -> tuple[int, int]:
+    with open("/proc/stat") as f:
+        v = list(map(int, f.readline().split()[1:9]))
+    user, nice, system, idle, iowait, irq, softirq, steal = v
+    return user + nice + system + irq + softirq + steal, idle + iowait
+
+
+def pids_listening(ports: list[int]) -> dict[int, int]:
+    """port -> pid of the process listening on 127.0.0.1:port (same user only)."""
+    inodes: dict[str, int] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    parts = line.split()
+                    port = int(parts[1].rsplit(":", 1)[1], 16)
+                    if parts[3] == "0A" and port in ports:  # LISTEN
+                        inodes[parts[9]] = port
+        except OSError:
+            pass
+    out: dict[int, int] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            for fd in os.listdir(f"/proc/{d}/fd"):
+                link = os.readlink(f"/proc/{d}/fd/{fd}")
+                if link.startswith("socket:[") and link[8:-1] in inodes:
+                    out[inodes[link[8:-1]]] = int(d)
+        except OSError:
+            continue
+    return out
+
+
+class CpuWindow:
+    """CPU used by the servers, the load generator and the machine in a window."""
+
+    def __init__(self, server_pids: dict[int, int], client_pids: list[int]):
+        self.spids, self.cpids = dict(server_pids), list(client_pids)
+
+    def start(self) -> None:
+        self.t0, self.m0 = mono(), machine_ticks()
+        self.s0 = {n: proc_ticks(p) for n, p in self.spids.items()}
+        self.c0 = {p: proc_ticks(p) for p in self.cpids}
+
+    def stop(self) -> None:
+        self.t1, self.m1 = mono(), machine_ticks()
+        self.s1 = {n: proc_ticks(p) for n, p in self.spids.items()}
+        self.c1 = {p: proc_ticks(p) for p in self.cpids}
+
+    def summary(self, ops: int) -> dict:
+        wall = self.t1 - self.t0
+        per = {str(n): None if self.s0[n] is None or self.s1[n] is None else (self.s1[n] - self.s0[n]) / CLK_TCK
+               for n in self.spids}
+        srv = sum(v for v in per.values() if v is not None)
+        cli = [(self.c1[p] - self.c0[p]) / CLK_TCK for p in self.cpids
+               if self.c0.get(p) is not None and self.c1.get(p) is not None]
+        busy = (self.m1[0] - self.m0[0]) / CLK_TCK
+        idle = (self.m1[1] - self.m0[1]) / CLK_TCK
+        return {
+            "window_s": round(wall, 3), "server_cpu_s": round(srv, 3), "server_cpu_s_per_node": per,
+            "server_cpu_us_per_op": round(srv * 1e6 / ops, 1) if ops else None,
+            "server_cores_busy": round(srv / wall, 3), "loadgen_cpu_s": round(sum(cli), 3),
+            "loadgen_cores_busy": round(sum(cli) / wall, 3),
+            "loadgen_max_proc_core_frac": round(max(cli or [0]) / wall, 3),
+            "loadgen_cpu_us_per_op": round(sum(cli) * 1e6 / ops, 1) if ops else None,
+            "machine_cores_busy": round(busy / wall, 3), "machine_cores_idle": round(idle / wall, 3),
+            "other_cores_busy": round((busy - srv - sum(cli)) / wall, 3),
+            "server_peak_rss_mb": {str(n): _mb(proc_mem_kb(p, "VmHWM")) for n, p in self.spids.items()},
+        }
+
+
+def _mb(kb: int | None) -> float | None:
+    return None if kb is None else round(kb / 1024, 1)
+
+
+def pct(sorted_vals: list[float], p: float) -> float | None:
+    if not sorted_vals:
+        return None
+    k = min(len(sorted_vals) - 1, max(0, int(round(p / 100.0 * (len(sorted_vals) - 1)))))
+    return sorted_vals[k]
+
+
+def lat_summary(lat_s: list[float]) -> dict:
+    v = sorted(lat_s)
+    if not v:
+        return {}
+    return {"p50_ms": round(pct(v, 50) * 1e3, 3), "p90_ms": round(pct(v, 90) * 1e3, 3),
+            "p99_ms": round(pct(v, 99) * 1e3, 3), "max_ms": round(v[-1] * 1e3, 3),
+            "mean_ms": round(statistics.fmean(v) * 1e3, 3), "n": len(v)}
+
+
+# ----------------------------------------------------------------------------- the ensemble
+class Ensemble:
+    """Either one this script starts (tests.cluster.Cluster: real processes,
+    fsync on) or an external one given by its client endpoints."""
+
+    def __init__(self, endpoints: str | None, n: int, base: str, snapshot_entries: int = 10_000):
+        self.cluster = None
+        if endpoints:
+            self.addrs = [(h, int(p)) for h, p in (e.rsplit(":", 1) for e in endpoints.split(","))]
+        else:
+            from tests.cluster import Cluster
+
+            self.cluster = Cluster(n, base, snapshot_entries=snapshot_entries, log_level="warning")
+            self.cluster.start()
+            self.addrs = [self.cluster.client_addr(s) for s in range(1, n + 1)]
+        self.nodes = list(range(1, len(self.addrs) + 1))
+
+    @property
+    def own(self) -> bool:
+        return self.cluster is not None
+
+    def endpoint(self, node: int) -> str:
+        h, p = self.addrs[node - 1]
+        return f"{h}:{p}"
+
+    def all_endpoints(self) -> str:
+        return ",".join(self.endpoint(n) for n in self.nodes)
+
+    def server_pids(self) -> dict[int, int]:
+        if self.own:
+            return {s: p.pid for s, p in self.cluster.procs.items() if p.poll() is None}
+        found = pids_listening([p for _, p in self.addrs])
+        return {n: found[self.addrs[n - 1][1]] for n in self.nodes if self.addrs[n - 1][1] in found}
+
+    def statuses(self) -> dict[int, dict]:
+        import trio
+
+        from coord.cli import probe_status
+
+        async def all_():
+            out = {}
+            for n in self.nodes:
+                st = await probe_status(self.addrs[n - 1], timeout=1.0)
+                if st is not None:
+                    out[n] = st
+            return out
+
+        return trio.run(all_)
+
+    def wait_healthy(self, timeout: float = 60.0) -> dict[int, str]:
+        """Every server answers, one leader that all agree on; node -> role."""
+        deadline = mono() + timeout
+        while mono() < deadline:
+            sts = self.statuses()
+            leaders = {st["server_id"] for st in sts.values() if st["role"] == "leader"}
+            if len(sts) == len(self.nodes) and len(leaders) == 1:
+                lid = leaders.pop()
+                if all(st["leader"] == lid for st in sts.values()):
+                    return {n: st["role"] for n, st in sts.items()}
+            time.sleep(0.1)
+        raise RuntimeError(f"ensemble not healthy: {self.statuses()}")
+
+    def leader(self) -> int | None:
+        for n, st in self.statuses().items():
+            if st["role"] == "leader":
+                return n
+        return None
+
+    def close(self) -> None:
+        if self.cluster is not None:
+            self.cluster.close()
+
+
+# ----------------------------------------------------------------------------- client processes
+def _worker_main(target: str, args: tuple, ready_q, go_evt, times, result_q) -> None:
+    """Entry point of a load-generator process (multiprocessing spawn)."""
+    import trio
+
+    fn = globals()[target]
+    result_q.put(trio.run(fn, *args, ready_q, go_evt, times))
+
+
+async def _wait_go(ready_q, go_evt, wid) -> None:
+    """Say "ready" to the parent, then wait for everybody's start signal."""
+    import trio
+
+    ready_q.put(wid)
+    await trio.to_thread.run_sync(go_evt.wait)
+
+
+async def tp_worker(kind: str, wid: int, endpoint: str, depth: int, ready_q, go_evt, times) -> dict:
+    """``depth`` tasks in one session, each issuing the next call as soon as
+    the previous one returns (closed loop), like the anchors' workers."""
+    import trio
+
+    from coordclient import Client
+    from coordclient.errors import CoordError
+
+    st = {"wid": wid, "endpoint": endpoint, "ops": 0, "errs": 0, "err_types": {}, "lat": [], "pairs": 0}
+    async with Client(endpoint, session_timeout=30) as c:
+        await _wait_go(ready_q, go_evt, wid)
+        t0, t1 = times[0], times[1]
+
+        def record(ok: bool, started: float, err: Exception | None = None) -> float:
+            now = mono()
+            if t0 <= now <= t1:
+                if ok:
+                    st["ops"] += 1
+                    st["lat"].append(now - started)
+                else:
+                    st["errs"] += 1
+                    k = type(err).__name__
+                    st["err_types"][k] = st["err_types"].get(k, 0) + 1
+            return now
+
+        async def slot(i: int) -> None:
+            k = 0
+            while mono() < t1:
+                k += 1
+                started = mono()
+                try:
+                    if kind == "set":
+                        await c.set(f"/bench/kv/{(i * 7919 + wid * 131 + k) % KEYS:04d}", VALUE)
+                    elif kind in ("get", "lget"):
+                        await c.get("/bench/r", linearizable=kind == "lget")
+                    else:
+                        path = await c.create("/bench/eph/n-", b"", ephemeral=True, sequential=True)
+                        record(True, started)
+                        started = mono()
+                        await c.delete(path)
+                        if t0 <= mono() <= t1:
+                            st["pairs"] += 1
+                except CoordError as e:
+                    record(False, started, e)
+                    await trio.sleep(0.01)
+                    continue
+                record(True, started)
+
+        async with trio.open_nursery() as n:
+            for i in range(depth):
+                n.start_soon(slot, i)
+    return st
+
+
+async def lock_worker(wid: int, endpoint: str, impl: str, ready_q, go_evt, times) -> dict:
+    import trio
+
+    from coordclient import Client
+
+    acq, waits, timeouts = 0, [], 0
+    async with Client(endpoint, session_timeout=30) as c:
+        lock = make_lock(impl, c, wid)
+        await _wait_go(ready_q, go_evt, wid)
+        t0, t1 = times[0], times[1]
+        while mono() < t1:
+            t = mono()
+            try:
+                await lock.acquire(timeout=30)
+            except trio.TooSlowError:
+                timeouts += 1
+                continue
+            ta = mono()
+            await lock.release()
+            if t0 <= ta <= t1:
+                acq += 1
+                waits.append(ta - t)
+    return {"wid": wid, "endpoint": endpoint, "acq": acq, "waits": waits, "timeouts": timeouts}
+
+
+def lock_impl(choice: str) -> str:
+    """'recipe' when the SDK's lock recipe is importable (and asked for), else 'inline'."""
+    if choice in ("auto", "recipe"):
+        try:
+            from coordclient.recipes.locks import Lock  # noqa: F401
+
+            return "recipe"
+        except ImportError:
+            if choice == "recipe":
+                raise
+    return "inline"
+
+
+def make_lock(impl: str, client, wid: int):
+    if impl == "recipe":
+        from coordclient.recipes.locks import Lock
+
+        return Lock(client, "/bench/lock")
+    from tests.faults.lock import Lock as InlineLock
+
+    return InlineLock(client, "/bench/lock", f"w{wid}")
+
+
+def run_procs(ens: Ensemble, target: str, args_list: list[tuple], warmup: float, duration: float) -> tuple[list, CpuWindow]:
+    """Spawn one process per args tuple, start them together, measure the window."""
+    ctx = mp.get_context("spawn")
+    ready_q, result_q = ctx.Queue(), ctx.Queue()
+    go_evt = ctx.Event()
+    times = ctx.Array("d", 2)
+    procs = [ctx.Process(target=_worker_main, args=(target, a, ready_q, go_evt, times, result_q), daemon=True)
+             for a in args_list]
+    for p in procs:
+        p.start()
+    try:
+        for _ in procs:
+            ready_q.get(timeout=120)
+        cpu = CpuWindow(ens.server_pids(), [p.pid for p in procs])
+        now = mono()
+        times[0], times[1] = now + warmup, now + warmup + duration
+        go_evt.set()
+        time.sleep(max(0.0, times[0] - mono()))
+        cpu.start()
+        time.sleep(max(0.0, times[1] - mono()))
+        cpu.stop()
+        results = [result_q.get(timeout=120) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.terminate()
+                p.join(5)
+    return results, cpu
+
+
+# ----------------------------------------------------------------------------- workloads
+def prepare(ens: Ensemble) -> None:
+    import trio
+
+    from coordclient import Client, ops
+
+    async def go():
+        async with Client(ens.all_endpoints(), session_timeout=30) as c:
+            for p in ("/bench", "/bench/kv", "/bench/eph", "/bench/lock"):
+                if await c.exists(p) is None:
+                    await c.create(p, b"")
+            if await c.exists("/bench/r") is None:
+                await c.create("/bench/r", VALUE)
+            if await c.exists("/bench/seq") is None:
+                await c.create("/bench/seq", VALUE)
+            if await c.exists(f"/bench/kv/{KEYS - 1:04d}") is None:
+                for base in range(0, KEYS, 500):
+                    await c.multi([ops.create(f"/bench/kv/{i:04d}", VALUE) for i in range(base, base + 500)])
+
+    trio.run(go)
+
+
+def throughput(ens: Ensemble, kind: str, name: str, args, nproc: int | None = None) -> dict:
+    nproc = nproc or args.procs
+    depths = [args.outstanding // nproc + (1 if i < args.outstanding % nproc else 0) for i in range(nproc)]
+    roles = ens.wait_healthy()
+    order = ens.nodes if nproc > 1 else [n for n in ens.nodes if roles.get(n) == "follower"][:1] or ens.nodes
+    wargs = [(kind, i, ens.endpoint(order[i % len(order)]), depths[i]) for i in range(nproc)]
+    log(f"{name}: {kind}, {args.outstanding} in flight over {nproc} processes, warmup {args.warmup}s, "
+        f"window {args.duration}s")
+    results, cpu = run_procs(ens, "tp_worker", wargs, args.warmup, args.duration)
+    ops_n = sum(r["ops"] for r in results)
+    c = cpu.summary(ops_n)
+    out = {"workload": name, "op": {"set": "set 100 B over 1000 nodes", "get": "get 100 B, local read",
+                                    "lget": "get 100 B, linearizable read",
+                                    "create_delete": "create(ephemeral, sequential) + delete"}[kind],
+           "ops": ops_n, "ops_per_s": round(ops_n / c["window_s"], 1),
+           "errors": sum(r["errs"] for r in results), "outstanding": args.outstanding,
+           "client_processes": nproc, "latency": lat_summary([x for r in results for x in r["lat"]]), "cpu": c}
+    if kind == "create_delete":
+        out["create_delete_pairs_per_s"] = round(sum(r["pairs"] for r in results) / c["window_s"], 1)
+    et: dict = {}
+    for r in results:
+        for k, v in r["err_types"].items():
+            et[k] = et.get(k, 0) + v
+    if et:
+        out["error_types"] = et
+    return out
+
+
+def seq_latency(ens: Ensemble, name: str, role: str, n_ops: int, warm: int = 200) -> dict:
+    import trio
+
+    from coordclient import Client
+
+    roles = ens.wait_healthy()
+    node = [n for n, r in roles.items() if r == role][0]
+    lat: list[float] = []
+    cpu = CpuWindow(ens.server_pids(), [os.getpid()])
+
+    async def go():
+        async with Client(ens.endpoint(node), session_timeout=30) as c:
+            for _ in range(warm):
+                await c.set("/bench/seq", VALUE)
+            cpu.start()
+            for _ in range(n_ops):
+                t = time.perf_counter()
+                await c.set("/bench/seq", VALUE)
+                lat.append(time.perf_counter() - t)
+            cpu.stop()
+
+    log(f"{name}: {n_ops} sequential sets via the {role} (node {node})")
+    trio.run(go)
+    c = cpu.summary(n_ops)
+    return {"workload": name, "op": "set 100 B, one client, sequential", "ops": n_ops,
+            "connected_to": f"node {node} ({role})", "latency": lat_summary(lat),
+            "ops_per_s": round(n_ops / c["window_s"], 1), "cpu": c}
+
+
+def lock_handoff(ens: Ensemble, name: str, args) -> dict:
+    impl = lock_impl(args.lock)
+    ens.wait_healthy()
+    wargs = [(i, ens.endpoint(ens.nodes[i % len(ens.nodes)]), impl) for i in range(args.lock_clients)]
+    log(f"{name}: {args.lock_clients} lock contenders ({impl} lock)")
+    results, cpu = run_procs(ens, "lock_worker", wargs, args.warmup, args.duration)
+    acq = sum(r["acq"] for r in results)
+    c = cpu.summary(acq)
+    return {"workload": name, "op": f"acquire->release loop on one lock ({impl} ephemeral-sequential lock)",
+            "client_processes": args.lock_clients, "acquisitions": acq,
+            "acquisitions_per_s": round(acq / c["window_s"], 1),
+            "per_client_acquisitions": [r["acq"] for r in sorted(results, key=lambda r: r["wid"])],
+            "lock_timeouts": sum(r["timeouts"] for r in results),
+            "acquire_wait": lat_summary([x for r in results for x in r["waits"]]), "cpu": c,
+            "note": "cpu us/op is per acquisition (create + children + exists/watch + delete)"}
+
+
+def failover(ens: Ensemble, name: str, args) -> dict:
+    """A writer at ~rate sets/s, each attempt abandoned after attempt_timeout
+    (the SDK retries inside it); SIGKILL the leader; gap = first successful
+    completion of a write issued after the kill - the last successful
+    completion before that.  The killed server is restarted between trials."""
+    import trio
+
+    from coordclient import Client
+    from coordclient.errors import CoordError
+
+    trials = []
+    for trial in range(1, args.failover_trials + 1):
+        ens.wait_healthy(90)
+        attempts: list[list] = []  # [issued, completed | None, outcome]
+        info: dict = {}
+
+        async def attempt(c, rec):
+            with trio.move_on_after(args.attempt_timeout):
+                try:
+                    await c.set("/bench/failover", VALUE)
+                    rec[1], rec[2] = mono(), "ok"
+                    return
+                except CoordError as e:
+                    rec[1], rec[2] = mono(), type(e).__name__
+                    return
+            rec[2] = "timeout"
+
+        async def go():
+            async with Client(ens.all_endpoints(), session_timeout=10) as c:
+                if await c.exists("/bench/failover") is None:
+                    await c.create("/bench/failover", VALUE)
+                async with trio.open_nursery() as n:
+                    async def writer():
+                        nxt = mono()
+                        while True:
+                            rec = [mono(), None, None]
+                            attempts.append(rec)
+                            n.start_soon(attempt, c, rec)
+                            nxt += 1.0 / args.failover_rate
+                            await trio.sleep(max(0.0, nxt - mono()))
+
+                    n.start_soon(writer)
+                    await trio.sleep(args.failover_steady)
+                    leader = await trio.to_thread.run_sync(ens.leader)
+                    info["leader"], info["client_on"] = leader, c.server_id
+                    info["t_kill"] = mono()
+                    ens.cluster.kill(leader)
+                    with trio.move_on_after(60):
+                        while not any(r[0] > info["t_kill"] and r[2] == "ok" for r in attempts):
+                            await trio.sleep(0.005)
+                    await trio.sleep(0.3)
+                    info["reconnected_to"] = c.server_id
+                    n.cancel_scope.cancel()
+
+        log(f"{name} trial {trial}: writer at {args.failover_rate}/s, then SIGKILL of the leader")
+        trio.run(go)
+        t_kill = info["t_kill"]
+        after = [r[1] for r in attempts if r[0] > t_kill and r[2] == "ok"]
+        tr = {"trial": trial, "killed_leader_node": info["leader"], "client_was_on_node": info["client_on"],
+              "client_reconnected_to": info.get("reconnected_to")}
+        if after:
+            first = min(after)
+            before = [r[1] for r in attempts if r[2] == "ok" and r[1] < first]
+            tr["gap_ms"] = round((first - max(before)) * 1e3, 1)
+            tr["kill_to_first_write_ms"] = round((first - t_kill) * 1e3, 1)
+        else:
+            tr["error"] = "no successful write after the kill"
+        fails: dict = {}
+        for r in attempts:
+            if r[0] > t_kill - 0.05 and r[2] != "ok" and (not after or r[0] <= min(after)):
+                fails[r[2]] = fails.get(r[2], 0) + 1
+        tr["failed_attempts"] = fails
+        t_r = mono()
+        ens.cluster.start_server(info["leader"])
+        ens.wait_healthy(90)
+        tr["new_leader_node"] = ens.leader()
+        tr["rejoin_s"] = round(mono() - t_r, 2)
+        log(f"{name} trial {trial}: gap {tr.get('gap_ms')} ms")
+        trials.append(tr)
+    gaps = [t["gap_ms"] for t in trials if "gap_ms" in t]
+    return {"workload": name, "op": f"set 100 B at ~{args.failover_rate:g}/s, {args.attempt_timeout * 1e3:g} ms "
+                                    "per attempt (SDK retries inside it); SIGKILL the leader",
+            "gaps_ms": gaps, "gap_ms_mean": round(statistics.fmean(gaps), 1) if gaps else None,
+            "gap_ms_max": max(gaps) if gaps else None, "trials": trials}
+
+
+# ----------------------------------------------------------------------------- scale
+async def _create_many(endpoint: str, start: int, stop: int, batch: int, inflight: int) -> None:
+    import trio
+
+    from coordclient import Client, ops
+
+    async with Client(endpoint, session_timeout=60, request_timeout=600) as c:
+        todo = list(range(start, stop, batch))
+
+        async def task():
+            while todo:
+                b = todo.pop()
+                await c.multi([ops.create(f"/s/{i // 1000:04d}/{i % 1000:04d}", b"x" * 10)
+                               for i in range(b, min(b + batch, stop))])
+
+        async with trio.open_nursery() as n:
+            for _ in range(inflight):
+                n.start_soon(task)
+
+
+def scale_nodes(args, base: str) -> dict:
+    """1M nodes (1000 parents x 1000 children, 10 B each): RSS, snapshot size,
+    restart time of a follower from that snapshot.  Own ensemble, created
+    with multis of 1000 creates; snapshot_entries is set so that the servers
+    snapshot once all nodes are in (a few small writes cross the threshold)."""
+    import trio
+
+    from coordclient import Client, ops
+
+    total = args.scale_nodes
+    batches = -(-total // 1000)
+    ens = Ensemble(None, 3, os.path.join(base, "s1"), snapshot_entries=batches + 40)
+    try:
+        ens.wait_healthy(60)
+        ep = ens.all_endpoints()
+
+        async def parents():
+            async with Client(ep, session_timeout=30) as c:
+                await c.create("/s", b"")
+                for b in range(0, -(-total // 1000), 500):
+                    await c.multi([ops.create(f"/s/{p:04d}", b"") for p in range(b, min(b + 500, -(-total // 1000)))])
+
+        trio.run(parents)
+        log(f"S1: creating {total} nodes")
+        t = mono()
+        trio.run(_create_many, ens.endpoint(ens.leader() or 1), 0, total, 1000, 4)
+        create_s = mono() - t
+
+        async def nudge():
+            async with Client(ep, session_timeout=30) as c:
+                for i in range(120):
+                    await c.set("/s", b"%d" % i)
+                return (await c.status())["nodes"]
+
+        nodes = trio.run(nudge)
+        time.sleep(3)  # let every server write its snapshot
+        rss = {str(n): _mb(proc_mem_kb(p, "VmRSS")) for n, p in ens.server_pids().items()}
+        peak = {str(n): _mb(proc_mem_kb(p, "VmHWM")) for n, p in ens.server_pids().items()}
+        snaps = {}
+        for sid in ens.nodes:
+            d = os.path.join(ens.cluster.base, f"data{sid}")
+            files = sorted((os.path.join(r, f) for r, _, fs in os.walk(d) for f in fs if f.endswith(".snap")),
+                           key=os.path.getmtime)
+            snaps[str(sid)] = round(os.path.getsize(files[-1]) / 2 ** 20, 1) if files else None
+        roles = ens.wait_healthy()
+        victim = [n for n, r in roles.items() if r == "follower"][0]
+        target = ens.statuses()[victim]["applied"]
+        ens.cluster.kill(victim)
+        t = mono()
+        ens.cluster.start_server(victim)
+        serving = None
+        while mono() - t < 300:
+            st = ens.statuses().get(victim)
+            if st is not None and st["applied"] >= target:
+                serving = mono() - t
+                break
+            time.sleep(0.05)
+        return {"workload": "S1", "op": f"{total} nodes (1000 parents x 1000 children, 10 B each)",
+                "nodes_reported": nodes, "create_s": round(create_s, 1),
+                "create_nodes_per_s": round(total / create_s, 1), "server_rss_mb": rss,
+                "server_peak_rss_mb": peak, "snapshot_mb": snaps,
+                "restart_node": victim, "restart_to_serving_s": None if serving is None else round(serving, 2),
+                "restart_rss_mb": _mb(proc_mem_kb(ens.server_pids().get(victim), "VmRSS"))}
+    finally:
+        ens.close()
+
+
+async def hold_sessions(endpoints: list[str], count: int, timeout_ms: int, ready_q, go_evt, times) -> dict:
+    """Open ``count`` sessions with the raw protocol (hello, then a ping every
+    timeout/3, as the SDK does) and hold them until the window ends."""
+    import trio
+
+    from coordclient.wire import FramedStream
+
+    opened = [0]
+    errors = [0]
+
+    async def one(i: int, started: trio.Event) -> None:
+        h, p = endpoints[i % len(endpoints)].rsplit(":", 1)
+        try:
+            stream = await trio.open_tcp_stream(h, int(p))
+            fs = FramedStream(stream)
+            await fs.send({"id": 1, "op": "hello", "timeout_ms": timeout_ms, "sid": 0, "secret": None,
+                           "last_zxid": 0})
+            r = await fs.receive()
+            if not r.get("ok"):
+                raise OSError(r.get("err"))
+        except Exception:  # noqa: BLE001 - counted, the figure says how many were held
+            errors[0] += 1
+            started.set()
+            return
+        opened[0] += 1
+        started.set()
+        rid = 2
+        try:
+            while mono() < times[1] or not times[1]:
+                await trio.sleep(timeout_ms / 3000)
+                await fs.send({"id": rid, "op": "ping"})
+                while (await fs.receive()).get("id") != rid:
+                    pass
+                rid += 1
+        except Exception:  # noqa: BLE001 - a lost session is counted, not fatal
+            errors[0] += 1
+        await stream.aclose()
+
+    async with trio.open_nursery() as n:
+        sem = trio.Semaphore(200)
+        for i in range(count):
+            async with sem:
+                started = trio.Event()
+                n.start_soon(one, i, started)
+                await started.wait()
+        await _wait_go(ready_q, go_evt, count)
+    return {"opened": opened[0], "errors": errors[0]}
+
+
+def scale_sessions(ens: Ensemble, args) -> dict:
+    """10,000 sessions (30 s timeout, a ping every 10 s each) held by 4 processes
+    across the 3 servers; server CPU over an idle window once all are open."""
+    ens.wait_healthy()
+    n = args.scale_sessions
+    procs = 4
+    per = [n // procs + (1 if i < n % procs else 0) for i in range(procs)]
+    eps = [ens.endpoint(x) for x in ens.nodes]
+    rss0 = {str(k): _mb(proc_mem_kb(p, "VmRSS")) for k, p in ens.server_pids().items()}
+    log(f"S2: opening {n} sessions from {procs} processes, then {args.duration}s idle window")
+    results, cpu = run_procs(ens, "hold_sessions", [(eps, c, 30_000) for c in per], 5.0, args.duration)
+    c = cpu.summary(0)
+    sts = ens.statuses()
+    return {"workload": "S2", "op": f"{n} sessions, 30 s timeout, keepalive ping every 10 s",
+            "sessions_opened": sum(r["opened"] for r in results), "open_errors": sum(r["errors"] for r in results),
+            "sessions_reported": max((st.get("sessions", 0) for st in sts.values()), default=None),
+            "server_cores_busy_idle": c["server_cores_busy"], "server_cpu_s": c["server_cpu_s"],
+            "server_rss_mb_before": rss0, "cpu": c}
+
+
+# ----------------------------------------------------------------------------- report
+def fmt_lat(l: dict) -> str:
+    return f"p50 {l.get('p50_ms')} / p99 {l.get('p99_ms')} / mean {l.get('mean_ms')} ms" if l else "-"
+
+
+def table(results: list[dict]) -> str:
+    rows = ["| ID | Workload | Result | Server CPU us/op | Latency | CPU cores: servers / loadgen / other | "
+            "peak RSS MB per server |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        c = r.get("cpu", {})
+        cores = (f"{c.get('server_cores_busy')} / {c.get('loadgen_cores_busy')} / {c.get('other_cores_busy')} "
+                 f"(idle {c.get('machine_cores_idle')})") if c else "-"
+        rss = "/".join(str(v) for v in c.get("server_peak_rss_mb", {}).values()) if c else "-"
+        w = r["workload"]
+        if "error" in r:
+            rows.append(f"| {w} | | failed: {r['error']} | | | | |")
+        elif w in ("W2", "W2L"):
+            rows.append(f"| {w} | {r['op']}, {r['connected_to']} | **{fmt_lat(r['latency'])}** | "
+                        f"{c.get('server_cpu_us_per_op')} | max {r['latency'].get('max_ms')} ms | {cores} | {rss} |")
+        elif w == "W4":
+            rows.append(f"| {w} | {r['op']}, {r['client_processes']} processes | **{r['acquisitions_per_s']} "
+                        f"acquisitions/s**, wait p99 **{r['acquire_wait'].get('p99_ms')} ms** | "
+                        f"{c.get('server_cpu_us_per_op')} | wait {fmt_lat(r['acquire_wait'])} | {cores} | {rss} |")
+        elif w == "W6":
+            rows.append(f"| {w} | {r['op']} | gaps **{', '.join(str(g) for g in r['gaps_ms'])} ms** | - | "
+                        f"mean {r['gap_ms_mean']} ms, max {r['gap_ms_max']} ms | - | - |")
+        elif w == "S1":
+            rows.append(f"| {w} | {r['op']} | RSS {r['server_rss_mb']} MB, snapshot {r['snapshot_mb']} MB, "
+                        f"restart to serving **{r['restart_to_serving_s']} s** | - | created at "
+                        f"{r['create_nodes_per_s']} nodes/s | - | {r['server_peak_rss_mb']} |")
+        elif w == "S2":
+            rows.append(f"| {w} | {r['op']} | {r['sessions_opened']} held, servers idle at "
+                        f"**{r['server_cores_busy_idle']} cores** | - | - | {cores} | {rss} |")
+        else:
+            extra = f" ({r['create_delete_pairs_per_s']} pairs/s)" if "create_delete_pairs_per_s" in r else ""
+            rows.append(f"| {w} | {r['op']}, {r['outstanding']} in flight, {r['client_processes']} processes | "
+                        f"**{r['ops_per_s']} ops/s**{extra} | {c.get('server_cpu_us_per_op')} | "
+                        f"{fmt_lat(r['latency'])} | {cores} | {rss} |")
+    return "\n".join(rows)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--endpoints", help="an existing ensemble's client endpoints (default: start 3 servers)")
+    ap.add_argument("--workloads", default=DEFAULT_WORKLOADS)
+    ap.add_argument("--json", help="write all results to this file")
+    ap.add_argument("--duration", type=float, default=10.0, help="measured window per workload (s)")
+    ap.add_argument("--warmup", type=float, default=3.0, help="unmeasured load before each window (s)")
+    ap.add_argument("--outstanding", type=int, default=32)
+    ap.add_argument("--procs", type=int, default=3, help="client processes for W1/W3/W5")
+    ap.add_argument("--seq-ops", type=int, default=2000)
+    ap.add_argument("--lock-clients", type=int, default=8)
+    ap.add_argument("--lock", choices=["auto", "recipe", "inline"], default="auto",
+                    help="W4's lock: the SDK recipe if importable (auto), or the bench's minimal inline one")
+    ap.add_argument("--failover-trials", type=int, default=3)
+    ap.add_argument("--failover-rate", type=float, default=200.0)
+    ap.add_argument("--failover-steady", type=float, default=3.0)
+    ap.add_argument("--attempt-timeout", type=float, default=0.25)
+    ap.add_argument("--scale-nodes", type=int, default=1_000_000)
+    ap.add_argument("--scale-sessions", type=int, default=10_000)
+    args = ap.parse_args()
+    want = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    base = tempfile.mkdtemp(prefix="coord-bench-")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    meta = {"workload": "meta", "python": platform.python_version(), "kernel": platform.release(),
+            "cpus": os.cpu_count(), "host": socket.gethostname(), "params": vars(args),
+            "utc_start": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "loadavg_at_start": open("/proc/loadavg").read().split()[:3],
+            "ensemble": args.endpoints or "3 servers started by bench.py (tests/cluster.py), fsync on, "
+                                           "tick 50 ms, election 10 ticks"}
+    results: list[dict] = []
+    ens = Ensemble(args.endpoints, 3, os.path.join(base, "main"))
+    try:
+        ens.wait_healthy(60)
+        prepare(ens)
+        steps = {
+            "W1": lambda: throughput(ens, "set", "W1", args),
+            "W1S": lambda: throughput(ens, "set", "W1S", args, nproc=1),
+            "W2": lambda: seq_latency(ens, "W2", "follower", args.seq_ops),
+            "W2L": lambda: seq_latency(ens, "W2L", "leader", args.seq_ops),
+            "W3": lambda: throughput(ens, "get", "W3", args),
+            "W3L": lambda: throughput(ens, "lget", "W3L", args),
+            "W3S": lambda: throughput(ens, "get", "W3S", args, nproc=1),
+            "W4": lambda: lock_handoff(ens, "W4", args),
+            "W5": lambda: throughput(ens, "create_delete", "W5", args),
+            "W6": lambda: failover(ens, "W6", args),
+            "S2": lambda: scale_sessions(ens, args),
+            "S1": lambda: scale_nodes(args, base),
+        }
+        for name in [w for w in steps if w in want]:
+            if name in ("W6", "S1", "S2") and not ens.own:
+                log(f"{name}: skipped (needs an ensemble started by this script)")
+                continue
+            try:
+                r = steps[name]()
+            except Exception as e:  # noqa: BLE001 - record it, go on with the next workload
+                log(f"{name} failed: {e!r}")
+                r = {"workload": name, "error": repr(e)}
+            results.append(r)
+            print(json.dumps(r), flush=True)
+    finally:
+        ens.close()
+    meta["utc_end"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    meta["loadavg_at_end"] = open("/proc/loadavg").read().split()[:3]
+    print("\n" + table(results))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "results": results}, f, indent=1)
+    return 1 if any("error" in r for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
