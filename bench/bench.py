@@ -11,7 +11,8 @@ counts, windows and CPU accounting), so the figures sit beside theirs:
   W3   read throughput: 32 in flight get of one 100 B node, local reads, 3 processes
   W3L  the same with linearizable reads (ReadIndex through the leader)
   W3S  (diagnostic) W3 from a single client process
-  W4   lock handoff: 8 client processes looping acquire/release on one lock
+  W4   lock handoff: 8 client processes looping acquire/release on one lock (the SDK's recipe)
+  W4I  the same with the bench's minimal inline lock (kazoo's algorithm: tests/faults/lock.py)
   W5   create(ephemeral, sequential) + delete, 32 in flight, 3 processes (ops = creates + deletes)
   W6   failover: a writer at ~200 sets/s, SIGKILL of the leader, gap, 3 trials
   S1   scale: 1,000,000 nodes -> RSS, snapshot size, restart time of a server from that snapshot
@@ -55,7 +56,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 VALUE = b"v" * 100
 KEYS = 1000
 mono = time.monotonic
-DEFAULT_WORKLOADS = "W1,W1S,W2,W2L,W3,W3L,W3S,W4,W5,W6,S1,S2"
+DEFAULT_WORKLOADS = "W1,W1S,W2,W2L,W3,W3L,W3S,W4,W4I,W5,W6,S1,S2"
 
 
 def log(msg: str) -> None:
@@ -481,8 +482,8 @@ def seq_latency(ens: Ensemble, name: str, role: str, n_ops: int, warm: int = 200
             "ops_per_s": round(n_ops / c["window_s"], 1), "cpu": c}
 
 
-def lock_handoff(ens: Ensemble, name: str, args) -> dict:
-    impl = lock_impl(args.lock)
+def lock_handoff(ens: Ensemble, name: str, args, impl: str | None = None) -> dict:
+    impl = impl or lock_impl(args.lock)
     ens.wait_healthy()
     wargs = [(i, ens.endpoint(ens.nodes[i % len(ens.nodes)]), impl) for i in range(args.lock_clients)]
     log(f"{name}: {args.lock_clients} lock contenders ({impl} lock)")
@@ -759,7 +760,7 @@ def table(results: list[dict]) -> str:
         elif w in ("W2", "W2L"):
             rows.append(f"| {w} | {r['op']}, {r['connected_to']} | **{fmt_lat(r['latency'])}** | "
                         f"{c.get('server_cpu_us_per_op')} | max {r['latency'].get('max_ms')} ms | {cores} | {rss} |")
-        elif w == "W4":
+        elif w in ("W4", "W4I"):
             rows.append(f"| {w} | {r['op']}, {r['client_processes']} processes | **{r['acquisitions_per_s']} "
                         f"acquisitions/s**, wait p99 **{r['acquire_wait'].get('p99_ms')} ms** | "
                         f"{c.get('server_cpu_us_per_op')} | wait {fmt_lat(r['acquire_wait'])} | {cores} | {rss} |")
@@ -824,6 +825,7 @@ def main() -> int:
             "W3L": lambda: throughput(ens, "lget", "W3L", args),
             "W3S": lambda: throughput(ens, "get", "W3S", args, nproc=1),
             "W4": lambda: lock_handoff(ens, "W4", args),
+            "W4I": lambda: lock_handoff(ens, "W4I", args, impl="inline"),
             "W5": lambda: throughput(ens, "create_delete", "W5", args),
             "W6": lambda: failover(ens, "W6", args),
             "S2": lambda: scale_sessions(ens, args),

@@ -99,3 +99,20 @@ def test_start_fails_when_nothing_listens():
     with pytest.raises(ConnectionLossError, match="no server reachable"):
         with SyncClient(f"127.0.0.1:{port}", session_timeout=0.5):
             pass
+
+
+def test_iterating_a_watch_without_with_starts_it(fake):
+    """`for ev in c.watch(path)` (no `with`) must register the watch, not block forever."""
+    with SyncClient(fake.endpoints, session_timeout=5) as c:
+        c.create("/plain")
+        watch = c.watch("/plain")
+        def change():
+            with SyncClient(fake.endpoints, session_timeout=5) as other:
+                other.set("/plain", b"y")
+
+        poke = threading.Timer(0.3, change)
+        poke.start()
+        ev = watch.get(timeout=10)
+        assert ev is not None and ev.type == "changed" and ev.path == "/plain"
+        watch.close()
+        poke.join()

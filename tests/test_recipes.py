@@ -108,6 +108,23 @@ async def test_try_acquire_timeout_and_idempotent_release(autojump_clock):
         assert lock_nodes(cl.state, "/l") == []
 
 
+async def test_release_during_the_body_ends_it_quietly(autojump_clock):
+    async with open_cluster(1) as cl, cl.client(seed=1) as c:
+        steps = []
+        async with Lock(c, "/l") as lock:
+            await lock.release()  # from the body itself: returns, then the body is cancelled
+            steps.append("released")
+            await trio.sleep(10)
+            steps.append("not reached")
+        assert steps == ["released"] and lock_nodes(cl.state, "/l") == []
+        async with trio.open_nursery() as nursery:
+            async with lock:
+                nursery.start_soon(lock.release)  # from another task
+                await trio.sleep(10)
+                steps.append("not reached")
+        assert steps == ["released"] and not lock.held and lock_nodes(cl.state, "/l") == []
+
+
 async def test_cancelled_acquire_leaves_no_node(autojump_clock):
     async with open_cluster(1) as cl, cl.client(seed=1) as a, cl.client(seed=2) as b:
         async with Lock(a, "/l"):
@@ -144,8 +161,8 @@ async def test_not_reentrant_misuse_raises(autojump_clock):
 
 
 async def test_one_release_wakes_one_waiter(autojump_clock):
-    """20 waiters: a release costs one delete, one re-listing (by the next
-    holder) and one watch on the new holder's own node, nothing else."""
+    """20 waiters: a release costs one delete and one re-listing (by the
+    next holder), nothing else: the other 19 are not woken."""
     async with open_cluster(3) as cl:
         holder = cl.client(seed=99)
         async with holder, trio.open_nursery() as nursery:
@@ -168,9 +185,24 @@ async def test_one_release_wakes_one_waiter(autojump_clock):
             await first.release()
             await wait_until(lambda: acquired)
             await trio.testing.wait_all_tasks_blocked()
-            assert op_diff(before, cl.state.op_counts) == {"delete": 1, "children": 1, "exists": 1}
+            assert op_diff(before, cl.state.op_counts) == {"delete": 1, "children": 1}
             assert len(acquired) == 1
             nursery.cancel_scope.cancel()
+
+
+async def test_waiter_whose_node_is_deleted_queues_again(autojump_clock):
+    async with open_cluster(1) as cl, cl.client(seed=1) as a, cl.client(seed=2) as b:
+        holder, waiter = Lock(a, "/l"), Lock(b, "/l")
+        await holder.acquire()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiter.acquire)
+            await wait_until(lambda: len(lock_nodes(cl.state, "/l")) == 2)
+            first = waiter.node
+            await a.delete(first)  # e.g. an operator cleaning up
+            await wait_until(lambda: waiter.node not in (None, first) and len(lock_nodes(cl.state, "/l")) == 2)
+            await holder.release()
+        assert waiter.held and not waiter.lost
+        await waiter.release()
 
 
 async def test_lock_lost_when_suspended_past_margin_before_session_expires(autojump_clock):
@@ -355,7 +387,7 @@ async def test_semaphore_bounds_holders_and_a_release_wakes_one(autojump_clock):
             await wait_until(lambda: entered)
             await trio.testing.wait_all_tasks_blocked()
             diff = op_diff(before, cl.state.op_counts)
-            # the first waiter re-lists and enters (watching its node, marking it);
+            # the first waiter re-lists and enters, marking its node (its own watch re-arms);
             # the mark wakes the next waiter only, which becomes first waiter (list + watch the queue)
             assert diff == {"delete": 1, "children": 3, "exists": 1, "set": 1}
             assert len(entered) == 1

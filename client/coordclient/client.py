@@ -421,6 +421,7 @@ class WatchStream:
     def __init__(self, client: "Client", path: str, recursive: bool, buffer: int, start_zxid: int | None):
         self._w = _Persistent(client, path, recursive, buffer)
         self._start_zxid = start_zxid
+        self._started = False
 
     @property
     def path(self) -> str:
@@ -431,8 +432,11 @@ class WatchStream:
         return self._w.recursive
 
     async def start(self) -> "WatchStream":
-        """Register the watch (``async with`` does this)."""
-        await self._w.client._start_persistent(self._w, self._start_zxid)
+        """Register the watch (``async with`` does this; so does iterating
+        without it, in which case ``aclose()`` it when done)."""
+        if not self._started:
+            self._started = True
+            await self._w.client._start_persistent(self._w, self._start_zxid)
         return self
 
     async def aclose(self) -> None:
@@ -449,6 +453,8 @@ class WatchStream:
         return self
 
     async def __anext__(self) -> WatchEvent:
+        if not self._started:
+            await self.start()
         try:
             return await self._w.receive.receive()
         except trio.EndOfChannel:

@@ -235,7 +235,10 @@ class SyncWatch:
 
     def get(self, timeout: float | None = None) -> WatchEvent | None:
         """The next event; None once the watch has ended; ``TimeoutError``
-        if nothing arrived within ``timeout`` seconds."""
+        if nothing arrived within ``timeout`` seconds.  Starts the watch if
+        ``with`` did not (then ``close()`` it when done)."""
+        if not self._stream._started:
+            self._owner._run(self._stream.start)
         result = self._owner._run(_next_event, self._stream, timeout)
         if result is _TIMEOUT:
             raise TimeoutError(f"no event on {self._stream.path} within {timeout}s")

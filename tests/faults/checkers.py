@@ -151,7 +151,8 @@ def check_locks(holds: list[dict], writes: list[dict], end: float, t0: float = 0
                 overlaps[zombie].append(
                     f"client {a['client']} (token {a['token']}) held [{a['acquired'] - t0:.3f}, {a_end - t0:.3f}] "
                     f"(ended: {a.get('ended')}) while client {b['client']} (token {b['token']}) acquired at "
-                    f"{b['acquired'] - t0:.3f}")
+                    f"{b['acquired'] - t0:.3f}" + (f" on server {b['server']} at zxid {b['zxid']} seeing "
+                                                   f"{b.get('queue')}" if "server" in b else ""))
     if overlaps[False]:
         out.append(Violation("locks", f"{len(overlaps[False])} overlapping critical section(s)", overlaps[False]))
     if overlaps[True]:

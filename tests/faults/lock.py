@@ -42,6 +42,7 @@ class Lock:
         self.recheck = recheck  # re-read the queue this often even without a watch event
         self.node: str | None = None
         self.token: int | None = None
+        self.seen: list[str] = []  # the head of the queue when the lock was granted (for diagnosis)
         self.orphan: str | None = None  # a node of ours we failed to delete: it blocks the queue until the session ends
         self._attempts = itertools.count(1)
 
@@ -67,6 +68,7 @@ class Lock:
                     i = queue.index(name)
                     if i == 0:
                         self.node, self.token = me, token_of(name)
+                        self.seen = queue[:3]
                         return self.token
                     gone = trio.Event()
                     if await self.client.exists(f"{self.path}/{queue[i - 1]}", watch=lambda ev: gone.set()) is None:

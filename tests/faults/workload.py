@@ -252,7 +252,7 @@ class Workload:
                     await trio.sleep(rng.uniform(0.01, 0.1))
                     continue
                 hold = {"client": name, "token": token, "acquired": trio.current_time(), "until": None,
-                        "ended": None}
+                        "ended": None, "server": client.server_id, "zxid": client.last_zxid, "queue": lock.seen}
                 if client.state not in LIVE:
                     hold["until"], hold["ended"] = hold["acquired"], client.state.value
                 self.holds.append(hold)

@@ -67,13 +67,14 @@ _GONE = (ConnState.EXPIRED, ConnState.CLOSED)
 class LockLostError(CoordError):
     """The hold ended without ``release()``: the session expired or was
     suspended for longer than the safe margin, or the node was deleted.
-    Whatever the holder did after ``lost_at`` may have overlapped the next
-    holder; only fenced writes are known to have been rejected."""
+    What the holder did just before it learnt this may have overlapped the
+    next holder; only fenced writes are known to have been rejected.
+    ``code`` is NoNode when the node was deleted, else SessionExpired."""
 
     code = Err.SESSION_EXPIRED
 
     def __init__(self, message: str = "", *, path: str | None = None, code: Err = Err.SESSION_EXPIRED):
-        self.code = code  # NoNode when the node was deleted, else SessionExpired
+        self.code = code
         super().__init__(message, path=path)
 
 
@@ -148,6 +149,7 @@ class Participant:
         self._owner: Hashable | None = None
         self._prefix = ""
         self._uncertain = False  # a create's outcome was unknown: strays may exist
+        self._gone: str | None = None  # our node, once its deletion was seen
         self._lost_reason: str | None = None
         self._lost_code = Err.SESSION_EXPIRED
         self._suspended_until = math.inf  # the hold counts as lost then, if still suspended
@@ -225,7 +227,7 @@ class Participant:
         owners.add(owner)
         self._owner = owner
         self._state = "acquiring"
-        self._lost_reason, self._uncertain, self.fencing_token = None, False, None
+        self._lost_reason, self._uncertain, self._gone, self.fencing_token = None, False, None, None
         self._suspended_until = math.inf if self.client.connected else trio.current_time() + self.suspend_margin
         self.client.add_listener(self._on_state)
         entered = False
@@ -245,23 +247,24 @@ class Participant:
 
     async def _enter(self, blocking: bool) -> bool:
         self._prefix = f"{self.kind}-{self.client.session_id:x}-{secrets.token_hex(4)}-{self._extra()}"
-        await self._create()
+        await self._queue()
         while True:
             entries = await self._list()
             me = next((i for i, e in enumerate(entries) if f"{self.path}/{e.name}" == self.node), None)
             if me is None:  # our node was deleted under us (not by a session end: calls would fail): queue again
-                await self._create()
+                await self._queue()
                 continue
             target = self._decide(entries, me)
             if target is None:
                 try:
-                    await self._on_enter(entries, me)  # before watching our node: it may change it
-                    watched = await self._watch_own_node()
+                    await self._on_enter(entries, me)
                 except NoNodeError:
-                    watched = False
-                if not watched:
-                    await self._create()
+                    pass  # deleted meanwhile: seen just below
+                if self._gone == self.node:
+                    await self._queue()
                     continue
+                # No checkpoint from here until acquire() marks us held, so a
+                # deletion is either seen above or reported to a held lock.
                 self.fencing_token = entries[me].stat.czxid  # type: ignore[union-attr]
                 return True
             if not blocking:
@@ -325,19 +328,34 @@ class Participant:
         own = sorted((e for e in map(parse, kids) if e is not None and e.name.startswith(self._prefix)), key=_seq)
         return [f"{self.path}/{e.name}" for e in own]
 
+    async def _queue(self) -> None:
+        """Join the queue: create our node and watch it.  The watch is set
+        while waiting, off the path from a release to the next holder."""
+        while True:
+            await self._create()
+            if await self._watch_own_node():
+                return
+
     async def _watch_own_node(self) -> bool:
-        """Watch our node so that its deletion ends the hold; False if it is gone."""
+        """Watch our node: its deletion ends a hold (or re-queues a waiter).
+        False if it is gone already."""
         node = self.node
+
+        def gone() -> None:
+            self._gone = node
+            if self._state == "held":
+                self._lose(f"node {node} was deleted", Err.NO_NODE)
+            self._wake.set()
 
         async def on_event(event: WatchEvent) -> None:
             if self.node != node or self._state not in ("acquiring", "held"):
                 return
             if event.type == "deleted":
-                self._lose(f"node {node} was deleted", Err.NO_NODE)
+                gone()
                 return
             try:  # changed, or resync: re-arm, and look again
                 if await self.client.exists(node, watch=on_event) is None:
-                    self._lose(f"node {node} was deleted", Err.NO_NODE)
+                    gone()
             except CoordError:
                 pass  # the session is in trouble: the state listener decides
 
@@ -367,8 +385,8 @@ class Participant:
             self._wake.set()  # a waiter re-checks, and its next call raises
         elif state is ConnState.SUSPENDED:
             self._set_suspended_until(now + self.suspend_margin)
-        else:
-            if now >= self._suspended_until:
+        else:  # a long suspension while only waiting is harmless: the session survived it
+            if self._state == "held" and now >= self._suspended_until:
                 self._lose(f"no connection for more than {self.suspend_margin:.2f}s: the session may have expired")
             self._set_suspended_until(math.inf)
 
@@ -402,17 +420,28 @@ class Participant:
         Retries through connection losses until the ensemble confirms (or
         the node is already gone, or the session ended, which deletes it).
         If cancelled meanwhile, the object stays "releasing" and a later
-        ``release()`` finishes the job.  Inside ``async with``, the body is
-        cancelled and the block exits without an error.
+        ``release()`` finishes the job.  During ``async with`` (from the body
+        or another task) the body is cancelled first, the deletion is
+        shielded (bounded like the release at the end of the block), and the
+        block then exits without an error.
         """
         if self._state == "idle":
             return
         if self._state == "acquiring":
             raise RecipeUsageError(f"{self.path}: release() while acquire() is in progress in another task")
         self._state = "releasing"
-        if self._scope is not None:
-            self._scope.cancel()
-        await self._withdraw()
+        scope = self._scope
+        if scope is None:
+            await self._withdraw()
+        else:
+            # Stop the guarded body first, then delete: shielded, because the
+            # caller may be that very body, which is now cancelled.
+            scope.cancel()
+            with trio.CancelScope(shield=True) as shield:
+                shield.deadline = trio.current_time() + self._cleanup_budget()
+                await self._withdraw()
+            if shield.cancelled_caught:
+                return  # still "releasing": release() again finishes the job
         self._reset()
 
     async def _withdraw(self) -> None:

@@ -146,6 +146,8 @@ class LeaderObserver:
     reconnects.  If the server's history cannot cover a gap (resync), the
     observer starts over from a new listing and reports the leader then;
     changes inside that gap cannot be recovered and are not reported.
+    The election directory is created (empty) if it does not exist yet, so
+    that there is a starting point to read.
     """
 
     def __init__(self, client: Client, path: str):
