@@ -14,8 +14,9 @@ What is checked, and why it is sound across processes:
   non-interleaved sections with strictly increasing tokens, whatever the
   clients' clocks or deaths.
 
-Run as ``python -m tests.test_recipes_e2e ENDPOINTS SEED SECONDS`` it is the
-contending worker used for the client processes.
+Run as ``python -m tests.test_recipes_e2e ENDPOINTS SEED UNTIL`` it is the
+contending worker used for the client processes (UNTIL: a ``time.monotonic()``
+deadline, a clock that all processes share).
 """
 
 import collections
@@ -92,6 +93,7 @@ async def contend(endpoints, seed, seconds, sections=None, errors=None, on_sessi
                                         sections.append((token, start, trio.current_time()))
                         except CoordError as exc:  # LockLostError included
                             errors[type(exc).__name__] += 1
+                            await lock.release()  # finishes a release left pending, if any
         except CoordError as exc:
             errors[type(exc).__name__] += 1
             await trio.sleep(0.1)
@@ -132,17 +134,20 @@ async def read_log(client):
     return [(int(tok), mark) for tok, mark in (datas[n].split() for n in names)]
 
 
-async def test_mutual_exclusion_under_server_and_client_kills(ensemble):
+async def test_mutual_exclusion_under_server_and_client_kills(ensemble, tmp_path):
     seconds = 20
     sections, errors = [], collections.Counter()
     async with Client(ensemble.endpoints, session_timeout=10) as admin:
         await admin.create(LOG, make_parents=True)
         workers, sids = [], {}
 
-        async def spawn(k, budget):
-            proc = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "tests.test_recipes_e2e", ensemble.endpoints, str(k), str(budget)],
-                stdout=subprocess.PIPE, env=child_env(), cwd=ROOT)
+        until = time.monotonic() + seconds
+
+        async def spawn(k):
+            with open(tmp_path / f"worker{k}.err", "wb") as err:
+                proc = await trio.lowlevel.open_process(
+                    [sys.executable, "-m", "tests.test_recipes_e2e", ensemble.endpoints, str(k), repr(until)],
+                    stdout=subprocess.PIPE, stderr=err, env=child_env(), cwd=ROOT)
             workers.append(proc)
             nursery.start_soon(read_sids, proc)
 
@@ -172,7 +177,7 @@ async def test_mutual_exclusion_under_server_and_client_kills(ensemble):
                 await trio.sleep_until(t0 + at)
                 if kind == "holder":
                     await kill_a_holding_worker()
-                    await spawn(100 + at, seconds - at)
+                    await spawn(100 + at)
                     continue
                 leader = await ensemble.wait_leader()
                 victim = leader if kind == "leader" else next(s for s in ensemble.running() if s != leader)
@@ -183,12 +188,12 @@ async def test_mutual_exclusion_under_server_and_client_kills(ensemble):
         try:
             async with trio.open_nursery() as nursery:
                 for k in range(3):
-                    await spawn(k, seconds)
+                    await spawn(k)
                 nursery.start_soon(chaos)
                 async with trio.open_nursery() as local:
                     for k in range(4):
                         local.start_soon(contend, ensemble.endpoints, 10 + k, seconds, sections, errors)
-                with trio.fail_after(15):
+                with trio.fail_after(30):  # a worker's exit may wait for a release, then a session close
                     for proc in workers:
                         await proc.wait()
                 nursery.cancel_scope.cancel()
@@ -197,12 +202,15 @@ async def test_mutual_exclusion_under_server_and_client_kills(ensemble):
                 if proc.returncode is None:
                     proc.kill()
         marks = await read_log(admin)
+    completed = sum(1 for _, mark in marks if mark == "end")
+    codes = sorted(p.returncode for p in workers)
+    worker_errors = "".join(f.read_text() for f in sorted(tmp_path.glob("worker*.err")))
+    print(f"{len(sections)} in-process sections, {completed} completed overall, errors {dict(errors)}, "
+          f"workers exited {codes}\n{worker_errors}")
     assert_exclusive(sections)
     assert_log_sections(marks)
-    completed = sum(1 for _, mark in marks if mark == "end")
-    print(f"{len(sections)} in-process sections, {completed} completed overall, errors {dict(errors)}")
     assert completed >= 40 and len(sections) >= 10
-    assert sum(1 for p in workers if p.returncode == -signal.SIGKILL) == 2
+    assert codes == [-signal.SIGKILL] * 2 + [0] * 3, (codes, worker_errors)
 
 
 HOLDER = textwrap.dedent("""
@@ -384,6 +392,7 @@ async def test_election_one_leader_across_server_kill_and_session_expiry(ensembl
 
 
 if __name__ == "__main__":
-    endpoints, seed, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-    trio.run(lambda: contend(endpoints, seed, seconds, on_session=lambda sid: print(f"{sid:x}", flush=True)))
+    endpoints, seed, until = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+    trio.run(lambda: contend(endpoints, seed, until - time.monotonic(),
+                             on_session=lambda sid: print(f"{sid:x}", flush=True)))
     os._exit(0)

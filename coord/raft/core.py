@@ -341,6 +341,10 @@ class RaftCore:
             self._handle_vote_request(m)
         elif self.role is Role.LEADER:
             self._step_leader(m)
+        elif t is MsgType.READ_INDEX_RESP:
+            self._handle_read_index_resp(m)
+        elif t is MsgType.READ_INDEX:  # only a leader can confirm a read
+            self._send(Message(MsgType.READ_INDEX_RESP, self.node_id, m.frm, self.term, context=m.context, reject=True))
         elif self.role is Role.FOLLOWER:
             self._step_follower(m)
         else:
@@ -535,10 +539,6 @@ class RaftCore:
         elif t is MsgType.VOTE_RESP and self.role is Role.CANDIDATE:
             self.votes[m.frm] = not m.reject
             self._tally()
-        elif t is MsgType.READ_INDEX_RESP:
-            self._handle_read_index_resp(m)
-        elif t is MsgType.READ_INDEX:
-            self._send(Message(MsgType.READ_INDEX_RESP, self.node_id, m.frm, self.term, context=m.context, reject=True))
 
     # ------------------------------------------------------------------
     # follower
@@ -561,10 +561,6 @@ class RaftCore:
         elif t is MsgType.TIMEOUT_NOW:
             if self.promotable():
                 self._start_election(pre=False, transfer=True)
-        elif t is MsgType.READ_INDEX_RESP:
-            self._handle_read_index_resp(m)
-        elif t is MsgType.READ_INDEX:
-            self._send(Message(MsgType.READ_INDEX_RESP, self.node_id, m.frm, self.term, context=m.context, reject=True))
 
     def _handle_append(self, m: Message) -> None:
         lg = self.log

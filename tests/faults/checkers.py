@@ -141,24 +141,25 @@ def check_locks(holds: list[dict], writes: list[dict], end: float, t0: float = 0
     overlaps: dict[bool, list[str]] = {True: [], False: []}
     for i, a in enumerate(hs):
         a_end = end if a["until"] is None else a["until"]
+        later = [b for b in hs[i + 1:] if b["acquired"] < a_end and b["client"] != a["client"]]
+        if not later:
+            continue
         # The session expired while the client saw no disconnection: it had
         # no way to know it had lost the lock.
         zombie = a.get("ended") in ("expired", "SessionExpired")
-        for b in hs[i + 1:]:
-            if b["acquired"] >= a_end:
-                break
-            if b["client"] != a["client"]:
-                overlaps[zombie].append(
-                    f"client {a['client']} (token {a['token']}) held [{a['acquired'] - t0:.3f}, {a_end - t0:.3f}] "
-                    f"(ended: {a.get('ended')}) while client {b['client']} (token {b['token']}) acquired at "
-                    f"{b['acquired'] - t0:.3f}" + (f" on server {b['server']} at zxid {b['zxid']} seeing "
-                                                   f"{b.get('queue')}" if "server" in b else ""))
+        b = later[0]
+        overlaps[zombie].append(
+            f"client {a['client']} (token {a['token']}) held [{a['acquired'] - t0:.3f}, {a_end - t0:.3f}] "
+            f"(ended: {a.get('ended')}) while {len(later)} later hold(s) began, the first by client {b['client']} "
+            f"(token {b['token']}) at {b['acquired'] - t0:.3f}"
+            + (f" on server {b['server']} at zxid {b['zxid']} seeing {b.get('queue')}" if "server" in b else ""))
     if overlaps[False]:
-        out.append(Violation("locks", f"{len(overlaps[False])} overlapping critical section(s)", overlaps[False]))
+        out.append(Violation("locks", f"{len(overlaps[False])} critical section(s) overlapped by others",
+                             overlaps[False]))
     if overlaps[True]:
-        out.append(Violation("locks", f"{len(overlaps[True])} overlapping critical section(s) with a zombie "
-                                      "session (expired on the ensemble while its client stayed connected)",
-                             overlaps[True]))
+        out.append(Violation("locks", f"{len(overlaps[True])} critical section(s) overlapped by others: holder "
+                                      "with a zombie session (expired on the ensemble while its client stayed "
+                                      "connected)", overlaps[True]))
     order = []
     for a in hs:
         if a["until"] is None:

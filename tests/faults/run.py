@@ -31,9 +31,9 @@ from coordclient import Client, ConnState
 from coordclient.errors import CoordError
 from tests.faults import checkers, linearizability
 from tests.faults.cluster import FaultCluster
-from tests.faults.history import History, Op, RunRecord
+from tests.faults.history import History, RunRecord
 from tests.faults.nemesis import FAULTS, Ctx, Nemesis
-from tests.faults.workload import CREATES, EPH, LIN, LIVE, Params, Workload
+from tests.faults.workload import CREATES, EPH, LIN, LIVE, ROOT, Params, Workload
 
 RECOVERY = 3.0  # seconds of load after the heal
 
@@ -185,14 +185,15 @@ async def final_observations(cluster: FaultCluster, wl: Workload, rec: RunRecord
         for w in wl.live_watchers.values():
             w["end"] = end  # a live watcher is accountable for everything up to the marker
         # 2. the history of changes, replayed by a server
-        starts = [w["start"] for w in wl.watchers]
-        if starts:
-            ref_from = min(starts)
-            for sid in sorted(cluster.members):
-                ref = await replay(f"127.0.0.1:{cluster.client_ports[sid]}", ref_from, end)
-                if ref is not None:
-                    rec.watches.update(reference=ref, reference_from=ref_from, reference_server=sid)
-                    break
+        # (the whole /faults subtree is kept for diagnosis: lock and ephemeral deletions show there)
+        ref_from = min([w["start"] for w in wl.watchers], default=0)
+        for sid in sorted(cluster.members):
+            changes = await replay(f"127.0.0.1:{cluster.client_ports[sid]}", ROOT, ref_from, end)
+            if changes is not None:
+                ref = [e for e in changes if e[2] == LIN or e[2].startswith(LIN + "/")]
+                rec.watches.update(reference=ref, reference_from=ref_from, reference_server=sid)
+                rec.final["changes"] = changes
+                break
         # 3. creates
         rec.creates["final"] = list(await c.children(CREATES, linearizable=True))
         # 4. ephemerals: owners proven live around the read, expired ones waited out
@@ -233,14 +234,14 @@ async def _synced(client: Client) -> bool:
     return False
 
 
-async def replay(endpoint: str, start: int, end: int) -> list | None:
-    """Every change under LIN after ``start`` up to ``end`` as one server
+async def replay(endpoint: str, path: str, start: int, end: int) -> list | None:
+    """Every change under ``path`` after ``start`` up to ``end`` as one server
     replays it to a new watch; None if it cannot (resync) or in time."""
     out: list = []
     with trio.move_on_after(10):
         try:
             async with Client(endpoint, session_timeout=5) as c:
-                async with c.watch(LIN, recursive=True, start_zxid=start, buffer=1_000_000) as events:
+                async with c.watch(path, recursive=True, start_zxid=start, buffer=1_000_000) as events:
                     async for ev in events:
                         if ev.type == "resync":
                             return None
@@ -262,4 +263,4 @@ def recheck(path: str, budget: int = linearizability.DEFAULT_BUDGET) -> Verdict:
     return v
 
 
-__all__ = ["Op", "Verdict", "judge", "recheck", "replay", "run_schedule"]
+__all__ = ["Verdict", "judge", "recheck", "replay", "run_schedule"]

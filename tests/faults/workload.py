@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import itertools
 import random
-from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
 import trio
