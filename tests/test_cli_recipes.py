@@ -64,7 +64,7 @@ def test_lock_runs_the_command_with_its_token_and_exit_status(env, fake):
     assert coordctl(env, "lock", "/cli/a", "--", "/no/such/command").returncode == 127
 
 
-def test_lost_lock_terms_then_kills_the_command(env, fake):
+def test_lost_lock_sends_sigterm_then_sigkill(env, fake):
     proc = start(env, "lock", "--grace", "0.5", "/cli/b", "--", PY, "-c", STUBBORN)
     try:
         assert proc.stdout.readline() == "ready\n"
@@ -81,7 +81,12 @@ def test_lost_lock_terms_then_kills_the_command(env, fake):
 
 
 def test_sigterm_is_passed_on_and_the_lock_released(env, fake):
-    script = "import signal, sys\nsignal.signal(signal.SIGTERM, lambda *a: sys.exit(42))\nprint('ready', flush=True)\nsignal.pause()"
+    script = textwrap.dedent("""
+        import signal, sys
+        signal.signal(signal.SIGTERM, lambda *a: sys.exit(42))
+        print("ready", flush=True)
+        signal.pause()
+    """)
     proc = start(env, "lock", "/cli/c", "--", PY, "-c", script)
     try:
         assert proc.stdout.readline() == "ready\n"

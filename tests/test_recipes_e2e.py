@@ -57,12 +57,7 @@ async def ensemble(cluster):
         if sid not in cluster.running():
             cluster.start_server(sid)
     await cluster.wait_leader()
-    try:
-        yield cluster
-    except BaseException:
-        for sid in range(1, cluster.n + 1):
-            print(f"--- server {sid} log ---\n{cluster.logs(sid)}")
-        raise
+    return cluster
 
 
 async def contend(endpoints, seed, seconds, sections=None, errors=None, on_session=None):

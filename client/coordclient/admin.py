@@ -149,7 +149,18 @@ class AdminClient:
         (``status()["config_version"]``); None skips that check."""
         msg = {"op": "member_change", "add_voters": list(add_voters), "add_learners": list(add_learners),
                "remove": list(remove), "promote": list(promote), "version": version, "wait": wait}
-        return await self._on_leader(msg, timeout=timeout)
+        st = await self._on_leader(msg, timeout=timeout)
+        if wait and st.get("outgoing"):
+            # The server that took the change lost leadership before C_new
+            # committed; its successor finishes the change: wait for that.
+            with trio.fail_after(timeout):
+                while st.get("outgoing"):
+                    await trio.sleep(0.1)
+                    try:
+                        st = await self.leader_status()
+                    except CoordError:
+                        continue
+        return st
 
     async def add_learner(self, sid: int, *, peer: str, client: str | None = None, version: int | None = None) -> dict:
         return await self.change(add_learners=[{"id": sid, "peer": peer, "client": client}], version=version)

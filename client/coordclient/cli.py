@@ -233,6 +233,10 @@ from coordclient import cli_admin  # noqa: E402  (commands that register on the 
 
 cli_admin.register(cli, pass_ctx)
 
+from coordclient.cli_recipes import register as _register_recipes  # noqa: E402
+
+_register_recipes(cli)
+
 
 def main(argv: list[str] | None = None) -> Any:
     """Console-script entry point (``coordctl = "coordclient.cli:main"``)."""

@@ -528,6 +528,27 @@ class Client:
         self._watches: set[_Watch] = set()
         self._orphans: list[_Watch] = []  # bound to a lost connection, to re-register
 
+    # -- recipes (coordclient.recipes; see docs/recipes.md) ---------------------
+    def lock(self, path: str, **kw: Any) -> Any:
+        """An exclusive lock with fencing tokens: ``async with c.lock(path) as lock:``."""
+        from coordclient.recipes import Lock
+        return Lock(self, path, **kw)
+
+    def rwlock(self, path: str, **kw: Any) -> Any:
+        """A read/write lock: ``.read_lock`` and ``.write_lock``."""
+        from coordclient.recipes import ReadWriteLock
+        return ReadWriteLock(self, path, **kw)
+
+    def semaphore(self, path: str, permits: int, **kw: Any) -> Any:
+        """A counting semaphore with ``permits`` holders at most."""
+        from coordclient.recipes import Semaphore
+        return Semaphore(self, path, permits, **kw)
+
+    def election(self, path: str, identity: str, **kw: Any) -> Any:
+        """Leader election: ``async with c.election(path, me).campaign() as term:``."""
+        from coordclient.recipes import Election
+        return Election(self, path, identity, **kw)
+
     def __repr__(self) -> str:
         return f"<Client sid={self.session_id:#x} {self._state.value} server={self.server_id}>"
 

@@ -43,6 +43,23 @@ class SyncClient:
     session and joins the loop thread.
     """
 
+    # -- recipes (blocking forms; see docs/recipes.md) ------------------------
+    def lock(self, path: str, **kw: Any) -> Any:
+        from coordclient.recipes.blocking import SyncLock
+        return SyncLock(self, path, **kw)
+
+    def rwlock(self, path: str, **kw: Any) -> Any:
+        from coordclient.recipes.blocking import SyncReadWriteLock
+        return SyncReadWriteLock(self, path, **kw)
+
+    def semaphore(self, path: str, permits: int, **kw: Any) -> Any:
+        from coordclient.recipes.blocking import SyncSemaphore
+        return SyncSemaphore(self, path, permits, **kw)
+
+    def election(self, path: str, identity: str, **kw: Any) -> Any:
+        from coordclient.recipes.blocking import SyncElection
+        return SyncElection(self, path, identity, **kw)
+
     def __init__(self, endpoints: Any, **client_kwargs: Any):
         self._endpoints = endpoints
         self._kwargs = client_kwargs

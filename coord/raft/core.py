@@ -859,7 +859,10 @@ class RaftCore:
         m = self.membership
         if self.membership_version <= lg.commit:
             if len(self.prs) > len(m.members() | {self.node_id}):
-                self._sync_progress()  # the removal committed: stop replicating to the removed
+                # The removal committed: tell the removed servers (so they know
+                # they are out), then stop replicating to them.
+                self._flush_leader()
+                self._sync_progress()
             if m.joint:
                 # C_old,new is committed: move to C_new on our own (thesis 4.3).
                 final = m.voters | m.learners

@@ -226,10 +226,19 @@ class ClientConnection:
             handler = HANDLERS.get(op) if isinstance(op, str) else None
             if handler is None:
                 raise UnimplementedError(f"unknown operation {op!r}"[:200])
-            if op not in SESSIONLESS_OPS:
+            needs_session = op not in SESSIONLESS_OPS
+            if needs_session or op == Op.HELLO:
                 if not self.service.is_member():
                     self.close("this server is not a member of the ensemble")
                     raise ConnectionLossError("this server is not a member of the ensemble; use another")
+                if not self.service.node.leader_id:
+                    # Cut off from the leader (or mid-election): sessions are
+                    # kept alive by the leader only, so pretending otherwise would
+                    # let a client believe in a session the majority is expiring.
+                    # Drop the connection, as ZooKeeper does; the client moves on.
+                    self.close("this server has no leader right now")
+                    raise ConnectionLossError("this server has no leader right now; use another")
+            if needs_session:
                 if not self.sid:
                     raise SessionExpiredError("no session: send hello first")
                 if not self.ns.session_exists(self.sid):

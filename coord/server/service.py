@@ -387,6 +387,8 @@ class AdminService:
                            and not core.membership.joint)
                 if settled:
                     return
+                if not node.is_leader and core.commit_index >= index:
+                    return  # committed; a new leader finishes C_new (the caller polls it)
                 await trio.sleep(self.s.cfg.tick_ms / 1000)
         if scope.cancelled_caught:
             raise OperationTimeoutError("the membership change did not complete in time; check `status`")

@@ -133,9 +133,21 @@ def check_locks(holds: list[dict], writes: list[dict], end: float, t0: float = 0
     """``holds``: {"client", "token", "acquired", "until", "ended"}: the client
     believed it held the lock from ``acquired`` until ``until`` (its release
     call, or the moment its connection was lost; None = still held at
-    ``end``); ``ended`` says how the hold ended.  Times print relative to ``t0``.
-    ``writes``: {"zxid", "token", "client"}: guarded writes the resource
-    accepted (a multi that also checked the writer's lock node)."""
+    ``end``); ``ended`` says how the hold ended; ``expired_unseen``: the
+    session turned out expired although its client was never disconnected
+    after the hold began.  ``writes``: {"zxid", "token", "client"}: guarded
+    writes the resource accepted (a multi that also checked the writer's lock
+    node).  Times print relative to ``t0``.
+
+    Overlaps and token inversions involving a hold whose session expired
+    unseen are reported apart: the client could not have known, so they
+    point at the ensemble's session handling rather than at the recipe."""
+    def unseen(h: dict) -> bool:
+        return bool(h.get("expired_unseen")) or h.get("ended") in ("expired", "SessionExpired")
+
+    def where(h: dict) -> str:
+        return f" on server {h['server']} at zxid {h['zxid']} seeing {h.get('queue')}" if "server" in h else ""
+
     out = []
     hs = sorted(holds, key=lambda h: h["acquired"])
     overlaps: dict[bool, list[str]] = {True: [], False: []}
@@ -144,32 +156,29 @@ def check_locks(holds: list[dict], writes: list[dict], end: float, t0: float = 0
         later = [b for b in hs[i + 1:] if b["acquired"] < a_end and b["client"] != a["client"]]
         if not later:
             continue
-        # The session expired while the client saw no disconnection: it had
-        # no way to know it had lost the lock.
-        zombie = a.get("ended") in ("expired", "SessionExpired")
         b = later[0]
-        overlaps[zombie].append(
+        overlaps[unseen(a) or any(unseen(x) for x in later)].append(
             f"client {a['client']} (token {a['token']}) held [{a['acquired'] - t0:.3f}, {a_end - t0:.3f}] "
             f"(ended: {a.get('ended')}) while {len(later)} later hold(s) began, the first by client {b['client']} "
-            f"(token {b['token']}) at {b['acquired'] - t0:.3f}"
-            + (f" on server {b['server']} at zxid {b['zxid']} seeing {b.get('queue')}" if "server" in b else ""))
-    if overlaps[False]:
-        out.append(Violation("locks", f"{len(overlaps[False])} critical section(s) overlapped by others",
-                             overlaps[False]))
-    if overlaps[True]:
-        out.append(Violation("locks", f"{len(overlaps[True])} critical section(s) overlapped by others: holder "
-                                      "with a zombie session (expired on the ensemble while its client stayed "
-                                      "connected)", overlaps[True]))
-    order = []
+            f"(token {b['token']}, ended: {b.get('ended')}) at {b['acquired'] - t0:.3f}{where(b)}")
+    order: dict[bool, list[str]] = {True: [], False: []}
     for a in hs:
         if a["until"] is None:
             continue
         for b in hs:
             if b["acquired"] > a["until"] and b["token"] <= a["token"]:
-                order.append(f"token {b['token']} (client {b['client']}, acquired {b['acquired'] - t0:.3f}) came "
-                             f"after token {a['token']} (client {a['client']}, released {a['until'] - t0:.3f})")
-    if order:
-        out.append(Violation("locks", f"{len(order)} fencing token(s) did not increase", order))
+                order[unseen(a) or unseen(b)].append(
+                    f"token {b['token']} (client {b['client']}, acquired {b['acquired'] - t0:.3f}, ended: "
+                    f"{b.get('ended')}) came after token {a['token']} (client {a['client']}, released "
+                    f"{a['until'] - t0:.3f}){where(b)}")
+    for kind, found in ((False, overlaps[False]), (False, order[False]), (True, overlaps[True]), (True, order[True])):
+        if not found:
+            continue
+        what = "critical section(s) overlapped by others" if found is overlaps[kind] else \
+            "fencing token(s) did not increase"
+        if kind:
+            what += f": {SESSION_EXPIRED_UNSEEN}"
+        out.append(Violation("locks", f"{len(found)} {what}", found))
     stale, top = [], None
     for w in sorted(writes, key=lambda w: w["zxid"]):
         if top is not None and w["token"] < top["token"]:
@@ -180,6 +189,9 @@ def check_locks(holds: list[dict], writes: list[dict], end: float, t0: float = 0
     if stale:
         out.append(Violation("locks", f"{len(stale)} guarded write(s) by a superseded holder", stale))
     return out
+
+
+SESSION_EXPIRED_UNSEEN = "a holder's session expired while its client stayed connected"
 
 
 # -- watches -------------------------------------------------------------------------

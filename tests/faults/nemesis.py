@@ -132,8 +132,10 @@ async def pause(ctx: Ctx) -> tuple[str, Heal]:
 
 
 async def membership(ctx: Ctx) -> tuple[str, Heal] | None:
-    """Grow the ensemble by a spare server while the load runs; the heal
-    removes it (and stops it) again.  Each spare id is used once."""
+    """Grow the ensemble by a spare server while the load runs (learner,
+    catch up, promote); the heal removes it and stops it again.  Each
+    spare id is used once.  A change refused because the ensemble is busy
+    electing is retried a few times; an incomplete one is undone the same way."""
     cluster = ctx.cluster
     spares = [s for s in sorted(cluster.peer_ports) if s not in cluster.members and s not in cluster.procs]
     if not spares:
@@ -142,17 +144,30 @@ async def membership(ctx: Ctx) -> tuple[str, Heal] | None:
     cluster.start_joining(sid)
     cluster.members.add(sid)
     admin = AdminClient(cluster.direct_endpoints, timeout=5)
+
+    async def attempt(**change) -> None:
+        for k in range(3):
+            try:
+                await admin.change(timeout=5, **change)
+                return
+            except CoordError as e:
+                if k == 2 or "retry" not in str(e):
+                    raise
+                await trio.sleep(0.5)
+
     try:
-        await admin.change(add_learners=[cluster.addrs(sid)], timeout=5)
+        await attempt(add_learners=[cluster.addrs(sid)])
         await admin.wait_caught_up([sid], timeout=8)
-        await admin.change(promote=[sid], timeout=5)
+        await attempt(promote=[sid])
         outcome = "voter"
     except (CoordError, trio.TooSlowError) as e:
         outcome = f"incomplete: {e!r}"[:120]
 
     async def heal() -> None:
         try:
-            await admin.change(remove=[sid], timeout=8)
+            st = await admin.leader_status()
+            if sid in {int(m) for m in st.get("members", {})}:
+                await attempt(remove=[sid])
         except (CoordError, trio.TooSlowError):
             return  # still a member: it stays up, and the checks run with it
         cluster.members.discard(sid)

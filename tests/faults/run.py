@@ -127,7 +127,7 @@ async def run_schedule(seed: int, duration: float = 20.0, *, params: Params | No
                 await nemesis.run(duration)
                 await nemesis.heal_all()
                 try:
-                    await cluster.wait_leader(timeout=30)
+                    await cluster.wait_leader(timeout=30, among=tuple(cluster.members))
                 except trio.TooSlowError:
                     liveness.append("[liveness] no leader that every server agrees on within 30 s of the heal: "
                                     f"{await cluster.statuses()}")
@@ -258,8 +258,11 @@ def recheck(path: str, budget: int = linearizability.DEFAULT_BUDGET) -> Verdict:
     rec = RunRecord.load(path)
     violations, notes, complete = judge(rec, budget)
     v = Verdict(rec.seed, False if violations else (True if complete else None), violations, notes,
-                history_path=path)
-    v.stats = {"lin_ops": len(rec.lin), "unknown": sum(o["status"] == "unknown" for o in rec.lin)}
+                history_path=path)  # re-checked: the stats below come from the record
+    v.stats = {"lin_ops": len(rec.lin), "unknown": sum(o["status"] == "unknown" for o in rec.lin),
+               "creates": len(rec.creates.get("acked", [])), "holds": len(rec.locks.get("holds", [])),
+               "events": sum(len(w["events"]) for w in rec.watches.get("watchers", [])),
+               "faults": rec.final.get("verdict", {}).get("stats", {}).get("faults", {})}
     return v
 
 

@@ -232,12 +232,22 @@ class Workload:
         rng = random.Random(f"{self.seed}-lock-{session}")
         name = f"l{k}"
         hold: dict | None = None
+        mine: list[dict] = []  # this session's holds
+        suspended_at = 0  # holds before this index had a suspension after them
 
         def on_state(state: ConnState) -> None:
+            nonlocal suspended_at
             # Curator's rule: once the connection is suspended the lock may be gone.
             if hold is not None and hold["until"] is None and state not in LIVE:
                 hold["until"] = trio.current_time()
-                hold["ended"] = state.value  # "expired" straight from connected: a zombie session
+                hold["ended"] = state.value
+            if state is ConnState.SUSPENDED:
+                suspended_at = len(mine)
+            elif state is ConnState.EXPIRED:
+                # The session ended although the client was never suspended since
+                # these holds began: it could not have known its lock was gone.
+                for h in mine[suspended_at:]:
+                    h["expired_unseen"] = True
 
         client.add_listener(on_state)
         lock = Lock(client, LOCK, f"{name}.{session}")
@@ -255,6 +265,7 @@ class Workload:
                 if client.state not in LIVE:
                     hold["until"], hold["ended"] = hold["acquired"], client.state.value
                 self.holds.append(hold)
+                mine.append(hold)
                 try:
                     for j in range(rng.randint(1, 3)):
                         if hold["until"] is not None:
