@@ -165,26 +165,27 @@ async def test_reconnect_to_lagging_server_never_reads_older_state(cluster):
                 await c.set("/x", b"new-%d" % k)
             seen = c.last_zxid
             sid, secret = c.session_id, c._secret
-        # Resume the same session on the lagging server as soon as it runs again,
-        # speaking the protocol directly so that nothing else picks the server.
-        cluster.resume(lagger)
-        with trio.fail_after(20):
-            for attempt in range(100):  # a server that has no leader yet refuses, as it should
-                stream = await trio.open_tcp_stream("127.0.0.1", cluster.client_ports[lagger])
-                async with stream:
-                    fs = FramedStream(stream)
-                    await fs.send({"id": 1, "op": "hello", "timeout_ms": 10_000, "sid": sid,
-                                   "secret": secret, "last_zxid": seen})
-                    hello = await fs.receive()
-                    if not hello["ok"] and hello["err"] == "ConnectionLoss":
-                        await trio.sleep(0.1)
-                        continue
-                    assert hello["ok"] and hello["zxid"] >= seen, hello
-                    await fs.send({"id": 2, "op": "get", "path": "/x"})
-                    got = await fs.receive()
-                    assert got["ok"] and got["r"]["data"] == b"new-49", got
-                    break
-            else:
-                raise AssertionError("the lagging server never accepted the session")
+            # Resume the same (still open) session on the lagging server as soon
+            # as it runs again, speaking the protocol directly so that nothing
+            # else picks the server.
+            cluster.resume(lagger)
+            with trio.fail_after(20):
+                for attempt in range(100):  # a server that has no leader yet refuses, as it should
+                    stream = await trio.open_tcp_stream("127.0.0.1", cluster.client_ports[lagger])
+                    async with stream:
+                        fs = FramedStream(stream)
+                        await fs.send({"id": 1, "op": "hello", "timeout_ms": 10_000, "sid": sid,
+                                       "secret": secret, "last_zxid": seen})
+                        hello = await fs.receive()
+                        if not hello["ok"] and hello["err"] == "ConnectionLoss":
+                            await trio.sleep(0.1)
+                            continue
+                        assert hello["ok"] and hello["zxid"] >= seen, hello
+                        await fs.send({"id": 2, "op": "get", "path": "/x"})
+                        got = await fs.receive()
+                        assert got["ok"] and got["r"]["data"] == b"new-49", got
+                        break
+                else:
+                    raise AssertionError("the lagging server never accepted the session")
     finally:
         cluster.resume(lagger)

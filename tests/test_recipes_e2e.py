@@ -31,6 +31,8 @@ import time
 import pytest
 import trio
 
+from coordclient._compat import to_thread_abandonable
+
 from coordclient import Client, ConnState, ops
 from coordclient.errors import CoordError, MultiError, NoNodeError
 from coordclient.recipes import Election, LeadershipLostError, Lock
@@ -243,7 +245,7 @@ async def test_stopped_holder_is_cancelled_and_its_fenced_write_rejected(ensembl
                                 env=child_env())
         async def readline():
             with trio.fail_after(10):
-                return await trio.to_thread.run_sync(proc.stdout.readline, cancellable=True)
+                return await to_thread_abandonable(proc.stdout.readline)
 
         try:
             first = (await readline()).split()

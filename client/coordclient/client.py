@@ -32,6 +32,8 @@ from typing import Any, Awaitable, Callable, Iterable, Sequence, Union
 
 import trio
 
+from coordclient._compat import sole_exception
+
 from coordclient.connection import Connection, ConnectionClosed
 from coordclient.errors import (
     ConnectionLossError,
@@ -627,7 +629,15 @@ class Client:
         try:
             await self._shutdown()
         finally:
-            suppress = await stack.__aexit__(*exc_info)
+            try:
+                suppress = await stack.__aexit__(*exc_info)
+            except BaseExceptionGroup as group:
+                # New Trio wraps the body's own exception in a group on its way
+                # through our nursery: give the caller back what it raised.
+                inner = sole_exception(group)
+                if inner is None:
+                    raise
+                raise inner from None
         return suppress
 
     async def _shutdown(self) -> None:

@@ -47,6 +47,7 @@ class Verdict:
     stats: dict = field(default_factory=dict)
     history_path: str | None = None
     seconds: float = 0.0
+    timeline: list[str] = field(default_factory=list)
 
     def line(self) -> str:
         word = {True: "ok", False: "VIOLATION", None: "NO VERDICT"}[self.ok]
@@ -56,6 +57,8 @@ class Verdict:
                 f"{s.get('events', 0)} watch events; faults {s.get('faults', {})}")
         if self.history_path:
             head += f"\n    history: {self.history_path}"
+        if self.ok is not True and self.timeline:
+            head += "\n    timeline: " + "; ".join(t.strip() for t in self.timeline)
         for v in self.violations:
             head += "\n" + "\n".join("    " + line for line in v.splitlines())
         for n in self.notes:
@@ -150,6 +153,7 @@ async def run_schedule(seed: int, duration: float = 20.0, *, params: Params | No
         rec.watches.update(watchers=wl.watchers, acked=wl.acked_changes())
         violations, notes, complete = judge(rec, budget)
         verdict.violations, verdict.notes = liveness + violations, verdict.notes + notes
+        verdict.timeline = rec.timeline
         verdict.ok = False if verdict.violations else (True if complete else None)
         ops = wl.history.ops
         verdict.stats = {
