@@ -73,9 +73,19 @@ class Cluster:
     def endpoints_of(self, sids) -> str:
         return ",".join(f"{HOST}:{self.client_ports[i]}" for i in sids)
 
+    def advertised(self, sid: int) -> tuple[str, str]:
+        """(peer, client) addresses the ensemble knows server ``sid`` by (its
+        own ports here; a subclass may put proxies in front)."""
+        return f"{HOST}:{self.peer_ports[sid]}", f"{HOST}:{self.client_ports[sid]}"
+
+    def server_command(self, sid: int) -> list[str]:
+        return [sys.executable, "-m", "coord", "serve", "--config", self.config_path(sid),
+                "--log-level", self.log_level]
+
     def addrs(self, sid: int) -> dict:
         """A server's addresses as membership changes take them."""
-        return {"id": sid, "peer": f"{HOST}:{self.peer_ports[sid]}", "client": f"{HOST}:{self.client_ports[sid]}"}
+        peer, client = self.advertised(sid)
+        return {"id": sid, "peer": peer, "client": client}
 
     def start_joining(self, sid: int) -> None:
         """Start server ``sid`` with a configuration that says "join"."""
@@ -89,7 +99,7 @@ class Cluster:
             f"id = {sid}",
             f'cluster_id = "{self.cluster_id}"',
             f'data_dir = "{os.path.join(self.base, f"data{sid}")}"',
-            f'peer_address = "{HOST}:{self.peer_ports[sid]}"',
+            f'peer_address = "{self.advertised(sid)[0]}"',
             f'client_address = "{HOST}:{self.client_ports[sid]}"',
             "",
             "[cluster]",
@@ -99,7 +109,8 @@ class Cluster:
         else:
             lines.append("[cluster.members]")
             for m in members:
-                lines.append(f'{m} = {{ peer = "{HOST}:{self.peer_ports[m]}", client = "{HOST}:{self.client_ports[m]}" }}')
+                peer, client = self.advertised(m)
+                lines.append(f'{m} = {{ peer = "{peer}", client = "{client}" }}')
         lines += [
             "",
             "[raft]",
@@ -128,10 +139,8 @@ class Cluster:
             raise RuntimeError(f"server {sid} is already running")
         logf = open(self.log_path(sid), "ab")
         self._logs[sid] = logf
-        self.procs[sid] = subprocess.Popen(
-            [sys.executable, "-m", "coord", "serve", "--config", self.config_path(sid), "--log-level", self.log_level],
-            stdout=logf, stderr=subprocess.STDOUT, env=child_env(),
-        )
+        self.procs[sid] = subprocess.Popen(self.server_command(sid), stdout=logf, stderr=subprocess.STDOUT,
+                                           env=child_env())
 
     def kill(self, sid: int, sig: int = signal.SIGKILL) -> None:
         p = self.procs.get(sid)

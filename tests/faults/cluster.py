@@ -72,55 +72,18 @@ class FaultCluster(Cluster):
     def proxy_endpoint(self, sid: int) -> str:
         return f"{HOST}:{self.client_proxy_ports[sid]}"
 
-    def write_config(self, sid: int, members: list[int] | None = None, join: bool = False) -> None:
-        members = list(range(1, self.n + 1)) if members is None else members
-        lines = [
-            "[server]",
-            f"id = {sid}",
-            f'cluster_id = "{self.cluster_id}"',
-            f'data_dir = "{os.path.join(self.base, f"data{sid}")}"',
-            f'peer_address = "{HOST}:{self.peer_proxy_ports[sid]}"',  # as listed; bound to peer_ports by serve.py
-            f'client_address = "{HOST}:{self.client_ports[sid]}"',
-            "",
-            "[cluster]",
-        ]
-        if join:
-            lines.append("join = true")
-        else:
-            lines.append("[cluster.members]")
-            for m in members:
-                lines.append(f'{m} = {{ peer = "{HOST}:{self.peer_proxy_ports[m]}", '
-                             f'client = "{HOST}:{self.client_proxy_ports[m]}" }}')
-        lines += [
-            "",
-            "[raft]",
-            f"tick_ms = {self.tick_ms}",
-            f"election_ticks = {self.election_ticks}",
-            f"heartbeat_ticks = {self.heartbeat_ticks}",
-            f"snapshot_entries = {self.snapshot_entries}",
-            "",
-            "[limits]",
-            f"min_session_timeout_ms = {self.min_session_timeout_ms}",
-        ]
-        with open(self.config_path(sid), "w") as f:
-            f.write("\n".join(lines) + "\n")
+    def advertised(self, sid: int) -> tuple[str, str]:
+        """Every member is listed at its proxies (its own peer transport binds
+        the real port: see ``tests.faults.serve``)."""
+        return f"{HOST}:{self.peer_proxy_ports[sid]}", f"{HOST}:{self.client_proxy_ports[sid]}"
+
+    def server_command(self, sid: int) -> list[str]:
+        return [sys.executable, "-m", "tests.faults.serve", "--config", self.config_path(sid),
+                "--peer-listen", f"{HOST}:{self.peer_ports[sid]}", "--log-level", self.log_level]
 
     def start_server(self, sid: int) -> None:
-        if sid in self.procs and self.procs[sid].poll() is None:
-            raise RuntimeError(f"server {sid} is already running")
-        logf = open(self.log_path(sid), "ab")
-        self._logs[sid] = logf
-        self.procs[sid] = subprocess.Popen(
-            [sys.executable, "-m", "tests.faults.serve", "--config", self.config_path(sid),
-             "--peer-listen", f"{HOST}:{self.peer_ports[sid]}", "--log-level", self.log_level],
-            stdout=logf, stderr=subprocess.STDOUT, env=child_env(),
-        )
+        super().start_server(sid)
         self.paused.discard(sid)
-
-    def addrs(self, sid: int) -> dict:
-        """A server's addresses for a membership change: its proxies."""
-        return {"id": sid, "peer": f"{HOST}:{self.peer_proxy_ports[sid]}",
-                "client": f"{HOST}:{self.client_proxy_ports[sid]}"}
 
     # -- process faults ---------------------------------------------------------
     def pause(self, sid: int) -> None:
