@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 
 import trio
 
 from coord.cli import free_ports
-from tests.cluster import HOST, Cluster, child_env
+from tests.cluster import HOST, Cluster
 from tests.faults.proxy import CLIENT, Net, Proxies
 
 
