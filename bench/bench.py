@@ -5,6 +5,7 @@ The workloads mirror ../shared/anchors/zookeeper/bench.py and
 ../shared/anchors/etcd/bench.py (same value size, key counts, in-flight
 counts, windows and CPU accounting), so the figures sit beside theirs:
 
+  IDLE (context) the ensemble with no client: server CPU
   W1   write throughput: set of a 100 B value over 1000 nodes, 32 in flight, 3 client processes
   W1S  (diagnostic) W1 from a single client process
   W2   sequential write latency: one client, 2000 set calls through a follower (W2L: the leader)
@@ -56,7 +57,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 VALUE = b"v" * 100
 KEYS = 1000
 mono = time.monotonic
-DEFAULT_WORKLOADS = "W1,W1S,W2,W2L,W3,W3L,W3S,W4,W4I,W5,W6,S1,S2"
+DEFAULT_WORKLOADS = "IDLE,W1,W1S,W2,W2L,W3,W3L,W3S,W4,W4I,W5,W6,S2,S1"
 
 
 def log(msg: str) -> None:
@@ -455,6 +456,17 @@ def throughput(ens: Ensemble, kind: str, name: str, args, nproc: int | None = No
     return out
 
 
+def idle(ens: Ensemble, args) -> dict:
+    """No client at all: what the servers burn on ticks and heartbeats."""
+    ens.wait_healthy()
+    time.sleep(1.0)
+    cpu = CpuWindow(ens.server_pids(), [])
+    cpu.start()
+    time.sleep(args.duration)
+    cpu.stop()
+    return {"workload": "IDLE", "op": "no client load", "cpu": cpu.summary(0)}
+
+
 def seq_latency(ens: Ensemble, name: str, role: str, n_ops: int, warm: int = 200) -> dict:
     import trio
 
@@ -773,6 +785,9 @@ def table(results: list[dict]) -> str:
             rows.append(f"| {w} | {r['op']} | RSS {r['server_rss_mb']} MB, snapshot {r['snapshot_mb']} MB, "
                         f"restart to serving **{r['restart_to_serving_s']} s** | - | created at "
                         f"{r['create_nodes_per_s']} nodes/s | - | {r['server_peak_rss_mb']} |")
+        elif w == "IDLE":
+            rows.append(f"| {w} | {r['op']} | servers busy **{c.get('server_cores_busy')} cores** | - | - | "
+                        f"{cores} | {rss} |")
         elif w == "S2":
             rows.append(f"| {w} | {r['op']} | {r['sessions_opened']} held, servers idle at "
                         f"**{r['server_cores_busy_idle']} cores** | - | - | {cores} | {rss} |")
@@ -819,6 +834,7 @@ def main() -> int:
         ens.wait_healthy(60)
         prepare(ens)
         steps = {
+            "IDLE": lambda: idle(ens, args),
             "W1": lambda: throughput(ens, "set", "W1", args),
             "W1S": lambda: throughput(ens, "set", "W1S", args, nproc=1),
             "W2": lambda: seq_latency(ens, "W2", "follower", args.seq_ops),
@@ -831,21 +847,29 @@ def main() -> int:
             "W5": lambda: throughput(ens, "create_delete", "W5", args),
             "W6": lambda: failover(ens, "W6", args),
             "S2": lambda: scale_sessions(ens, args),
-            "S1": lambda: scale_nodes(args, base),
         }
-        for name in [w for w in steps if w in want]:
-            if name in ("W6", "S1", "S2") and not ens.own:
-                log(f"{name}: skipped (needs an ensemble started by this script)")
-                continue
+
+        def run(name: str, step) -> None:
             try:
-                r = steps[name]()
+                r = step()
             except Exception as e:  # noqa: BLE001 - record it, go on with the next workload
                 log(f"{name} failed: {e!r}")
                 r = {"workload": name, "error": repr(e)}
             results.append(r)
             print(json.dumps(r), flush=True)
+
+        for name in [w for w in steps if w in want]:
+            if name in ("W6", "S2") and not ens.own:
+                log(f"{name}: skipped (needs an ensemble started by this script)")
+                continue
+            run(name, steps[name])
     finally:
         ens.close()
+    if "S1" in want:  # on its own fresh ensemble, once the main one is gone (S2's sessions would still expire)
+        if ens.own:
+            run("S1", lambda: scale_nodes(args, base))
+        else:
+            log("S1: skipped (needs an ensemble started by this script)")
     meta["utc_end"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     meta["loadavg_at_end"] = open("/proc/loadavg").read().split()[:3]
     print("\n" + table(results))
