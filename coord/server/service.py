@@ -192,7 +192,13 @@ class CoordService:
             log.warning("server %d: malformed forwarded command from %d: %s", self.server_id, m.frm, e)
             return
         resp = Message(MsgType.FORWARD_RESP, self.server_id, m.frm, context=m.context)
-        if not self.node.is_leader:
+        if cmd.get("op") == "session_expire":
+            # Only the leader's own timers may expire sessions: a deposed leader
+            # forwarding its stale verdict would kill live sessions.
+            log.warning("server %d: refused a forwarded session expiry from %d", self.server_id, m.frm)
+            resp.reject = True
+            resp.data = b"session expiry is never forwarded"
+        elif not self.node.is_leader:
             resp.reject = True
             resp.data = b"not the leader"
         else:
@@ -258,14 +264,19 @@ class CoordService:
     async def _session_loop(self) -> None:
         """Forward keepalives (followers) or expire sessions (leader)."""
         period = max(0.05, self.cfg.min_session_timeout_ms / 1000 / 4)
+        last = trio.current_time()
         while True:
             await trio.sleep(period)
             now = trio.current_time()
+            stalled = now - last > period + self.cfg.min_session_timeout_ms / 1000 / 2
+            last = now
             core = self.node.core
             if core.role is Role.LEADER:
                 sessions = self._session_timeouts()
-                if self._tracked_term != core.term:
-                    # New leader: fresh full timeouts for everyone (no mass expiry after an election).
+                if self._tracked_term != core.term or stalled:
+                    # New leader, or this process was stopped (SIGSTOP, swap):
+                    # what it heard is stale, so fresh full timeouts for
+                    # everyone rather than a mass expiry.
                     self.tracker.reset(sessions, now)
                     self._tracked_term = core.term
                 else:
@@ -275,7 +286,7 @@ class CoordService:
                 self._touched.clear()
                 expired = self.tracker.expired(now, retry_after=self.write_timeout)
                 if expired:
-                    self._nursery.start_soon(self._expire, expired)
+                    self._nursery.start_soon(self._expire, expired, core.term)
             else:
                 self._tracked_term = -1
                 if self._touched and core.leader_id:
@@ -283,12 +294,17 @@ class CoordService:
                     self.server.transport.send(Message(MsgType.SESSION_TOUCH, self.server_id, core.leader_id,
                                                        data=cbor2.dumps(sids)))
 
-    async def _expire(self, sids: list[int]) -> None:
+    async def _expire(self, sids: list[int], term: int) -> None:
+        """Propose the expiry here, and only while still leader of the term
+        whose timers decided it (never forwarded: see _serve_forward)."""
+        if not self.node.is_leader or self.node.core.term != term:
+            return
         try:
-            await self.write({"op": "session_expire", "sid": 0, "seq": 0, "sids": sids})
+            with trio.fail_after(self.write_timeout):
+                await self._propose_local({"op": "session_expire", "sid": 0, "seq": 0, "sids": sids})
             self.stats["expired_sessions"] += len(sids)
             log.info("server %d: expired sessions %s", self.server_id, [hex(s) for s in sids])
-        except CoordError as e:
+        except (CoordError, trio.TooSlowError) as e:
             log.info("server %d: expiring sessions failed (%s); will retry", self.server_id, e)
 
     # ------------------------------------------------------------------
