@@ -231,3 +231,12 @@ class Cluster:
                 if len(sts) == len(self.running()) and all(st["applied"] >= zxid for st in sts.values()):
                     return
                 await trio.sleep(0.05)
+
+
+def dump_logs_on_failure(request, cluster: "Cluster") -> None:
+    """Print every server's log tail when the test using ``cluster`` failed
+    (pytest shows it with the failure); call it from the fixture's teardown."""
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed:
+        for sid in sorted(cluster.procs):
+            print(f"--- server {sid} log ---\n{cluster.logs(sid)}")

@@ -18,3 +18,15 @@ from hypothesis import HealthCheck, settings
 # Shared machines are slow and noisy: judge examples, not their timing.
 settings.register_profile("coord", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("coord")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Remember each phase's report on the test item, so that fixtures can
+    tell whether their test failed (see ``tests.cluster.dump_logs_on_failure``)."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)

@@ -6,7 +6,6 @@ no acknowledged write is lost when the leader dies; watches miss nothing
 across a reconnect; a client never reads state older than it has seen.
 """
 
-import os
 import signal
 import subprocess
 import sys
@@ -18,20 +17,17 @@ import trio
 from coordclient import Client
 from coordclient.errors import CoordError
 from coordclient.wire import FramedStream
-from tests.cluster import Cluster, child_env
+from tests.cluster import dump_logs_on_failure, Cluster, child_env
 
 
 @pytest.fixture
-def cluster(tmp_path):
+def cluster(request, tmp_path):
     c = Cluster(3, tmp_path)
     c.start()
     try:
         yield c
-    except BaseException:
-        for sid in (1, 2, 3):
-            print(f"--- server {sid} log ---\n{c.logs(sid)}")
-        raise
     finally:
+        dump_logs_on_failure(request, c)
         c.close()
 
 

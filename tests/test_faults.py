@@ -7,10 +7,6 @@
   followed by a heal and every checker: linearizability, session order,
   nothing lost, ephemerals, locks and fencing, watches.  Long soaks:
   ``python -m tests.faults --seeds 200 --duration 20``.
-
-``KNOWN_ISSUES`` names server behaviour that is wrong today and that a
-schedule may run into; such a run is reported as an expected failure with
-the evidence, every other violation fails the test.
 """
 
 import pytest
@@ -18,32 +14,25 @@ import trio
 
 from coordclient import Client, ConnState
 from coordclient.errors import CoordError
+from tests.cluster import dump_logs_on_failure
 from tests.faults.cluster import FaultCluster
 from tests.faults.proxy import CLIENT
 from tests.faults.run import run_schedule
 
-# Server behaviour known to be wrong that a schedule may run into: such a run
-# is reported as an expected failure with the evidence.  Empty: the zombie
-# session (a server cut off from the leader answering its clients' pings while
-# the majority expires their sessions) is fixed: such a server drops its clients.
-KNOWN_ISSUES: dict[str, str] = {}
 
 CI_SEEDS = [101, 102, 103]
 CI_DURATION = 15.0
 
 
 @pytest.fixture
-async def fault_cluster(tmp_path, nursery):
+async def fault_cluster(request, tmp_path, nursery):
     c = FaultCluster(3, tmp_path)
     await nursery.start(c.run_proxies)
     c.start()
     try:
         yield c
-    except BaseException:
-        for sid in sorted(c.procs):
-            print(f"--- server {sid} log ---\n{c.logs(sid)}")
-        raise
     finally:
+        dump_logs_on_failure(request, c)
         c.close()
 
 
@@ -121,8 +110,4 @@ async def test_seeded_schedule(seed):
     v = await run_schedule(seed, CI_DURATION, log=print)
     print(v.line())
     assert v.ok is not None, f"no verdict: {v.notes}"
-    if v.ok is False:
-        unexplained = [x for x in v.violations if not any(k in x for k in KNOWN_ISSUES)]
-        assert not unexplained, v.line()
-        pytest.xfail("known issue: " + "; ".join(KNOWN_ISSUES[k] for k in KNOWN_ISSUES
-                                                  if any(k in x for x in v.violations)) + f"\n{v.line()}")
+    assert v.ok, v.line()

@@ -16,7 +16,7 @@ import trio
 from coordclient import Client
 from coordclient.admin import AdminClient
 from coordclient.errors import CoordError
-from tests.cluster import Cluster, child_env
+from tests.cluster import dump_logs_on_failure, Cluster, child_env
 
 
 class Writer:
@@ -56,16 +56,13 @@ class Writer:
 
 
 @pytest.fixture
-def cluster(tmp_path):
+def cluster(request, tmp_path):
     c = Cluster(3, tmp_path, spare=2)
     c.start()
     try:
         yield c
-    except BaseException:
-        for sid in sorted(c.procs):
-            print(f"--- server {sid} log ---\n{c.logs(sid)}")
-        raise
     finally:
+        dump_logs_on_failure(request, c)
         c.close()
 
 

@@ -20,26 +20,11 @@ from typing import Any, Callable, Iterable
 
 import trio
 
+from coordclient.client import parse_endpoints
 from coordclient.errors import CoordError, NotLeaderError, OperationTimeoutError
 from coordclient.wire import FramedStream
 
 Endpoint = tuple[str, int]
-
-
-def parse_endpoints(endpoints: str | Iterable[str]) -> list[Endpoint]:
-    items = endpoints.split(",") if isinstance(endpoints, str) else list(endpoints)
-    out = []
-    for item in items:
-        item = item.strip()
-        if not item:
-            continue
-        host, _, port = item.rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(f"bad endpoint {item!r}: expected host:port")
-        out.append((host.strip("[]"), int(port)))
-    if not out:
-        raise ValueError("no endpoints given")
-    return out
 
 
 class AdminClient:

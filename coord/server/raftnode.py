@@ -31,7 +31,6 @@ from coord.raft.config import RaftConfig
 from coord.raft.core import RaftCore
 from coord.raft.types import (
     Entry,
-    EntryKind,
     HardState,
     Membership,
     Message,

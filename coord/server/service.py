@@ -25,12 +25,13 @@ import cbor2
 import trio
 
 from coord.namespace.state import NamespaceStateMachine
-from coord.raft.types import Entry, EntryKind, Message, MsgType, ProposalDropped, Role
+from coord.raft.types import ConfChangeError, Entry, EntryKind, Message, MsgType, ProposalDropped, Role
 from coord.server.config import MemberAddrs, ServerConfig
 from coord.server.raftnode import ReadFailed
 from coord.server.serve import Server
 from coord.server.sessions import SessionTracker
 from coord.server.watches import WatchRegistry
+from coordclient.errors import ConfChangeError as WireConfChange
 from coordclient.errors import (
     CoordError,
     NotLeaderError,
@@ -362,9 +363,6 @@ class AdminService:
 
     async def change(self, *, add_voters: dict[int, dict], add_learners: dict[int, dict], remove: list[int],
                      promote: list[int], version: int | None, wait: bool = True) -> dict:
-        from coordclient.errors import ConfChangeError as WireConfChange
-        from coord.raft.types import ConfChangeError
-
         core = self._leader_core()
         cur = core.membership
         members = cur.members()
@@ -415,13 +413,11 @@ class AdminService:
             prog = core.progress()
             candidates = [v for v in core.membership.voters if v != self.s.server_id and v in prog]
             if not candidates:
-                from coordclient.errors import ConfChangeError as WireConfChange
                 raise WireConfChange("there is no other voter to transfer leadership to")
             target = max(candidates, key=lambda v: prog[v]["match"])
         try:
             self.s.node.call(lambda c: c.transfer_leadership(target))
         except Exception as e:
-            from coordclient.errors import ConfChangeError as WireConfChange
             raise WireConfChange(str(e)) from None
         with trio.move_on_after(max(2.0, 3 * self.s.cfg.election_ticks * self.s.cfg.tick_ms / 1000)):
             while self.s.node.leader_id != target or self.s.node.is_leader:
