@@ -199,6 +199,12 @@ class Ready:
     Steps 2-5 of one ready must finish before steps 2-5 of the next begin
     (a FIFO), but step 1 of later readies may run while an earlier one is
     still being written: that overlap is where group commit comes from.
+
+    A hard state that differs from the last durable one only in ``commit``
+    needs no fsync of its own (``needs_sync``): ``committed`` never goes
+    past this server's own durable log, and those entries are on a majority's
+    disks, so the commit index is only a restart hint.  A driver may write
+    it with the next batch that syncs anyway.
     """
 
     hard_state: HardState | None = None
@@ -212,6 +218,14 @@ class Ready:
 
     def must_sync(self) -> bool:
         return bool(self.entries) or self.hard_state is not None or self.snapshot is not None
+
+    def needs_sync(self, durable: HardState) -> bool:
+        """Whether this ready must be fsync'd before steps 3-5, given the
+        term and vote already durable (a commit-only change does not)."""
+        if self.entries or self.snapshot is not None:
+            return True
+        hs = self.hard_state
+        return hs is not None and (hs.term != durable.term or hs.vote != durable.vote)
 
     def empty(self) -> bool:
         return not (

@@ -62,6 +62,11 @@ def arg_int(req: dict, key: str, default: Any = ..., lo: int = -1) -> int:
     return v
 
 
+def _request_id(req: Any) -> int | None:
+    rid = req.get("id") if type(req) is dict else None
+    return rid if type(rid) is int else None
+
+
 def arg_bool(req: dict, key: str) -> bool:
     v = req.get(key, False)
     if v is None:
@@ -145,6 +150,7 @@ class ClientConnection:
                     await self.stream.aclose()
 
     _inflight = 0
+    _inline_streak = 0
     _nursery: trio.Nursery | None = None
 
     def close(self, reason: str) -> None:
@@ -198,6 +204,12 @@ class ClientConnection:
                 await trio.sleep_forever()  # the writer ends the connection
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 return
+            if self._try_inline(req):
+                if self._inline_streak >= 64:  # let other tasks run now and then
+                    self._inline_streak = 0
+                    await trio.sleep(0)
+                self._inline_streak += 1
+                continue
             await sem.acquire()
             self._inflight += 1
             nursery.start_soon(self._serve, req, sem)
@@ -213,49 +225,76 @@ class ClientConnection:
             self._queue({"ev": "watch", "wid": wid, "type": etype, "path": path, "zxid": zxid})
 
     # -- requests -----------------------------------------------------------
-    async def _serve(self, req: Any, sem: trio.Semaphore) -> None:
-        rid = None
-        try:
-            if type(req) is not dict:
-                raise _bad("a request must be a map")
-            rid = req.get("id")
-            if type(rid) is not int:
-                rid = None
-                raise _bad("a request needs an integer 'id'")
-            op = req.get("op")
-            handler = HANDLERS.get(op) if isinstance(op, str) else None
-            if handler is None:
-                raise UnimplementedError(f"unknown operation {op!r}"[:200])
-            needs_session = op not in SESSIONLESS_OPS
-            if needs_session or op == Op.HELLO:
-                if not self.service.is_member():
-                    self.close("this server is not a member of the ensemble")
-                    raise ConnectionLossError("this server is not a member of the ensemble; use another")
-                if not self.service.node.leader_id:
-                    # Cut off from the leader (or mid-election): sessions are
-                    # kept alive by the leader only, so pretending otherwise would
-                    # let a client believe in a session the majority is expiring.
-                    # Drop the connection, as ZooKeeper does; the client moves on.
-                    self.close("this server has no leader right now")
-                    raise ConnectionLossError("this server has no leader right now; use another")
-            if needs_session:
-                if not self.sid:
-                    raise SessionExpiredError("no session: send hello first")
-                if not self.ns.session_exists(self.sid):
-                    raise SessionExpiredError(f"session {self.sid:#x} has expired")
-                self.service.touch(self.sid)
-            result = await handler(self, req)
-            resp = {"id": rid, "ok": True, "zxid": self.service.applied, "r": result}
-        except CoordError as e:
-            resp = {"id": rid, "ok": False, "zxid": self.service.applied, "err": e.code.value,
-                    "msg": e.message, "path": e.path}
-            extra = getattr(e, "wire_extra", None)
+    def _admit(self, req: Any) -> tuple[int, str, Callable]:
+        """Validate a request and its session; returns (id, op, handler), or
+        raises the CoordError to answer with."""
+        if type(req) is not dict:
+            raise _bad("a request must be a map")
+        rid = _request_id(req)
+        if rid is None:
+            raise _bad("a request needs an integer 'id'")
+        op = req.get("op")
+        handler = HANDLERS.get(op) if isinstance(op, str) else None
+        if handler is None:
+            raise UnimplementedError(f"unknown operation {op!r}"[:200])
+        needs_session = op not in SESSIONLESS_OPS
+        if needs_session or op == Op.HELLO:
+            if not self.service.is_member():
+                self.close("this server is not a member of the ensemble")
+                raise ConnectionLossError("this server is not a member of the ensemble; use another")
+            if not self.service.node.leader_id:
+                # Cut off from the leader (or mid-election): sessions are
+                # kept alive by the leader only, so pretending otherwise would
+                # let a client believe in a session the majority is expiring.
+                # Drop the connection, as ZooKeeper does; the client moves on.
+                self.close("this server has no leader right now")
+                raise ConnectionLossError("this server has no leader right now; use another")
+        if needs_session:
+            if not self.sid:
+                raise SessionExpiredError("no session: send hello first")
+            if not self.ns.session_exists(self.sid):
+                raise SessionExpiredError(f"session {self.sid:#x} has expired")
+            self.service.touch(self.sid)
+        return rid, op, handler
+
+    def _error_response(self, rid: int | None, req: Any, exc: Exception) -> dict:
+        if isinstance(exc, CoordError):
+            resp = {"id": rid, "ok": False, "zxid": self.service.applied, "err": exc.code.value,
+                    "msg": exc.message, "path": exc.path}
+            extra = getattr(exc, "wire_extra", None)
             if extra:
                 resp.update(extra)
-        except Exception:
-            log.exception("internal error serving %r from %s", req if len(repr(req)) < 300 else "...", self.peer)
-            resp = {"id": rid, "ok": False, "zxid": self.service.applied, "err": "SystemError",
-                    "msg": "internal server error"}
+            return resp
+        log.error("internal error serving %r from %s", req if len(repr(req)) < 300 else "...", self.peer,
+                  exc_info=exc)
+        return {"id": rid, "ok": False, "zxid": self.service.applied, "err": "SystemError",
+                "msg": "internal server error"}
+
+    def _try_inline(self, req: Any) -> bool:
+        """Serve a local read (get, exists, children without ``lin``) right
+        here in the reader, with no task: it never waits, and a task per
+        read was most of a read's cost.  False if ``req`` needs a task."""
+        if type(req) is not dict:
+            return False
+        op = req.get("op")
+        reader = INLINE_READS.get(op) if type(op) is str else None
+        if reader is None or req.get("lin", False) is not False:
+            return False
+        try:
+            rid, _, _ = self._admit(req)
+            resp = {"id": rid, "ok": True, "zxid": self.service.applied, "r": reader(self, req)}
+        except Exception as e:  # noqa: BLE001 - every failure is the client's answer
+            resp = self._error_response(_request_id(req), req, e)
+        self._queue(resp)
+        return True
+
+    async def _serve(self, req: Any, sem: trio.Semaphore) -> None:
+        try:
+            rid, op, handler = self._admit(req)
+            result = await handler(self, req)
+            resp = {"id": rid, "ok": True, "zxid": self.service.applied, "r": result}
+        except Exception as e:  # noqa: BLE001 - every failure is the client's answer
+            resp = self._error_response(_request_id(req), req, e)
         finally:
             sem.release()
             self._inflight -= 1
@@ -344,31 +383,31 @@ class ClientConnection:
         self.service.watches.add(self, wid, path, kind)
         return wid
 
-    async def op_get(self, req: dict) -> dict:
+    # Reads: the local part is synchronous (served inline by the reader, see
+    # _try_inline); the op_ forms first wait for a ReadIndex barrier when
+    # ``lin`` is set.  No await between the read and a watch registration:
+    # no change can be missed.
+    def read_get(self, req: dict) -> dict:
         path = arg_path(req)
         watch = arg_bool(req, "watch")
-        await self._before_read(req)
         data, stat = self.ns.get(path)
         out = {"data": data, "stat": stat}
-        if watch:  # no await between the read and the registration: no missed change
+        if watch:
             out["wid"] = self._watch_now(path, "data")
         return out
 
-    async def op_exists(self, req: dict) -> dict:
+    def read_exists(self, req: dict) -> dict:
         path = arg_path(req)
         watch = arg_bool(req, "watch")
-        await self._before_read(req)
         out = {"stat": self.ns.exists(path)}
         if watch:
             out["wid"] = self._watch_now(path, "exists")
         return out
 
-    async def op_children(self, req: dict) -> dict:
+    def read_children(self, req: dict) -> dict:
         path = arg_path(req)
         watch = arg_bool(req, "watch")
-        stats = arg_bool(req, "stats")
-        await self._before_read(req)
-        if stats:
+        if arg_bool(req, "stats"):
             kids = [[name, st] for name, st in self.ns.children_with_stats(path)]
         else:
             kids = list(self.ns.children(path))
@@ -376,6 +415,18 @@ class ClientConnection:
         if watch:
             out["wid"] = self._watch_now(path, "children")
         return out
+
+    async def op_get(self, req: dict) -> dict:
+        await self._before_read(req)
+        return self.read_get(req)
+
+    async def op_exists(self, req: dict) -> dict:
+        await self._before_read(req)
+        return self.read_exists(req)
+
+    async def op_children(self, req: dict) -> dict:
+        await self._before_read(req)
+        return self.read_children(req)
 
     async def op_sync(self, req: dict) -> dict:
         await self.service.read_barrier()
@@ -465,6 +516,11 @@ class ClientConnection:
 
 HANDLERS: dict[str, Callable[[ClientConnection, dict], Awaitable[dict]]] = {
     op.value: getattr(ClientConnection, f"op_{op.value}") for op in Op if op is not Op.CHECK
+}
+INLINE_READS: dict[str, Callable[[ClientConnection, dict], dict]] = {
+    Op.GET.value: ClientConnection.read_get,
+    Op.EXISTS.value: ClientConnection.read_exists,
+    Op.CHILDREN.value: ClientConnection.read_children,
 }
 
 

@@ -7,11 +7,14 @@ ever touched from one place.  Readies are carried out exactly as
 
 * leader replication messages leave at once, in parallel with the leader's
   own disk write;
-* everything to persist goes to a single persister task that runs the
-  blocking writes in a worker thread.  While one fsync runs, later readies
-  pile up and are written together with the next fsync: that is group
-  commit, and it is why throughput grows with load instead of being capped
-  at one fsync per proposal;
+* everything to persist goes, in order, to one long-lived disk thread.
+  While one fsync runs, later readies pile up in its queue and are written
+  together with the next fsync: that is group commit, and it is why
+  throughput grows with load instead of being capped at one fsync per
+  proposal.  (A dedicated thread, not ``trio.to_thread`` per batch: the
+  thread handoff was a visible share of the CPU per write.)  A ready whose
+  only durable change is the commit index needs no fsync of its own (see
+  ``Ready.needs_sync``); it is written with the next batch;
 * after the fsync: the acknowledgements that promise durability are sent,
   the core is told, committed entries are applied and proposers answered.
 """
@@ -21,7 +24,9 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import queue
 import random
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
@@ -167,8 +172,11 @@ class RaftNode:
         )
         self._last_snapshot_index = self.core.snapshot_meta.index
         self._send_in, self._recv_in = trio.open_memory_channel(math.inf)
-        self._persist_q: list = []
-        self._persist_wakeup = trio.Event()
+        self._disk_q: queue.SimpleQueue = queue.SimpleQueue()  # lists of writes to the disk thread, in order
+        self._to_disk: list = []  # this loop iteration's writes, put on _disk_q at its end
+        self._queued_hs = recovered_hard_state  # term/vote durable or queued for writing
+        self._disk_hs = recovered_hard_state  # disk thread only: the last hard state it wrote
+        self._lazy_hs: HardState | None = None  # newest commit-only change, for the disk thread's next write
         self._proposals: list[tuple[bytes, _Waiter]] = []
         self._waiters: dict[int, tuple[int, _Waiter]] = {}  # index -> (term, waiter)
         self._reads: dict[bytes, _Waiter] = {}
@@ -216,6 +224,17 @@ class RaftNode:
             self._send_in.send_nowait(None)  # wake the loop once per batch
         return await w.wait()
 
+    def propose_with(self, data: bytes, slot: Any) -> None:
+        """Like ``propose``, for a caller that cannot wait in a task (the
+        leader serving forwarded writes): the outcome is delivered by calling
+        ``slot.set(result)`` or ``slot.fail(error)`` from the loop, exactly
+        once.  Raises NotLeader at once on a follower."""
+        if self.core.role is not Role.LEADER:
+            raise NotLeader("not the leader", self.core.leader_id)
+        self._proposals.append((data, slot))
+        if len(self._proposals) == 1:
+            self._send_in.send_nowait(None)
+
     async def read_barrier(self) -> int:
         """Linearizable read barrier (ReadIndex): returns once this server has
         applied everything committed before the call; the index is returned."""
@@ -244,12 +263,18 @@ class RaftNode:
     # tasks
     # ------------------------------------------------------------------
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._ticker)
-            nursery.start_soon(self._persister)
-            self._process_ready()
-            task_status.started()
-            await self._main_loop()
+        token = trio.lowlevel.current_trio_token()
+        disk = threading.Thread(target=self._disk_thread, args=(token,), name=f"coord-disk-{self.node_id}",
+                                daemon=True)
+        disk.start()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._ticker)
+                self._process_ready()
+                task_status.started()
+                await self._main_loop()
+        finally:
+            self._disk_q.put(None)  # the thread finishes the write in progress, then exits
 
     async def _ticker(self) -> None:
         while True:
@@ -291,6 +316,8 @@ class RaftNode:
             self._in_pipeline -= len(item[1])
             for rd in item[1]:
                 self._after_persist(rd)
+        elif item[0] == "disk_failed":
+            raise item[1]  # a storage error is fatal: stop the server rather than lie
 
     def _take_proposals(self) -> None:
         props, self._proposals = self._proposals, []
@@ -311,12 +338,18 @@ class RaftNode:
             rd = core.ready()
             for m in rd.messages:
                 self.send(m)
-            if rd.must_sync() or self._in_pipeline:
+            sync = rd.needs_sync(self._queued_hs)
+            if rd.hard_state is not None:
+                self._queued_hs = rd.hard_state
+            if sync or self._in_pipeline:
                 # Readies complete strictly in order, so even one with nothing
                 # to write queues behind earlier writes.
                 self._enqueue(rd)
             else:
+                if rd.hard_state is not None:
+                    self._enqueue_lazy(rd.hard_state)
                 self._after_persist(rd)
+        self._flush_to_disk()
         m = core.membership
         if m is not self._membership_seen:
             self._membership_seen = m
@@ -324,40 +357,82 @@ class RaftNode:
                 self.on_membership(m)
 
     def _enqueue(self, item: Ready | tuple) -> None:
-        self._persist_q.append(item)
         self._in_pipeline += 1
-        self._persist_wakeup.set()
+        self._to_disk.append(item)
 
-    async def _persister(self) -> None:
+    def _enqueue_lazy(self, hs: HardState) -> None:
+        """A commit-only hard state, already acted upon: the disk thread
+        writes it with its next batch.  Not queued, so it wakes nobody."""
+        self._lazy_hs = hs
+
+    def _flush_to_disk(self) -> None:
+        """Hand this loop iteration's writes to the disk thread in one put
+        (each put may wake the thread: a futex call and a GIL handoff)."""
+        if self._to_disk:
+            batch, self._to_disk = self._to_disk, []
+            self._disk_q.put(batch)
+
+    def _disk_thread(self, token: trio.lowlevel.TrioToken) -> None:
+        """The disk thread: take everything queued, write it with one fsync,
+        report completion to the loop, repeat.  Ends at None."""
+        q = self._disk_q
         while True:
-            await self._persist_wakeup.wait()
-            self._persist_wakeup = trio.Event()
-            while self._persist_q:
-                batch, self._persist_q = self._persist_q, []
-                await trio.to_thread.run_sync(self._write_batch, batch)
-                self._send_in.send_nowait(("persisted", batch))
+            batch = q.get()
+            stop = batch is None
+            batch = [] if stop else list(batch)
+            while True:
+                try:
+                    more = q.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                else:
+                    batch.extend(more)
+            try:
+                self._write_batch(batch)
+                report: tuple = ("persisted", batch)
+            except BaseException as exc:  # noqa: BLE001 - handed to the loop, which stops the server
+                report, stop = ("disk_failed", exc), True
+            if report[0] != "persisted" or report[1]:
+                try:
+                    token.run_sync_soon(self._send_in.send_nowait, report)
+                except trio.RunFinishedError:
+                    return
+            if stop:
+                return
 
-    def _write_batch(self, batch: list[Ready]) -> None:
-        """Worker thread: write a run of readies with as few fsyncs as possible
-        (one, unless a snapshot install splits the run)."""
+    def _write_batch(self, batch: list) -> None:
+        """Disk thread: write a run of readies with as few fsyncs as possible
+        (one, unless a snapshot install splits the run; none if all that
+        changed is the commit index)."""
         hs: HardState | None = None
         entries: list[Entry] = []
         snap: Snapshot | None = None
         dirty = False
+
+        def flush() -> None:
+            nonlocal hs, entries, snap, dirty
+            lazy = self._lazy_hs  # set by the loop; only its commit may be newer
+            if lazy is not None and (lazy.term, lazy.vote) == (self._disk_hs.term, self._disk_hs.vote) and (
+                    hs is None or ((hs.term, hs.vote) == (lazy.term, lazy.vote) and lazy.commit > hs.commit)):
+                hs = lazy
+            self.store.save(hs, entries, snap)
+            self.fsyncs += 1
+            if hs is not None:
+                self._disk_hs = hs
+            hs, entries, snap, dirty = None, [], None, False
+
         for rd in batch:
-            if isinstance(rd, tuple):  # ("snapshot", Snapshot): our own state machine snapshot
+            if isinstance(rd, tuple):  # ("snapshot", Snapshot, index): our own state machine snapshot
                 if dirty:
-                    self.store.save(hs, entries, snap)
-                    self.fsyncs += 1
-                    hs, entries, snap, dirty = None, [], None, False
+                    flush()
                 self.store.save_snapshot(rd[1])
                 self.store.compact(rd[2])
                 continue
             if rd.snapshot is not None:
                 if dirty:
-                    self.store.save(hs, entries, snap)
-                    self.fsyncs += 1
-                    hs, entries = None, []
+                    flush()
                 snap = rd.snapshot
                 dirty = True
             if rd.entries:
@@ -365,10 +440,16 @@ class RaftNode:
                 dirty = True
             if rd.hard_state is not None:
                 hs = rd.hard_state
-                dirty = True
+                if (hs.term, hs.vote) != (self._disk_hs.term, self._disk_hs.vote):
+                    dirty = True
         if dirty:
-            self.store.save(hs, entries, snap)
-            self.fsyncs += 1
+            flush()
+        elif hs is not None:
+            # Only commit-only readies, queued behind a write: like lazy ones.
+            # (The loop may have set a newer one meanwhile; keep the newest.)
+            cur = self._lazy_hs
+            if cur is None or hs.commit > cur.commit:
+                self._lazy_hs = hs
 
     def _after_persist(self, rd: Ready | tuple) -> None:
         if isinstance(rd, tuple):

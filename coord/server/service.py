@@ -70,6 +70,26 @@ class _Reply:
         self.error: BaseException | None = None
 
 
+class _ForwardReply:
+    """The result slot of a forwarded write on the leader: its outcome goes
+    straight back to the follower that forwarded it."""
+
+    __slots__ = ("transport", "resp")
+
+    def __init__(self, transport: Any, resp: Message):
+        self.transport = transport
+        self.resp = resp
+
+    def set(self, value: tuple[int, Any]) -> None:
+        self.resp.index, self.resp.data = value[0], cbor2.dumps(value[1])
+        self.transport.send(self.resp)
+
+    def fail(self, error: BaseException) -> None:
+        self.resp.reject = True
+        self.resp.data = (str(error) or "the write was dropped").encode()
+        self.transport.send(self.resp)
+
+
 class CoordService:
     def __init__(self, cfg: ServerConfig):
         self.cfg = cfg
@@ -134,12 +154,13 @@ class CoordService:
         return zxid, res
 
     async def _forward(self, cmd: dict) -> tuple[int, dict]:
-        # Wait (briefly) for a leader to be known: during an election there is none.
-        with trio.move_on_after(self.write_timeout / 2):
-            while not self.node.leader_id or self.node.is_leader:
-                if self.node.is_leader:
-                    return await self._propose_local(cmd)
-                await trio.sleep(self.cfg.tick_ms / 1000)
+        if not self.node.leader_id:
+            # Wait (briefly) for a leader to be known: during an election there is none.
+            with trio.move_on_after(self.write_timeout / 2):
+                while not self.node.leader_id:
+                    await trio.sleep(self.cfg.tick_ms / 1000)
+        if self.node.is_leader:
+            return await self._propose_local(cmd)
         leader = self.node.leader_id
         if not leader:
             raise NotLeaderError("no leader is elected")
@@ -158,8 +179,7 @@ class CoordService:
 
     def _on_app_message(self, m: Message) -> None:
         if m.type is MsgType.FORWARD:
-            if self._nursery is not None:
-                self._nursery.start_soon(self._serve_forward, m)
+            self._serve_forward(m)
         elif m.type is MsgType.FORWARD_RESP:
             reply = self._forwards.get(m.context)
             if reply is None:
@@ -183,8 +203,10 @@ class CoordService:
                     if isinstance(sid, int):
                         self.tracker.touch(sid, now)
 
-    async def _serve_forward(self, m: Message) -> None:
-        """Leader side of a forwarded write."""
+    def _serve_forward(self, m: Message) -> None:
+        """Leader side of a forwarded write: proposed at once, answered from
+        the loop when it applies (or fails), with no task per write."""
+        resp = Message(MsgType.FORWARD_RESP, self.server_id, m.frm, context=m.context)
         try:
             cmd = cbor2.loads(m.data)
             if not isinstance(cmd, dict):
@@ -192,25 +214,21 @@ class CoordService:
         except Exception as e:
             log.warning("server %d: malformed forwarded command from %d: %s", self.server_id, m.frm, e)
             return
-        resp = Message(MsgType.FORWARD_RESP, self.server_id, m.frm, context=m.context)
         if cmd.get("op") == "session_expire":
             # Only the leader's own timers may expire sessions: a deposed leader
             # forwarding its stale verdict would kill live sessions.
             log.warning("server %d: refused a forwarded session expiry from %d", self.server_id, m.frm)
             resp.reject = True
             resp.data = b"session expiry is never forwarded"
-        elif not self.node.is_leader:
+            self.server.transport.send(resp)
+            return
+        cmd["t"] = int(time.time() * 1000)
+        try:
+            self.node.propose_with(cbor2.dumps(cmd), _ForwardReply(self.server.transport, resp))
+        except ProposalDropped as e:
             resp.reject = True
-            resp.data = b"not the leader"
-        else:
-            try:
-                with trio.fail_after(self.write_timeout):
-                    zxid, res = await self._propose_local(cmd)
-                resp.index, resp.data = zxid, cbor2.dumps(res)
-            except (NotLeaderError, trio.TooSlowError) as e:
-                resp.reject = True
-                resp.data = str(e).encode()
-        self.server.transport.send(resp)
+            resp.data = str(e).encode() or b"not the leader"
+            self.server.transport.send(resp)
 
     # ------------------------------------------------------------------
     # reads

@@ -28,6 +28,7 @@ from typing import Any, Callable
 from coord.raft.core import RaftCore
 from coord.raft.types import (
     ConfChangeError,
+    HardState,
     Membership,
     Message,
     MsgType,
@@ -60,7 +61,9 @@ class SimNode:
         self.disk = FakeDisk()
         self.sm = HashChainSM()
         self.view = LogView()  # the log as handed out in Readies, synced or not
-        self.pending: collections.deque[Ready] = collections.deque()  # written, not yet synced
+        self.pending: collections.deque[tuple[Ready, bool]] = collections.deque()  # (ready, needs sync), not done
+        self.queued_hs = HardState()  # term/vote durable or queued, as the server driver tracks it
+        self.lazy_commit: int | None = None  # a commit-only change acted on, written with the next sync
         self.disk_free_at = 0
         self.next_snapshot_at = 0
         # What the observer last saw of this incarnation.
@@ -198,6 +201,8 @@ class Simulation:
         node.core = core
         node.inc += 1
         node.pending.clear()
+        node.queued_hs = hs
+        node.lazy_commit = None
         node.disk_free_at = self.now
         node.sm = HashChainSM(self.bootstrap if node.initial else None)
         if node.disk.snapshot is not None:
@@ -221,7 +226,7 @@ class Simulation:
             return
         kept = 0
         if node.pending and self.rng.random() < self.p.torn_write_prob:
-            ops = [op for rd in node.pending for op in ready_ops(rd)]
+            ops = [op for rd, _ in node.pending for op in ready_ops(rd)]
             kept = self.rng.randint(0, len(ops))
             for op in ops[:kept]:
                 node.disk.apply_op(op)
@@ -300,14 +305,19 @@ class Simulation:
             view.append(ents)
         for m in rd.messages:
             self._send(node, m)
-        if rd.must_sync():
+        # As the server driver does: a commit-only hard state change needs no
+        # fsync of its own (Ready.needs_sync); it is written with the next sync.
+        sync = rd.needs_sync(node.queued_hs)
+        if rd.hard_state is not None:
+            node.queued_hs = rd.hard_state
+        if sync:
             latency = self.rng.randint(*self.p.disk_us)
         elif not node.pending:
-            self._complete(node, rd)  # nothing to write, nothing queued: steps 3-5 now
+            self._complete(node, rd, synced=False)  # nothing to sync, nothing queued: steps 3-5 now
             return
         else:
             latency = 0
-        node.pending.append(rd)
+        node.pending.append((rd, sync))
         t = max(self.now, node.disk_free_at) + latency
         node.disk_free_at = t
         self._at(t, self._sync_done, node.id, node.inc)
@@ -316,13 +326,21 @@ class Simulation:
         node = self.nodes[nid]
         if node.inc != inc or node.core is None:
             return
-        self._complete(node, node.pending.popleft())
+        rd, sync = node.pending.popleft()
+        self._complete(node, rd, synced=sync)
         self._settle(node)
 
-    def _complete(self, node: SimNode, rd: Ready) -> None:
-        """Ready steps 2-5 once the write is durable."""
+    def _complete(self, node: SimNode, rd: Ready, *, synced: bool) -> None:
+        """Ready steps 2-5 once the write is durable (or, for a commit-only
+        change, at once: its commit index reaches the disk with the next sync)."""
         nid = node.id
-        node.disk.write(rd)
+        if synced:
+            if node.lazy_commit is not None and rd.hard_state is None:
+                node.disk.apply_op(("commit", node.lazy_commit))
+            node.lazy_commit = None
+            node.disk.write(rd)
+        elif rd.hard_state is not None:
+            node.lazy_commit = rd.hard_state.commit
         for m in rd.messages_after_persist:
             self._send(node, m)
         node.core.on_persisted(rd)
