@@ -333,3 +333,44 @@ def test_single_voter_leader_does_not_reuse_a_term_after_losing_its_unsynced_sta
     theirs = {e.index: e.data for e in learner_applied}
     assert mine.get(idx) == b"B"
     assert theirs.get(idx) == b"B", f"learner applied {theirs.get(idx)!r} at index {idx}, leader applied b'B'"
+
+
+def test_unreachable_leader_hint_shortens_failover_and_is_ignored_otherwise():
+    """peer_unreachable (a refused connect: the leader's process is gone)
+    ends the leader's lease at once and makes the follower campaign within
+    half an election timeout, instead of 1-2 full timeouts.  A hint about a
+    server that is not our leader changes nothing."""
+    c = Cluster.of(3, cfg())
+    c.elect(1)
+    c.stabilize()
+    term = c[1].term
+    c[2].peer_unreachable(3)  # not the leader: ignored
+    c.tick([2], n=ELECTION - 1)
+    assert c[2].role is Role.FOLLOWER and c[2].term == term
+    c.tick([1], n=1)  # a heartbeat resets the followers' timers
+
+    c.isolate(1)  # "SIGKILL" of the leader
+    c[2].peer_unreachable(1)
+    c[3].peer_unreachable(1)
+    for ticks in range(1, ELECTION // 2 + 1):
+        c.tick([2, 3], n=1)
+        if c.leader() in (2, 3):
+            break
+    assert c.leader() in (2, 3), c.describe()
+    assert ticks <= ELECTION // 2  # well under the election timeout of 10-19 ticks
+    assert c[c.leader()].term == term + 1
+
+
+def test_wrong_unreachable_hint_from_one_follower_does_not_depose_a_live_leader():
+    """Only one follower believes the leader is gone: its pre-vote is refused
+    by the other follower, which still hears the leader, so no term changes."""
+    c = Cluster.of(3, cfg())
+    c.elect(1)
+    c.stabilize()
+    term = c[1].term
+    c[2].peer_unreachable(1)
+    for _ in range(ELECTION // 2 + 1):
+        c.tick([2], n=1)
+        c.tick([1], n=1)  # the live leader keeps heart-beating
+    assert c[1].role is Role.LEADER and c[1].term == term
+    assert c[2].term == term and c[3].term == term

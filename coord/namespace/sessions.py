@@ -64,11 +64,12 @@ class Session:
 
 
 class SessionTable:
-    __slots__ = ("by_id", "window")
+    __slots__ = ("by_id", "window", "changes")
 
     def __init__(self, window: int = DEFAULT_DEDUP_WINDOW) -> None:
         self.by_id: dict[int, Session] = {}
         self.window = window
+        self.changes = 0  # bumped whenever a session appears or goes: lets watchers skip rescans
 
     def __len__(self) -> int:
         return len(self.by_id)
@@ -78,12 +79,15 @@ class SessionTable:
 
     def open(self, sid: int, timeout_ms: int, secret: bytes, t: int) -> Session:
         s = self.by_id[sid] = Session(timeout_ms, secret, t)
+        self.changes += 1
         return s
 
     def remove(self, sid: int) -> Session:
+        self.changes += 1
         return self.by_id.pop(sid)
 
     def put_back(self, sid: int, session: Session) -> None:
+        self.changes += 1
         self.by_id[sid] = session
 
     def to_rows(self) -> list[list]:

@@ -75,6 +75,7 @@ class NamespaceStateMachine:
         self.on_events = on_events
         self._tree = Tree()
         self._sessions = SessionTable(dedup_window)
+        self._session_epoch = 0  # bumped when a snapshot replaces the session table
         self._history = EventHistory(history_size)
         self._last_zxid = 0
         self._ops = {
@@ -209,9 +210,27 @@ class NamespaceStateMachine:
         """Number of nodes, the root included."""
         return len(self._tree)
 
+    @property
+    def session_count(self) -> int:
+        return len(self._sessions)
+
     def sessions(self) -> dict[int, tuple[int, bytes]]:
         """sid -> (timeout_ms, secret) of every live session, by sid."""
         return {sid: (s.timeout_ms, s.secret) for sid, s in sorted(self._sessions.by_id.items())}
+
+    def session(self, sid: int) -> tuple[int, bytes] | None:
+        """(timeout_ms, secret) of one live session, or None."""
+        s = self._sessions.get(sid)
+        return None if s is None else (s.timeout_ms, s.secret)
+
+    def session_timeouts(self) -> dict[int, int]:
+        """sid -> timeout_ms of every live session (unordered)."""
+        return {sid: s.timeout_ms for sid, s in self._sessions.by_id.items()}
+
+    def sessions_version(self) -> tuple[int, int]:
+        """Changes whenever a session opens or ends (or a snapshot replaces
+        the table): cheap to poll, so the leader rescans only then."""
+        return self._session_epoch, self._sessions.changes
 
     def session_exists(self, sid: int) -> bool:
         return self._sessions.get(sid) is not None
@@ -268,6 +287,7 @@ class NamespaceStateMachine:
                 if enabled:
                     gc.enable()
         self._tree, self._sessions, self._last_zxid = tree, sessions, zxid
+        self._session_epoch += 1
         self._history.reset(zxid)
 
     def _decode_snapshot(self, data: bytes) -> tuple[Tree, SessionTable, int]:

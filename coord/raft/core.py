@@ -216,6 +216,20 @@ class RaftCore:
                 self.election_elapsed = 0
                 self._start_election(pre=self.cfg.pre_vote, transfer=False)
 
+    def peer_unreachable(self, pid: int) -> None:
+        """A hint from the driver that ``pid``'s process is gone (its port
+        refused a connection: not a slow or partitioned link).  If it is our
+        leader, stop honouring its lease and campaign after a short random
+        delay (under half an election timeout) instead of a full timeout.
+        Only liveness depends on this: a wrong hint costs an election at most,
+        and pre-vote still needs a majority that has lost the leader too."""
+        if (self.role is Role.LEADER or pid == 0 or pid != self.leader_id
+                or self.election_elapsed >= self.cfg.election_ticks):
+            return
+        e = self.cfg.election_ticks
+        self.election_elapsed = e  # the lease is over: grant (pre-)votes now
+        self.randomized_timeout = e + self.rng.randrange(max(1, e // 2))
+
     def campaign(self) -> None:
         if self.role is not Role.LEADER and self.promotable():
             self._start_election(pre=False, transfer=False)

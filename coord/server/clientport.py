@@ -271,9 +271,9 @@ class ClientConnection:
                 "msg": "internal server error"}
 
     def _try_inline(self, req: Any) -> bool:
-        """Serve a local read (get, exists, children without ``lin``) right
-        here in the reader, with no task: it never waits, and a task per
-        read was most of a read's cost.  False if ``req`` needs a task."""
+        """Serve a local read (get, exists, children without ``lin``; ping)
+        right here in the reader, with no task: it never waits, and a task
+        per read was most of a read's cost.  False if ``req`` needs a task."""
         if type(req) is not dict:
             return False
         op = req.get("op")
@@ -326,7 +326,7 @@ class ClientConnection:
                 raise _bad("'secret' must be bytes to resume a session")
             # Never show a client older state than it has seen elsewhere.
             await self.service.wait_applied(last)
-            known = self.ns.sessions().get(sid)
+            known = self.ns.session(sid)
             if known is None:
                 raise SessionExpiredError(f"session {sid:#x} has expired")
             if known[1] != secret:
@@ -336,6 +336,9 @@ class ClientConnection:
         self.service.touch(sid)
         return {"sid": sid, "secret": secret, "timeout_ms": timeout_ms,
                 "server_id": self.service.server_id, "zxid": self.service.applied}
+
+    def read_ping(self, req: dict) -> dict:
+        return {}
 
     async def op_ping(self, req: dict) -> dict:
         return {}
@@ -521,6 +524,7 @@ INLINE_READS: dict[str, Callable[[ClientConnection, dict], dict]] = {
     Op.GET.value: ClientConnection.read_get,
     Op.EXISTS.value: ClientConnection.read_exists,
     Op.CHILDREN.value: ClientConnection.read_children,
+    Op.PING.value: ClientConnection.read_ping,  # keepalives: thousands per second with many sessions
 }
 
 

@@ -200,6 +200,10 @@ class RaftNode:
             return
         self._send_in.send_nowait(msg)
 
+    def peer_unreachable(self, pid: int) -> None:
+        """The transport found ``pid``'s port closed (its process is gone)."""
+        self._send_in.send_nowait(("unreachable", pid))
+
     @property
     def is_leader(self) -> bool:
         return self.core.role is Role.LEADER
@@ -312,6 +316,8 @@ class RaftNode:
             core.step(item)
         elif item[0] == "read":
             core.read_index(item[1])
+        elif item[0] == "unreachable":
+            core.peer_unreachable(item[1])
         elif item[0] == "persisted":
             self._in_pipeline -= len(item[1])
             for rd in item[1]:

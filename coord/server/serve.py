@@ -70,6 +70,7 @@ class Server:
         self.transport = PeerTransport(
             cfg.server_id, cfg.cluster_id, cfg.peer_address,
             dict(self._addr_book), self.node.deliver,
+            on_unreachable=self.node.peer_unreachable,
         )
 
     def _send(self, msg) -> None:

@@ -100,6 +100,7 @@ class CoordService:
         self.node = self.server.node
         self.tracker = SessionTracker()
         self._tracked_term = -1
+        self._tracked_version: tuple[int, int] = (-1, -1)  # the session table the tracker follows
         self._touched: set[int] = set()
         self._forward_ids = itertools.count(1)
         self._forwards: dict[bytes, _Reply] = {}
@@ -277,8 +278,6 @@ class CoordService:
         else:
             self._touched.add(sid)
 
-    def _session_timeouts(self) -> dict[int, int]:
-        return {sid: v[0] for sid, v in self.ns.sessions().items()}
 
     async def _session_loop(self) -> None:
         """Forward keepalives (followers) or expire sessions (leader)."""
@@ -291,15 +290,16 @@ class CoordService:
             last = now
             core = self.node.core
             if core.role is Role.LEADER:
-                sessions = self._session_timeouts()
+                version = self.ns.sessions_version()
                 if self._tracked_term != core.term or stalled:
                     # New leader, or this process was stopped (SIGSTOP, swap):
                     # what it heard is stale, so fresh full timeouts for
                     # everyone rather than a mass expiry.
-                    self.tracker.reset(sessions, now)
+                    self.tracker.reset(self.ns.session_timeouts(), now)
                     self._tracked_term = core.term
-                else:
-                    self.tracker.reconcile(sessions, now)
+                elif version != self._tracked_version:
+                    self.tracker.reconcile(self.ns.session_timeouts(), now)
+                self._tracked_version = version
                 for sid in self._touched:
                     self.tracker.touch(sid, now)
                 self._touched.clear()
@@ -347,7 +347,7 @@ class CoordService:
             "commit": core.commit_index, "applied": self.node.applied_index,
             "voters": sorted(m.voters), "outgoing": sorted(m.outgoing), "learners": sorted(m.learners),
             "members": members, "config_version": core.membership_version,
-            "nodes": self.ns.node_count, "sessions": len(self._session_timeouts()),
+            "nodes": self.ns.node_count, "sessions": self.ns.session_count,
         }
         if core.role is Role.LEADER:
             out["progress"] = {pid: {**p, "lag": core.last_index - p["match"]} for pid, p in core.progress().items()}

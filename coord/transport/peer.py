@@ -69,6 +69,16 @@ class _Outbound:
         self.connected = False
 
 
+def _refused(exc: OSError) -> bool:
+    """Whether a failed connect was refused (nothing listens: the process is
+    gone), as opposed to timing out or being unroutable.  Trio reports
+    per-address failures as the cause of one OSError."""
+    if isinstance(exc, ConnectionRefusedError):
+        return True
+    errors = getattr(exc.__cause__, "exceptions", None)
+    return bool(errors) and all(isinstance(e, ConnectionRefusedError) for e in errors)
+
+
 def _addr(a: Any) -> Addr:
     host, port = a
     return (str(host), int(port))
@@ -101,6 +111,7 @@ class PeerTransport:
         backoff_max: float = 2.0,
         batch_bytes: int = 4 << 20,
         accept_unknown: bool = True,
+        on_unreachable: Callable[[int], None] | None = None,
     ):
         self.node_id = node_id
         self.cluster_id = cluster_id
@@ -114,6 +125,7 @@ class PeerTransport:
         self.backoff_max = backoff_max
         self.batch_bytes = batch_bytes
         self.accept_unknown = accept_unknown
+        self.on_unreachable = on_unreachable  # called with a peer id whose port refused us (process gone)
         self.port: int | None = None  # bound port, once run() has started
         self.peer_stats: dict[int, PeerStats] = {}
         self.dropped_unknown = 0  # messages to ids that are not peers
@@ -246,6 +258,8 @@ class PeerTransport:
         except trio.TooSlowError:
             return "connect timed out"
         except OSError as exc:
+            if self.on_unreachable is not None and _refused(exc):
+                self.on_unreachable(out.peer_id)
             return f"connect failed: {exc}"
         reason = "connection closed"
         async with stream:

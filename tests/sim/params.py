@@ -51,6 +51,11 @@ class SimParams:
     partition_us: tuple[int, int] = (50_000, 1_000_000)
     burst_rate: float = 0.5
     burst_us: tuple[int, int] = (20_000, 300_000)
+    # Driver hints (RaftCore.peer_unreachable): after a crash, each live server
+    # may be told the crashed one is gone (a refused connect); and now and then
+    # a wrong hint about a live peer, which must cost nothing but an election.
+    unreachable_hint_prob: float = 0.6
+    spurious_hint_per_tick: float = 0.0005
 
     def replace(self, **kw) -> "SimParams":
         return dataclasses.replace(self, **kw)

@@ -236,6 +236,10 @@ class Simulation:
         node.pending.clear()
         self.checker.on_crash(node.id)
         self.stats["crashes"] += 1
+        for other in self.nodes.values():
+            if other.core is not None and self.rng.random() < self.p.unreachable_hint_prob:
+                self._at(self.now + self.rng.randint(*self.p.delay_us), self._hint_unreachable,
+                         other.id, other.inc, node.id)
 
     def _restart(self, nid: int) -> None:
         node = self.nodes[nid]
@@ -251,8 +255,17 @@ class Simulation:
         if node.inc != inc or node.core is None:
             return
         node.core.tick()
+        if self.rng.random() < self.p.spurious_hint_per_tick:
+            node.core.peer_unreachable(self.rng.choice(sorted(self.nodes)))
         self._settle(node)
         self._at(self.now + node.tick_us, self._tick_fn, nid, inc)
+
+    def _hint_unreachable(self, nid: int, inc: int, gone: int) -> None:
+        node = self.nodes[nid]
+        if node.inc != inc or node.core is None:
+            return
+        node.core.peer_unreachable(gone)
+        self._settle(node)
 
     def _deliver(self, m: Message) -> None:
         node = self.nodes.get(m.to)
