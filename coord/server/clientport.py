@@ -271,22 +271,44 @@ class ClientConnection:
                 "msg": "internal server error"}
 
     def _try_inline(self, req: Any) -> bool:
-        """Serve a local read (get, exists, children without ``lin``; ping)
-        right here in the reader, with no task: it never waits, and a task
-        per read was most of a read's cost.  False if ``req`` needs a task."""
+        """Serve a read (get, exists, children; ping) with no task of its
+        own: a local read right here in the reader (it never waits), a
+        ``lin`` read when the service's next shared ReadIndex barrier
+        completes.  A task per read was most of a read's cost.  False if
+        ``req`` needs a task."""
         if type(req) is not dict:
             return False
         op = req.get("op")
         reader = INLINE_READS.get(op) if type(op) is str else None
-        if reader is None or req.get("lin", False) is not False:
+        if reader is None:
             return False
+        lin = req.get("lin", False)
+        if lin is not False and (lin is not True or self._inflight >= MAX_INFLIGHT):
+            return False  # a bad flag gets its error from the task path; a full pipe waits there
         try:
             rid, _, _ = self._admit(req)
+        except Exception as e:  # noqa: BLE001 - every failure is the client's answer
+            self._queue(self._error_response(_request_id(req), req, e))
+            return True
+        if lin:
+            self._inflight += 1
+            self.service.after_read_barrier(lambda err: self._finish_read(rid, req, reader, err))
+        else:
+            self._finish_read(rid, req, reader, None)
+        return True
+
+    def _finish_read(self, rid: int, req: dict, reader: Callable, barrier_error: Exception | None,
+                     ) -> None:
+        try:
+            if barrier_error is not None:
+                raise barrier_error
             resp = {"id": rid, "ok": True, "zxid": self.service.applied, "r": reader(self, req)}
         except Exception as e:  # noqa: BLE001 - every failure is the client's answer
-            resp = self._error_response(_request_id(req), req, e)
-        self._queue(resp)
-        return True
+            resp = self._error_response(rid, req, e)
+        if req.get("lin"):
+            self._inflight -= 1
+        if self.close_reason is None:
+            self._queue(resp)
 
     async def _serve(self, req: Any, sem: trio.Semaphore) -> None:
         try:

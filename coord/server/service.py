@@ -19,7 +19,7 @@ import itertools
 import logging
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 import cbor2
 import trio
@@ -104,6 +104,7 @@ class CoordService:
         self._touched: set[int] = set()
         self._forward_ids = itertools.count(1)
         self._forwards: dict[bytes, _Reply] = {}
+        self._lin_batch: list[Callable[[Exception | None], None]] = []  # waiting for the next read barrier
         self._nursery: trio.Nursery | None = None
         self.write_timeout = max(2.0, 4 * cfg.election_ticks * cfg.tick_ms / 1000)
         self.stats = {"writes": 0, "forwarded": 0, "reads": 0, "expired_sessions": 0}
@@ -243,6 +244,24 @@ class CoordService:
             raise OperationTimeoutError(
                 f"this server has not caught up to zxid {zxid} (it is at {self.node.applied_index})"
             )
+
+    def after_read_barrier(self, fn: Callable[[Exception | None], None]) -> None:
+        """Call ``fn(None)`` once a ReadIndex barrier taken after this call
+        has been applied here (``fn(error)`` if it failed).  Calls made in
+        the same scheduling pass share one barrier and one task."""
+        self._lin_batch.append(fn)
+        if len(self._lin_batch) == 1:
+            self._nursery.start_soon(self._run_lin_batch)
+
+    async def _run_lin_batch(self) -> None:
+        batch, self._lin_batch = self._lin_batch, []
+        error: Exception | None = None
+        try:
+            await self.read_barrier()
+        except CoordError as e:
+            error = e
+        for fn in batch:
+            fn(error)
 
     async def read_barrier(self) -> None:
         with trio.move_on_after(self.write_timeout) as scope:
