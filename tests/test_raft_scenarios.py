@@ -350,6 +350,9 @@ def test_unreachable_leader_hint_shortens_failover_and_is_ignored_otherwise():
     c.tick([1], n=1)  # a heartbeat resets the followers' timers
 
     c.isolate(1)  # "SIGKILL" of the leader
+    c[2].peer_unreachable(1)  # ignored: heard from the leader within this heartbeat interval
+    assert not c[2]._hinted
+    c.tick([2, 3], n=1)
     c[2].peer_unreachable(1)
     c[3].peer_unreachable(1)
     for ticks in range(1, ELECTION // 2 + 1):
@@ -368,9 +371,12 @@ def test_wrong_unreachable_hint_from_one_follower_does_not_depose_a_live_leader(
     c.elect(1)
     c.stabilize()
     term = c[1].term
+    c.tick([2], n=1)
     c[2].peer_unreachable(1)
+    assert c[2]._hinted
     for _ in range(ELECTION // 2 + 1):
         c.tick([2], n=1)
         c.tick([1], n=1)  # the live leader keeps heart-beating
     assert c[1].role is Role.LEADER and c[1].term == term
     assert c[2].term == term and c[3].term == term
+    assert not c[2]._hinted and c[2].randomized_timeout >= ELECTION  # the full timeout range is back

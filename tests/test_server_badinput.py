@@ -230,3 +230,29 @@ def test_client_that_never_reads_its_events_is_disconnected(server):
         await writer.aclose()
 
     trio.run(go)
+
+
+def test_connection_reset_with_pending_linearizable_watch_reads(server):
+    """A client sends linearizable reads that set watches, then resets the
+    connection before the answers: the server stays up, and no watch
+    outlives the connection (the reads complete after it is gone)."""
+    import socket
+
+    async def go():
+        before = (await server.statuses())[1]["watches"]
+        for _ in range(5):
+            stream, fs = await _session(server.client_addr(1))
+            await fs.send_many([{"id": 10 + k, "op": "exists", "path": f"/never-{k}", "watch": True, "lin": True}
+                                for k in range(400)])
+            sock = stream.socket
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST on close
+            sock.close()
+        with trio.fail_after(10):
+            while (await server.statuses())[1]["watches"] != before:
+                await trio.sleep(0.05)
+        stream, fs = await _session(server.client_addr(1))  # still serving
+        async with stream:
+            r = await _call(fs, id=2, op="exists", path="/", lin=True)
+            assert r["ok"], r
+
+    trio.run(go)

@@ -113,6 +113,7 @@ class RaftCore:
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
         self.randomized_timeout = 0
+        self._hinted = False  # randomized_timeout was shortened by peer_unreachable
         self._reset_randomized_timeout()
         self.votes: dict[int, bool] = {}
         self._win_when_durable = False
@@ -224,11 +225,13 @@ class RaftCore:
         Only liveness depends on this: a wrong hint costs an election at most,
         and pre-vote still needs a majority that has lost the leader too."""
         if (self.role is Role.LEADER or pid == 0 or pid != self.leader_id
-                or self.election_elapsed >= self.cfg.election_ticks):
-            return
+                or self.election_elapsed >= self.cfg.election_ticks
+                or self.election_elapsed < self.cfg.heartbeat_ticks):
+            return  # not our leader, lease already over, or we heard from it this very heartbeat
         e = self.cfg.election_ticks
         self.election_elapsed = e  # the lease is over: grant (pre-)votes now
         self.randomized_timeout = e + self.rng.randrange(max(1, e // 2))
+        self._hinted = True  # undone if the leader turns out to be alive
 
     def campaign(self) -> None:
         if self.role is not Role.LEADER and self.promotable():
@@ -428,6 +431,7 @@ class RaftCore:
     # role changes
     # ------------------------------------------------------------------
     def _reset_randomized_timeout(self) -> None:
+        self._hinted = False
         e = self.cfg.election_ticks
         self.randomized_timeout = e + self.rng.randrange(e)
 
@@ -559,6 +563,8 @@ class RaftCore:
     # ------------------------------------------------------------------
     def _step_follower(self, m: Message) -> None:
         t = m.type
+        if self._hinted and t in (MsgType.APPEND, MsgType.HEARTBEAT, MsgType.SNAPSHOT):
+            self._reset_randomized_timeout()  # a wrong hint: the leader is alive
         if t is MsgType.APPEND:
             self.election_elapsed = 0
             self.leader_id = m.frm

@@ -201,10 +201,13 @@ class Ready:
     still being written: that overlap is where group commit comes from.
 
     A hard state that differs from the last durable one only in ``commit``
-    needs no fsync of its own (``needs_sync``): ``committed`` never goes
-    past this server's own durable log, and those entries are on a majority's
-    disks, so the commit index is only a restart hint.  A driver may write
-    it with the next batch that syncs anyway.
+    needs no fsync of its own (``needs_sync``) *when no earlier write is
+    still in progress*: then every entry handed out is durable here, so the
+    commit index (which never passes the last entry) is covered by this
+    server's durable log, and committed entries are on a majority's disks;
+    the commit index on disk is only a restart hint.  A driver may write it
+    with the next batch that syncs anyway.  (With writes in progress, the
+    ready queues behind them as usual.)
     """
 
     hard_state: HardState | None = None

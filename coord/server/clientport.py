@@ -144,6 +144,10 @@ class ClientConnection:
                             await trio.sleep(0.01)
                     nursery.cancel_scope.cancel()
         finally:
+            # Callbacks may still arrive (a shared read barrier completing,
+            # a watch firing): from now on they only drop their results.
+            self._finished = True
+            self._nursery = None
             self.service.watches.remove_watcher(self)
             with trio.CancelScope(shield=True):
                 with trio.move_on_after(1):
@@ -151,13 +155,14 @@ class ClientConnection:
 
     _inflight = 0
     _inline_streak = 0
+    _finished = False  # run() has returned
     _nursery: trio.Nursery | None = None
 
     def close(self, reason: str) -> None:
         """Send a last event saying why, then drop the connection.  What was
         still queued is discarded (the connection is ending anyway), and a
         client that reads nothing gets a few seconds before the socket closes."""
-        if self.close_reason is not None:
+        if self.close_reason is not None or self._finished:
             return
         self.close_reason = reason
         log.info("closing client connection %s (session %#x): %s", self.peer, self.sid, reason)
@@ -215,6 +220,8 @@ class ClientConnection:
             nursery.start_soon(self._serve, req, sem)
 
     def _queue(self, msg: dict) -> None:
+        if self._finished:
+            return
         try:
             self.out_send.send_nowait(msg)
         except trio.WouldBlock:
@@ -299,16 +306,17 @@ class ClientConnection:
 
     def _finish_read(self, rid: int, req: dict, reader: Callable, barrier_error: Exception | None,
                      ) -> None:
+        if req.get("lin"):
+            self._inflight -= 1
+        if self._finished or self.close_reason is not None:
+            return  # nobody to answer: do not read (a watch would outlive the connection)
         try:
             if barrier_error is not None:
                 raise barrier_error
             resp = {"id": rid, "ok": True, "zxid": self.service.applied, "r": reader(self, req)}
         except Exception as e:  # noqa: BLE001 - every failure is the client's answer
             resp = self._error_response(rid, req, e)
-        if req.get("lin"):
-            self._inflight -= 1
-        if self.close_reason is None:
-            self._queue(resp)
+        self._queue(resp)
 
     async def _serve(self, req: Any, sem: trio.Semaphore) -> None:
         try:

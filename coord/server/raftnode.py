@@ -278,7 +278,11 @@ class RaftNode:
                 task_status.started()
                 await self._main_loop()
         finally:
-            self._disk_q.put(None)  # the thread finishes the write in progress, then exits
+            # The thread writes what is queued, then exits; wait for it, so
+            # nobody closes the storage under a write in progress.
+            self._disk_q.put(None)
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(disk.join)
 
     async def _ticker(self) -> None:
         while True:

@@ -261,7 +261,10 @@ class CoordService:
         except CoordError as e:
             error = e
         for fn in batch:
-            fn(error)
+            try:
+                fn(error)
+            except Exception:  # one connection's bug must not cost the others their answers
+                log.exception("server %d: a read-barrier callback failed", self.server_id)
 
     async def read_barrier(self) -> None:
         with trio.move_on_after(self.write_timeout) as scope:
@@ -366,7 +369,7 @@ class CoordService:
             "commit": core.commit_index, "applied": self.node.applied_index,
             "voters": sorted(m.voters), "outgoing": sorted(m.outgoing), "learners": sorted(m.learners),
             "members": members, "config_version": core.membership_version,
-            "nodes": self.ns.node_count, "sessions": self.ns.session_count,
+            "nodes": self.ns.node_count, "sessions": self.ns.session_count, "watches": self.watches.count(),
         }
         if core.role is Role.LEADER:
             out["progress"] = {pid: {**p, "lag": core.last_index - p["match"]} for pid, p in core.progress().items()}
