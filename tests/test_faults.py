@@ -105,6 +105,44 @@ async def test_client_of_isolated_server_notices_before_its_session_expires(faul
         assert await observer.exists("/mine") is not None  # failed over with its session
 
 
+async def test_client_of_follower_the_leader_cannot_hear_notices_before_its_session_expires(fault_cluster):
+    """A one-way cut: the follower still hears the leader (so it has a
+    leader) but nothing it sends arrives, keepalives included.  Found by the
+    soak (seed 1052): such a follower kept answering pings while the leader
+    expired its clients' sessions, so a lock holder overlapped the next one.
+    The follower must notice that the leader stopped acknowledging its
+    keepalives and drop its clients in time."""
+    import random
+
+    c = fault_cluster
+    leader = await c.wait_leader()
+    async with Client(c.endpoints, session_timeout=10) as observer:
+        for k in range(50):  # a victim connected to a follower
+            victim = Client(c.endpoints, session_timeout=3, rng=random.Random(k))
+            await victim.__aenter__()
+            if victim.server_id != leader:
+                break
+            await victim.__aexit__(None, None, None)
+        try:
+            await victim.create("/mine", b"", ephemeral=True)
+            states: list[ConnState] = []
+            victim.add_listener(states.append)
+            follower = victim.server_id
+            t0 = trio.current_time()
+            c.net.block([(follower, s) for s in c.servers() if s != follower])  # it hears, nobody hears it
+            with trio.fail_after(10):
+                while ConnState.SUSPENDED not in states:
+                    await trio.sleep(0.05)
+            assert trio.current_time() - t0 < 2.0, "noticed only after the session could have expired"
+            with trio.fail_after(15):
+                while not (victim.connected and victim.server_id != follower):
+                    await trio.sleep(0.05)
+            assert ConnState.EXPIRED not in states
+            assert await observer.exists("/mine") is not None  # failed over with its session
+        finally:
+            await victim.__aexit__(None, None, None)
+
+
 @pytest.mark.parametrize("seed", CI_SEEDS)
 async def test_seeded_schedule(seed):
     v = await run_schedule(seed, CI_DURATION, log=print)

@@ -92,6 +92,8 @@ async def test_three_transports_exchange_messages():
             nodes[1].t.send(Message(MsgType.APPEND, 1, 2, term=1, index=0, entries=entries, commit=999))
             await wait_until(
                 lambda: all(len(node.got) >= 400 for i, node in nodes.items() if i != 2) and len(nodes[2].got) >= 401
+                # a receiver can have a batch before its sender has counted it as sent
+                and nodes[1].t.peer_stats[2].sent == 201 and nodes[1].t.peer_stats[3].sent == 200
             )
             for i, node in nodes.items():
                 for j in nodes:

@@ -225,9 +225,10 @@ class RaftCore:
         Only liveness depends on this: a wrong hint costs an election at most,
         and pre-vote still needs a majority that has lost the leader too."""
         if (self.role is Role.LEADER or pid == 0 or pid != self.leader_id
-                or self.election_elapsed >= self.cfg.election_ticks
-                or self.election_elapsed < self.cfg.heartbeat_ticks):
-            return  # not our leader, lease already over, or we heard from it this very heartbeat
+                or self.election_elapsed >= self.cfg.election_ticks):
+            return  # not our leader, or its lease is already over
+        # (A wrong hint about a live leader is undone by its next heartbeat,
+        # and a pre-vote sent before that is refused by followers that hear it.)
         e = self.cfg.election_ticks
         self.election_elapsed = e  # the lease is over: grant (pre-)votes now
         self.randomized_timeout = e + self.rng.randrange(max(1, e // 2))

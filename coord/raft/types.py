@@ -114,10 +114,11 @@ class MsgType(enum.IntEnum):
     # Raft core (the driver routes them to the service):
     FORWARD = 20  # follower -> leader: propose ``data`` (a command); ``context`` = request id
     FORWARD_RESP = 21  # leader -> follower: ``data`` = result, ``index`` = zxid, ``reject`` = not leader
-    SESSION_TOUCH = 22  # follower -> leader: ``data`` = CBOR list of session ids seen alive
+    SESSION_TOUCH = 22  # follower -> leader: ``data`` = CBOR list of session ids seen alive, ``index`` = batch no.
+    SESSION_TOUCH_ACK = 23  # leader -> follower: ``index`` = the batch number of a SESSION_TOUCH it received
 
 
-APP_MESSAGES = frozenset({MsgType.FORWARD, MsgType.FORWARD_RESP, MsgType.SESSION_TOUCH})
+APP_MESSAGES = frozenset({MsgType.FORWARD, MsgType.FORWARD_RESP, MsgType.SESSION_TOUCH, MsgType.SESSION_TOUCH_ACK})
 
 
 @dataclass(slots=True)

@@ -132,6 +132,7 @@ class ClientConnection:
 
     # -- plumbing ---------------------------------------------------------
     async def run(self) -> None:
+        self.service.connections.add(self)
         try:
             with self._scope:
                 async with trio.open_nursery() as nursery:
@@ -148,6 +149,7 @@ class ClientConnection:
             # a watch firing): from now on they only drop their results.
             self._finished = True
             self._nursery = None
+            self.service.connections.discard(self)
             self.service.watches.remove_watcher(self)
             with trio.CancelScope(shield=True):
                 with trio.move_on_after(1):
@@ -249,13 +251,14 @@ class ClientConnection:
             if not self.service.is_member():
                 self.close("this server is not a member of the ensemble")
                 raise ConnectionLossError("this server is not a member of the ensemble; use another")
-            if not self.service.node.leader_id:
-                # Cut off from the leader (or mid-election): sessions are
-                # kept alive by the leader only, so pretending otherwise would
-                # let a client believe in a session the majority is expiring.
-                # Drop the connection, as ZooKeeper does; the client moves on.
-                self.close("this server has no leader right now")
-                raise ConnectionLossError("this server has no leader right now; use another")
+            if not self.service.reaches_leader():
+                # Cut off from the leader (or mid-election, or the leader does
+                # not hear us): sessions are kept alive by the leader only, so
+                # pretending otherwise would let a client believe in a session
+                # the majority is expiring.  Drop the connection, as ZooKeeper
+                # does; the client moves on.
+                self.close("this server cannot reach the leader right now")
+                raise ConnectionLossError("this server cannot reach the leader right now; use another")
         if needs_session:
             if not self.sid:
                 raise SessionExpiredError("no session: send hello first")

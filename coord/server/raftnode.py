@@ -151,6 +151,7 @@ class RaftNode:
         seed: int | None = None,
         on_membership: Callable[[Membership], None] | None = None,
         on_app_message: Callable[[Message], None] | None = None,
+        on_leader: Callable[[int], None] | None = None,
     ):
         self.node_id = node_id
         self.store = store
@@ -159,6 +160,8 @@ class RaftNode:
         self.opts = options
         self.on_membership = on_membership
         self.on_app_message = on_app_message
+        self.on_leader = on_leader  # called with the new leader id (0: none) when it changes
+        self._leader_seen = -1
         if recovered_snapshot is not None and recovered_snapshot.meta.index > 0:
             state_machine.restore(recovered_snapshot.data)
         self.core = RaftCore(
@@ -360,6 +363,10 @@ class RaftNode:
                     self._enqueue_lazy(rd.hard_state)
                 self._after_persist(rd)
         self._flush_to_disk()
+        if core.leader_id != self._leader_seen:
+            self._leader_seen = core.leader_id
+            if self.on_leader is not None:
+                self.on_leader(core.leader_id)
         m = core.membership
         if m is not self._membership_seen:
             self._membership_seen = m

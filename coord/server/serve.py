@@ -46,7 +46,8 @@ class Server:
     """The parts of a running server, for the service layer to use."""
 
     def __init__(self, cfg: ServerConfig, state_machine: StateMachine, *,
-                 on_app_message: Callable[[Message], None] | None = None):
+                 on_app_message: Callable[[Message], None] | None = None,
+                 on_leader: Callable[[int], None] | None = None):
         self.cfg = cfg
         self._addr_book: dict[int, tuple[str, int]] = {}
         self.storage = DiskStorage(cfg.data_dir, fsync=cfg.fsync)
@@ -65,6 +66,7 @@ class Server:
             options=NodeOptions(tick_seconds=cfg.tick_ms / 1000, snapshot_entries=cfg.snapshot_entries),
             on_membership=self._on_membership,
             on_app_message=on_app_message,
+            on_leader=on_leader,
         )
         self._addr_book.update(peer_addrs(self.node.core.membership))
         self.transport = PeerTransport(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import time
 from typing import Any, Callable
@@ -96,12 +97,27 @@ class CoordService:
         self.ns = NamespaceStateMachine(max_data_bytes=cfg.max_data_bytes)
         self.watches = WatchRegistry()
         self.ns.on_events = self.watches.dispatch
-        self.server = Server(cfg, ServiceStateMachine(self.ns), on_app_message=self._on_app_message)
+        self.server = Server(cfg, ServiceStateMachine(self.ns), on_app_message=self._on_app_message,
+                             on_leader=self._on_leader)
         self.node = self.server.node
         self.tracker = SessionTracker()
         self._tracked_term = -1
         self._tracked_version: tuple[int, int] = (-1, -1)  # the session table the tracker follows
         self._touched: set[int] = set()
+        # Follower side of session keepalives: every period a numbered batch
+        # of touched sessions goes to the leader, which acknowledges it.  The
+        # send time of the newest acknowledged batch says until when the
+        # leader is known to hear us (see reaches_leader).
+        self._touch_period = max(0.05, cfg.min_session_timeout_ms / 1000 / 8)
+        # Clients are dropped at most bound + period after the newest
+        # acknowledged batch was sent (T/2 + T/8 for the shortest timeout T);
+        # a lock holder gives up a sixth of T after that: before 0.8 T, so
+        # before the leader can expire it.
+        self._touch_bound = cfg.min_session_timeout_ms / 1000 / 2
+        self._touch_seq = 0
+        self._touch_sent: dict[int, float] = {}  # batch number -> send time (recent ones)
+        self._leader_heard_us_at = -math.inf
+        self.connections: set = set()  # client connections (ClientConnection), for dropping them
         self._forward_ids = itertools.count(1)
         self._forwards: dict[bytes, _Reply] = {}
         self._lin_batch: list[Callable[[Exception | None], None]] = []  # waiting for the next read barrier
@@ -199,11 +215,17 @@ class CoordService:
                 sids = cbor2.loads(m.data)
             except Exception:
                 return
-            if isinstance(sids, list):
+            if isinstance(sids, list) and self.node.is_leader:
                 now = trio.current_time()
                 for sid in sids:
                     if isinstance(sid, int):
                         self.tracker.touch(sid, now)
+                self.server.transport.send(Message(MsgType.SESSION_TOUCH_ACK, self.server_id, m.frm,
+                                                   self.node.core.term, index=m.index))
+        elif m.type is MsgType.SESSION_TOUCH_ACK:
+            sent = self._touch_sent.get(m.index)
+            if sent is not None and m.frm == self.node.leader_id:
+                self._leader_heard_us_at = max(self._leader_heard_us_at, sent)
 
     def _serve_forward(self, m: Message) -> None:
         """Leader side of a forwarded write: proposed at once, answered from
@@ -301,9 +323,42 @@ class CoordService:
             self._touched.add(sid)
 
 
+    def reaches_leader(self) -> bool:
+        """Whether this server may keep client sessions: it is the leader, or
+        the leader acknowledged a keepalive batch sent within the last half
+        of the shortest session timeout.  A follower that hears the leader
+        but cannot reach it (a one-way cut) fails this too: its clients'
+        keepalives go nowhere, so it must not keep telling them all is well."""
+        if self.node.is_leader:
+            return True
+        if not self.node.leader_id:
+            return False
+        return trio.current_time() - self._leader_heard_us_at <= self._touch_bound
+
+    def _send_touches(self, leader: int) -> None:
+        sids, self._touched = sorted(self._touched), set()
+        self._touch_seq += 1
+        self._touch_sent[self._touch_seq] = trio.current_time()
+        self._touch_sent.pop(self._touch_seq - 64, None)
+        self.server.transport.send(Message(MsgType.SESSION_TOUCH, self.server_id, leader,
+                                           data=cbor2.dumps(sids), index=self._touch_seq))
+
+    def _on_leader(self, leader: int) -> None:
+        """A new leader: tell it at once which sessions are alive here (and
+        get its acknowledgement) rather than at the next period, so that
+        clients are not dropped for lack of an acknowledgement after a quick
+        failover."""
+        if leader and leader != self.server_id:
+            self._send_touches(leader)
+
+    def _drop_session_clients(self, reason: str) -> None:
+        for conn in list(self.connections):
+            if conn.sid:
+                conn.close(reason)
+
     async def _session_loop(self) -> None:
         """Forward keepalives (followers) or expire sessions (leader)."""
-        period = max(0.05, self.cfg.min_session_timeout_ms / 1000 / 4)
+        period = self._touch_period
         last = trio.current_time()
         while True:
             await trio.sleep(period)
@@ -330,10 +385,12 @@ class CoordService:
                     self._nursery.start_soon(self._expire, expired, core.term)
             else:
                 self._tracked_term = -1
-                if self._touched and core.leader_id:
-                    sids, self._touched = sorted(self._touched), set()
-                    self.server.transport.send(Message(MsgType.SESSION_TOUCH, self.server_id, core.leader_id,
-                                                       data=cbor2.dumps(sids)))
+                if core.leader_id:
+                    # Sent every period, empty or not: the acknowledgements
+                    # are how this server knows the leader hears it.
+                    self._send_touches(core.leader_id)
+                if not self.reaches_leader():
+                    self._drop_session_clients("this server cannot reach the leader right now")
 
     async def _expire(self, sids: list[int], term: int) -> None:
         """Propose the expiry here, and only while still leader of the term

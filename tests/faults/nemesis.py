@@ -164,15 +164,24 @@ async def membership(ctx: Ctx) -> tuple[str, Heal] | None:
         outcome = f"incomplete: {e!r}"[:120]
 
     async def heal() -> None:
+        # Runs after the other heals (needs_leader): servers they resume or
+        # restart may be needed to elect the leader that answers this.
         try:
-            st = await admin.leader_status()
+            with trio.fail_after(20):
+                while True:
+                    try:
+                        st = await admin.leader_status()
+                        break
+                    except CoordError:
+                        await trio.sleep(0.5)
             if sid in {int(m) for m in st.get("members", {})}:
                 await attempt(remove=[sid])
         except (CoordError, trio.TooSlowError):
-            return  # still a member: it stays up, and the checks run with it
+            return  # still a member as far as we know: it stays up, and the checks run with it
         cluster.members.discard(sid)
         cluster.crash(sid)
 
+    heal.needs_leader = True  # type: ignore[attr-defined]
     return f"add server {sid} ({outcome})", heal
 
 
@@ -223,8 +232,12 @@ class Nemesis:
             await self.heal_some()
 
     async def heal_some(self) -> None:
+        """Undo the active faults, newest first; those that need a leader
+        (membership changes) last, once the others are undone."""
         active, self.active = self.active, []
-        for heal in reversed(active):
+        ordered = [h for h in reversed(active) if not getattr(h, "needs_leader", False)]
+        ordered += [h for h in reversed(active) if getattr(h, "needs_leader", False)]
+        for heal in ordered:
             result = heal()
             if inspect.isawaitable(result):
                 await result
