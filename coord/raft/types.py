@@ -220,9 +220,6 @@ class Ready:
     read_states: list[ReadState] = field(default_factory=list)
     failed_reads: list[bytes] = field(default_factory=list)  # contexts of read_index calls that cannot be served
 
-    def must_sync(self) -> bool:
-        return bool(self.entries) or self.hard_state is not None or self.snapshot is not None
-
     def needs_sync(self, durable: HardState) -> bool:
         """Whether this ready must be fsync'd before steps 3-5, given the
         term and vote already durable (a commit-only change does not)."""

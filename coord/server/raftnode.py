@@ -223,12 +223,8 @@ class RaftNode:
         """Replicate ``data``; returns the state machine's result once it is
         committed and applied here.  Raises NotLeader at once on a follower, and
         ProposalDropped if leadership was lost before the entry committed."""
-        if self.core.role is not Role.LEADER:
-            raise NotLeader("not the leader", self.core.leader_id)
         w = _Waiter()
-        self._proposals.append((data, w))
-        if len(self._proposals) == 1:
-            self._send_in.send_nowait(None)  # wake the loop once per batch
+        self.propose_with(data, w)
         return await w.wait()
 
     def propose_with(self, data: bytes, slot: Any) -> None:
@@ -240,7 +236,7 @@ class RaftNode:
             raise NotLeader("not the leader", self.core.leader_id)
         self._proposals.append((data, slot))
         if len(self._proposals) == 1:
-            self._send_in.send_nowait(None)
+            self._send_in.send_nowait(None)  # wake the loop once per batch
 
     async def read_barrier(self) -> int:
         """Linearizable read barrier (ReadIndex): returns once this server has

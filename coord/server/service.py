@@ -163,10 +163,15 @@ class CoordService:
             raise OperationTimeoutError("the write did not complete in time; its outcome is unknown")
         return zxid, res
 
-    async def _propose_local(self, cmd: dict) -> tuple[int, dict]:
+    @staticmethod
+    def _entry_data(cmd: dict) -> bytes:
+        """A command as the leader puts it in the log: stamped with its clock."""
         cmd["t"] = int(time.time() * 1000)
+        return cbor2.dumps(cmd)
+
+    async def _propose_local(self, cmd: dict) -> tuple[int, dict]:
         try:
-            zxid, res = await self.node.propose(cbor2.dumps(cmd))
+            zxid, res = await self.node.propose(self._entry_data(cmd))
         except ProposalDropped as e:
             raise NotLeaderError(str(e)) from None
         return zxid, res
@@ -246,9 +251,8 @@ class CoordService:
             resp.data = b"session expiry is never forwarded"
             self.server.transport.send(resp)
             return
-        cmd["t"] = int(time.time() * 1000)
         try:
-            self.node.propose_with(cbor2.dumps(cmd), _ForwardReply(self.server.transport, resp))
+            self.node.propose_with(self._entry_data(cmd), _ForwardReply(self.server.transport, resp))
         except ProposalDropped as e:
             resp.reject = True
             resp.data = str(e).encode() or b"not the leader"
