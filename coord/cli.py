@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -15,6 +16,11 @@ import time
 import click
 
 from coord.server.config import ConfigError, load_config
+
+
+# Exit status of ``coord serve`` when the data directory cannot be trusted
+# (sysexits' EX_DATAERR): systemd's unit does not restart on it.
+EXIT_DATA_ERROR = 65
 
 
 def _setup_logging(level: str) -> None:
@@ -34,19 +40,28 @@ def main() -> None:
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
               help="TOML configuration file (see conf/).")
 @click.option("--log-level", default="info", show_default=True)
-def serve(config_path: str, log_level: str) -> None:
+@click.option("--recover-lost-log", is_flag=True,
+              help="Start even though this server's log lost entries it had written (a cut or deleted WAL "
+                   "file): keep what is left and rejoin without voting until the leader has sent the rest. "
+                   "Only for a server whose disk was damaged; the ensemble must still have a healthy majority.")
+def serve(config_path: str, log_level: str, recover_lost_log: bool) -> None:
     """Run one server of an ensemble."""
     _setup_logging(log_level)
     try:
         cfg = load_config(config_path)
     except ConfigError as e:
         raise click.ClickException(f"bad configuration: {e}") from None
+    cfg = dataclasses.replace(cfg, recover_lost_log=recover_lost_log)
     from coord.server.app import run_app
+    from coord.storage import StorageError
 
     try:
         run_app(cfg)
     except KeyboardInterrupt:
         pass
+    except StorageError as e:  # refused at start: the data directory needs an operator, not a restart
+        click.echo(f"coord: server {cfg.server_id} refuses to start: {e}", err=True)
+        sys.exit(EXIT_DATA_ERROR)
 
 
 async def probe_status(addr: tuple[str, int], timeout: float = 2.0) -> dict | None:
@@ -113,6 +128,7 @@ cluster_id = "{cluster_id}"
 data_dir = "{os.path.join(data_root, f"server{sid}")}"
 peer_address = "127.0.0.1:{peer_ports[sid - 1]}"
 client_address = "127.0.0.1:{client_ports[sid - 1]}"
+wal_segment_bytes = {16 << 20}
 
 [cluster]
 members = {{ {", ".join(m.strip() for m in members.splitlines())} }}

@@ -38,7 +38,8 @@ def child_env() -> dict[str, str]:
 class Cluster:
     def __init__(self, n: int, base_dir: str | os.PathLike, *, tick_ms: int = 50, election_ticks: int = 10,
                  heartbeat_ticks: int = 2, min_session_timeout_ms: int = 500, snapshot_entries: int = 10_000,
-                 cluster_id: str = "test", log_level: str = "info", spare: int = 0):
+                 cluster_id: str = "test", log_level: str = "info", spare: int = 0,
+                 wal_segment_bytes: int = 1 << 20):
         """``n`` initial members (ids 1..n); ``spare`` more ids get ports and
         can be started later with a joining configuration."""
         self.n = n
@@ -48,6 +49,7 @@ class Cluster:
         self.snapshot_entries = snapshot_entries
         self.cluster_id = cluster_id
         self.log_level = log_level
+        self.wal_segment_bytes = wal_segment_bytes  # small: segments are preallocated
         total = n + spare
         ports = free_ports(2 * total)
         self.peer_ports = {i: ports[i - 1] for i in range(1, total + 1)}
@@ -101,6 +103,7 @@ class Cluster:
             f'data_dir = "{os.path.join(self.base, f"data{sid}")}"',
             f'peer_address = "{self.advertised(sid)[0]}"',
             f'client_address = "{HOST}:{self.client_ports[sid]}"',
+            f"wal_segment_bytes = {self.wal_segment_bytes}",
             "",
             "[cluster]",
         ]
@@ -134,13 +137,13 @@ class Cluster:
             self.start_server(sid)
         return self
 
-    def start_server(self, sid: int) -> None:
+    def start_server(self, sid: int, extra_args: tuple[str, ...] = ()) -> None:
         if sid in self.procs and self.procs[sid].poll() is None:
             raise RuntimeError(f"server {sid} is already running")
         logf = open(self.log_path(sid), "ab")
         self._logs[sid] = logf
-        self.procs[sid] = subprocess.Popen(self.server_command(sid), stdout=logf, stderr=subprocess.STDOUT,
-                                           env=child_env())
+        self.procs[sid] = subprocess.Popen([*self.server_command(sid), *extra_args], stdout=logf,
+                                           stderr=subprocess.STDOUT, env=child_env())
 
     def kill(self, sid: int, sig: int = signal.SIGKILL) -> None:
         p = self.procs.get(sid)

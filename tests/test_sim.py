@@ -51,6 +51,23 @@ def test_crash_heavy_seeds():
     _check(range(2000, 2100), "crashy")
 
 
+def test_lost_log_suffix_with_the_recovery_flag_seeds():
+    """A restarting server finds part of its log gone (a cut or deleted WAL
+    file) and rejoins with the operator's recovery flag: it neither votes nor
+    campaigns until a leader has given it everything back."""
+    _check(range(3000, 3150), "lossy")
+
+
+def test_lost_log_suffix_without_the_flag_loses_committed_entries():
+    """The same damage, but the server votes at once on its shorter log (as
+    coord did before it recorded its WAL's extent): the checkers must see
+    committed entries lost.  This is what the flag, and refusing to start
+    without it, prevent."""
+    failures = run_many(list(range(3000, 3040)), "silent-loss", None, jobs=JOBS)
+    assert any(r.invariant in ("leader-completeness", "state-machine-safety", "durability") for r in failures), \
+        [(r.seed, r.invariant) for r in failures]
+
+
 def test_a_seed_replays_identically():
     """The whole point of a seed: the same seed gives the same run."""
     a = Simulation(7, trace_len=500)

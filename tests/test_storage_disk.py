@@ -64,7 +64,7 @@ def test_layout(tmp_path):
     s.close()
     assert sorted(os.listdir(tmp_path)) == ["LOCK", "hardstate", "snap", "wal"]
     assert os.listdir(tmp_path / "snap") == ["snap-%020d-%020d.snap" % (3, 1)]
-    assert wal_segments(tmp_path)[0] == "wal-%020d.log" % 1 and len(wal_segments(tmp_path)) > 1
+    assert wal_segments(tmp_path)[0] == "wal-%020d.seg" % 1 and len(wal_segments(tmp_path)) > 1
 
 
 def test_overwrite_then_reload(tmp_path):
@@ -176,7 +176,9 @@ def test_torn_tail_is_recovered_through_open(tmp_path, caplog):
     s.save(HardState(1, 1, 0), ents(1, 5), None)
     s.close()
     seg = tmp_path / "wal" / wal_segments(tmp_path)[0]
-    seg.write_bytes(seg.read_bytes()[:-2])
+    data = seg.read_bytes()
+    end = len(data.rstrip(b"\0"))
+    seg.write_bytes(data[:end - 2] + bytes(len(data) - end + 2))  # the last 2 bytes never reached the disk
     assert reopen(tmp_path).entries == ents(1, 4)
     assert "torn" in caplog.text
 

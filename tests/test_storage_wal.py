@@ -8,8 +8,8 @@ import pytest
 from coord.raft.types import Entry
 from coord.storage.errors import CorruptLogError, CorruptRecordError, LogGapError, StorageError
 from coord.storage.fileio import FileIO
-from coord.storage.records import encode_record, entry_payload
-from coord.storage.wal import WAL, segment_name
+from coord.storage.records import encode_record, entry_payload, segment_header_payload
+from coord.storage.wal import WAL, legacy_segment_name, segment_name
 
 
 def ents(lo, hi, term=1, size=10):
@@ -46,7 +46,7 @@ def test_round_trip_with_commit_records(tmp_path):
     assert segments(tmp_path) == [segment_name(1)]
 
 
-def test_overwrite_truncates_physically(tmp_path):
+def test_overwrite_erases_the_old_suffix(tmp_path):
     w = new_wal(tmp_path)
     w.append(ents(1, 10))
     w.append_commit(4)
@@ -55,9 +55,18 @@ def test_overwrite_truncates_physically(tmp_path):
     assert w.last_index == 8
     w.close()
     assert reload(tmp_path) == (ents(1, 5) + ents(6, 8, term=2), 4)
-    # Nothing of the old suffix is left on disk.
-    size = sum(len(encode_record(entry_payload(e))) for e in ents(1, 5) + ents(6, 8, term=2))
-    assert os.path.getsize(tmp_path / segment_name(1)) == size + len(encode_record(["c", 4]))
+    # Nothing of the old suffix is left on disk: only zeros after the records.
+    data = (tmp_path / segment_name(1)).read_bytes()
+    used = len(encode_record(segment_header_payload(1, len(data))))
+    used += sum(len(encode_record(entry_payload(e))) for e in ents(1, 5) + ents(6, 8, term=2))
+    used += len(encode_record(["c", 4])) * 2  # before the cut, and again after it
+    assert data[used:].count(0) == len(data) - used
+    assert len(data) == 1 << 20  # the segment keeps its allocated size
+    w = new_wal(tmp_path)
+    w.append(ents(9, 9, term=2))
+    w.sync()
+    w.close()
+    assert reload(tmp_path)[0] == ents(1, 5) + ents(6, 9, term=2)
 
 
 def test_rotation_and_overwrite_across_segments(tmp_path):
@@ -78,7 +87,8 @@ def test_rotation_and_overwrite_across_segments(tmp_path):
     w.append(ents(cut, cut + 2, term=5))
     w.sync()
     w.close()
-    assert [int(n[4:24]) for n in segments(tmp_path)] == firsts[:3]
+    after = [int(n[4:24]) for n in segments(tmp_path)]
+    assert after[:3] == firsts[:3] and all(f > cut for f in after[3:])  # later segments were rewritten
     assert reload(tmp_path)[0] == ents(1, cut - 1) + ents(cut, cut + 2, term=5)
     # Overwrite from exactly a segment's first entry: that segment is replaced.
     w = new_wal(tmp_path, segment_bytes=100)
@@ -123,47 +133,78 @@ def test_compaction_and_reload(tmp_path):
     assert reload(tmp_path, snapshot_index=40, snapshot_term=1)[0] == ents(41, 42)
 
 
+def crash_at(path, data, cut):
+    """What a crash leaves in a preallocated segment: the bytes that reached
+    the disk, and the zeros it was allocated with after them."""
+    path.write_bytes(data[:cut] + bytes(len(data) - cut))
+
+
 def test_crash_inside_the_last_record_at_every_offset(tmp_path, caplog):
     src = tmp_path / "src"
-    w = new_wal(src)
+    w = new_wal(src, segment_bytes=4096)
     w.append(ents(1, 4))
     w.append(ents(5, 5, size=30))
     w.sync()
     w.close()
     data = (src / segment_name(1)).read_bytes()
-    start = len(data) - len(encode_record(entry_payload(ents(5, 5, size=30)[0])))
-    for cut in range(start, len(data)):
+    end = len(data.rstrip(b"\0"))
+    start = end - len(encode_record(entry_payload(ents(5, 5, size=30)[0])))
+    for cut in range(start, end):
         d = tmp_path / f"cut{cut}"
         d.mkdir()
-        (d / segment_name(1)).write_bytes(data[:cut])
+        crash_at(d / segment_name(1), data, cut)
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="coord.storage"):
             assert reload(d) == (ents(1, 4), 0)
-        if cut == start:
-            assert not caplog.records
+        if data[start:cut].count(0) == cut - start:
+            assert not caplog.records  # only zeros reached the disk: nothing to erase
         else:
             (rec,) = caplog.records
             msg = rec.getMessage()
-            assert segment_name(1) in msg and f"offset {start}" in msg and f"{cut - start} bytes" in msg
-        assert os.path.getsize(d / segment_name(1)) == start
-    # After the cut, the log is clean and appendable.
-    w = new_wal(d)
+            assert segment_name(1) in msg and f"offset {start}" in msg and "torn" in msg
+        after = (d / segment_name(1)).read_bytes()
+        assert len(after) == len(data) and after[start:].count(0) == len(data) - start
+    # After the erase, the log is clean and appendable.
+    w = new_wal(d, segment_bytes=4096)
     w.append(ents(5, 6, term=2))
     w.sync()
     w.close()
     assert reload(d)[0] == ents(1, 4) + ents(5, 6, term=2)
 
 
-def test_zero_filled_tail_is_cut(tmp_path, caplog):
+def test_zero_fill_after_the_records_is_the_end_not_damage(tmp_path, caplog):
     w = new_wal(tmp_path)
     w.append(ents(1, 3))
     w.sync()
     w.close()
-    with open(tmp_path / segment_name(1), "ab") as f:
-        f.write(b"\x00" * 4096)
     with caplog.at_level(logging.WARNING, logger="coord.storage"):
         assert reload(tmp_path)[0] == ents(1, 3)
-    assert "4096 bytes" in caplog.text
+    assert not caplog.records
+
+
+def test_older_append_only_segments_are_read_and_never_appended_to(tmp_path, caplog):
+    """A data directory from before preallocation: ``.log`` segments without a
+    header.  They load as before (a torn tail is cut off), and the next append
+    starts a preallocated segment."""
+    old = b"".join(encode_record(entry_payload(e)) for e in ents(1, 4))
+    (tmp_path / legacy_segment_name(1)).write_bytes(old + encode_record(["c", 2]) + b"\x01\x02")
+    with caplog.at_level(logging.WARNING, logger="coord.storage"):
+        assert reload(tmp_path) == (ents(1, 4), 2)
+    assert "torn" in caplog.text
+    w = new_wal(tmp_path)
+    assert w.tail == 0
+    w.append(ents(5, 6))
+    w.sync()
+    w.close()
+    assert segments(tmp_path) == [legacy_segment_name(1), segment_name(5)]
+    assert (tmp_path / legacy_segment_name(1)).read_bytes() == old + encode_record(["c", 2])
+    assert reload(tmp_path)[0] == ents(1, 6)
+    w = new_wal(tmp_path)  # an overwrite reaching into the old segment cuts it
+    w.append(ents(3, 3, term=2))
+    w.sync()
+    w.close()
+    assert segments(tmp_path) == [legacy_segment_name(1), segment_name(3)]
+    assert reload(tmp_path)[0] == ents(1, 2) + ents(3, 3, term=2)
 
 
 def test_flipped_byte_in_an_old_record_is_corruption(tmp_path):
@@ -193,7 +234,10 @@ def _three_segments(path):
 def test_torn_record_in_a_non_last_segment_is_corruption(tmp_path):
     names = _three_segments(tmp_path)
     p = tmp_path / names[0]
-    p.write_bytes(p.read_bytes()[:-3])
+    data = bytearray(p.read_bytes())
+    end = len(bytes(data).rstrip(b"\0"))
+    data[end - 3:end] = b"\0\0\0"  # damage the last record, keep the size
+    p.write_bytes(bytes(data))
     with pytest.raises(CorruptLogError, match="not the last"):
         reload(tmp_path)
 

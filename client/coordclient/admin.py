@@ -166,7 +166,7 @@ class AdminClient:
             while True:
                 st = await self.leader_status()
                 prog = st.get("progress", {})
-                lags = {s: prog.get(s, prog.get(str(s), {})).get("lag", 1 << 62) for s in sids}
+                lags = {s: _lag(prog.get(s, prog.get(str(s), {}))) for s in sids}
                 if progress is not None:
                     progress(lags)
                 ok_rounds = ok_rounds + 1 if all(lag <= max_lag for lag in lags.values()) else 0
@@ -203,3 +203,11 @@ def _result(resp: dict) -> Any:
         return resp.get("r")
     err = CoordError.from_code(resp.get("err", "SystemError"), resp.get("msg", ""), path=resp.get("path"))
     raise err
+
+
+def _lag(progress: dict) -> int:
+    """A server's lag behind the leader; unbounded until it has acknowledged
+    anything (match 0: the leader has not heard from it yet, however short the log)."""
+    if not progress.get("match"):
+        return 1 << 62
+    return progress.get("lag", 1 << 62)

@@ -50,6 +50,10 @@ from .types import (
 )
 
 TRANSFER = b"transfer"  # context of a vote request caused by leadership transfer
+# context of an APPEND_RESP from a server that is recovering from a lost log
+# suffix, and of the leader's APPEND that tells it it has everything again.
+RECOVERING = b"recovering"
+RECOVERED = b"recovered"
 
 _LEADER_NOW = frozenset(
     {MsgType.APPEND, MsgType.HEARTBEAT, MsgType.SNAPSHOT, MsgType.TIMEOUT_NOW, MsgType.READ_INDEX_RESP}
@@ -100,7 +104,12 @@ class RaftCore:
         self.term = max(hard_state.term, self.log.last_term())
         self.vote = hard_state.vote if self.term == hard_state.term else 0
         self._durable_term = hard_state.term
-        self._saved_hs = HardState(self.term, self.vote, self.log.commit)
+        # Recovering from a lost log suffix (see _handle_append): this server
+        # may have acknowledged entries it no longer has, so its vote could
+        # elect a leader without them.  It neither votes nor campaigns until
+        # a leader has confirmed that its log holds everything the leader has.
+        self.recovering = hard_state.recovering
+        self._saved_hs = self._hard_state()
 
         # Configurations in the log, oldest first; the last one is in effect.
         self._confs: list[tuple[int, Membership]] = [(snapshot.index, snapshot.membership)]
@@ -189,6 +198,9 @@ class RaftCore:
             out |= self._confs[-2][1].members()
         return out
 
+    def _hard_state(self) -> HardState:
+        return HardState(self.term, self.vote, self.log.commit, self.recovering)
+
     def promotable(self) -> bool:
         """May this server campaign?  A voter of its latest configuration may;
         so may a voter of the previous one while the latest is not known to be
@@ -196,8 +208,12 @@ class RaftCore:
         lost its quorum before C_new committed leaves nobody able to finish the
         change (the remaining voters can lack C_new and need its vote).
         Votes are always counted in the candidate's latest configuration, so
-        who campaigns does not affect safety."""
+        who campaigns does not affect safety.  A recovering server may not
+        (unless it is the only voter: then nobody else can give it back
+        what it lost, and the operator accepted that)."""
         me = self.node_id
+        if self.recovering and self.membership.all_voters() - {me}:
+            return False
         if me in self.membership.all_voters():
             return True
         return (self.membership_version > self.log.commit and len(self._confs) > 1
@@ -279,6 +295,17 @@ class RaftCore:
             raise ConfChangeError(
                 f"cannot turn voters {sorted(demoted)} into learners in one step: remove them first"
             )
+        # Never move to a configuration whose quorums need servers that cannot
+        # vote (recovering a lost log) or that we have not heard from in this
+        # term (they may be recovering, or down): it could stall for good.
+        able = {pid for pid, pr in self.prs.items() if pr.heard and not pr.recovering} | {self.node_id}
+        for vs in (new_voters, cur.voters):
+            if not quorum.has_quorum(Membership(voters=vs), vs & able):
+                doubtful = sorted(vs - able)
+                raise ConfChangeError(
+                    f"this change needs votes of servers {doubtful}, which are down, unheard from in this "
+                    "term, or recovering a lost log; retry once they have caught up"
+                )
         members = new_voters | new_learners
         # A joint configuration still needs the addresses of the servers it removes.
         keep = members | cur.voters if new_voters != cur.voters else members
@@ -299,6 +326,8 @@ class RaftCore:
             return
         if target not in self.membership.all_voters():
             raise ConfChangeError(f"server {target} is not a voter")
+        if self.prs[target].recovering:
+            raise ConfChangeError(f"server {target} is recovering a lost log and cannot lead yet")
         self.lead_transferee = target
         self._transfer_elapsed = 0
         pr = self.prs[target]
@@ -381,7 +410,7 @@ class RaftCore:
             or self._snapshot_to_install is not None
             or lg.unsaved_from <= lg.last_index()
             or min(lg.commit, lg.stable) > lg.applied
-            or HardState(self.term, self.vote, lg.commit) != self._saved_hs
+            or self._hard_state() != self._saved_hs
             or (self.role is Role.LEADER and (self._dirty or self._bcast or self._read_round_wanted))
         )
 
@@ -395,7 +424,7 @@ class RaftCore:
             self._snapshot_to_install = None
             lg.applied = max(lg.applied, rd.snapshot.meta.index)
         rd.entries = lg.take_unsaved()
-        hs = HardState(self.term, self.vote, lg.commit)
+        hs = self._hard_state()
         if hs != self._saved_hs:
             rd.hard_state = hs
             self._saved_hs = hs
@@ -493,6 +522,7 @@ class RaftCore:
         return r
 
     def _become_leader(self) -> None:
+        self.recovering = False  # only a sole voter gets here while recovering: nobody to recover from
         self._reset(self.term)
         self.role = Role.LEADER
         self.leader_id = self.node_id
@@ -532,7 +562,7 @@ class RaftCore:
     def _handle_vote_request(self, m: Message) -> None:
         pre = m.type is MsgType.PREVOTE
         resp = MsgType.PREVOTE_RESP if pre else MsgType.VOTE_RESP
-        can_vote = (
+        can_vote = not self.recovering and (
             self.vote == m.frm
             or (self.vote == 0 and self.leader_id == 0)
             or (pre and m.term > self.term)
@@ -575,6 +605,12 @@ class RaftCore:
             self.leader_id = m.frm
             self.log.commit = max(self.log.commit, min(m.commit, self.log.last_index()))
             self._send(Message(MsgType.HEARTBEAT_RESP, self.node_id, m.frm, self.term, context=m.context))
+            if self.recovering and m.commit > self.log.last_index():
+                # The leader believes we hold entries we lost: say so, or an
+                # idle leader would never send them again.
+                hint = self.log.last_index() + 1
+                self._send(Message(MsgType.APPEND_RESP, self.node_id, m.frm, self.term, index=hint,
+                                   commit=hint, reject=True, context=RECOVERING))
         elif t is MsgType.SNAPSHOT:
             self.election_elapsed = 0
             self.leader_id = m.frm
@@ -600,8 +636,8 @@ class RaftCore:
             else:
                 conflict_term = lg.term(prev) or 0
                 hint = max(lg.first_index_of_term(conflict_term, prev), lg.commit + 1)
-            self._send(Message(MsgType.APPEND_RESP, self.node_id, m.frm, self.term,
-                               index=m.index, log_term=conflict_term, commit=hint, reject=True))
+            self._send(Message(MsgType.APPEND_RESP, self.node_id, m.frm, self.term, index=m.index,
+                               log_term=conflict_term, commit=hint, reject=True, context=self._resp_context()))
             return
         if ents:
             trunc = lg.truncate_and_append(ents)
@@ -611,7 +647,16 @@ class RaftCore:
         last_new = prev + len(ents)
         if m.commit > lg.commit:
             lg.commit = min(m.commit, last_new)
-        self._send(Message(MsgType.APPEND_RESP, self.node_id, m.frm, self.term, index=last_new))
+        if self.recovering and m.context == RECOVERED:
+            # The leader saw us recovering and holding its whole log (as of
+            # m.index, which this append just matched): anything we ever
+            # acknowledged that was (or will be) committed is in it.
+            self.recovering = False
+        self._send(Message(MsgType.APPEND_RESP, self.node_id, m.frm, self.term, index=last_new,
+                           context=self._resp_context()))
+
+    def _resp_context(self) -> bytes:
+        return RECOVERING if self.recovering else b""
 
     def _handle_snapshot_chunk(self, m: Message) -> None:
         lg = self.log
@@ -707,13 +752,22 @@ class RaftCore:
             return
         if t is MsgType.APPEND_RESP:
             pr.recent_active = True
+            pr.recovering = m.context == RECOVERING
+            pr.heard = True
             if m.reject:
                 self._handle_append_reject(m.frm, pr, m)
             else:
                 self._handle_append_ack(m.frm, pr, m.index)
+                if pr.recovering and pr.match == self.log.last_index():
+                    self._send(Message(MsgType.APPEND, self.node_id, m.frm, self.term, index=pr.match,
+                                       log_term=self.log.term(pr.match) or 0, commit=min(self.log.commit, pr.match),
+                                       context=RECOVERED))
         elif t is MsgType.HEARTBEAT_RESP:
             pr.recent_active = True
             pr.probe_sent = False
+            if pr.recovering:  # its next APPEND_RESP lets us tell it it is whole again
+                self._dirty.add(m.frm)
+                self._nudge.add(m.frm)
             if pr.state is PState.REPLICATE and pr.paused(self.cfg.max_inflight_msgs, self.cfg.max_inflight_bytes):
                 pr.free_one()
             if pr.state is PState.SNAPSHOT:
@@ -756,7 +810,11 @@ class RaftCore:
     def _handle_append_reject(self, pid: int, pr: Progress, m: Message) -> None:
         rejected = m.index
         if rejected <= pr.match:
-            return  # stale: that position is already known to match
+            if not pr.recovering:
+                return  # stale: that position is already known to match
+            # A follower that lost its log suffix: what we knew it held is
+            # gone.  Forget it (a lower match only delays commits) and probe.
+            pr.match = 0
         if pr.state is PState.PROBE and rejected != pr.next - 1:
             return  # stale probe answer
         if pr.state is PState.SNAPSHOT:

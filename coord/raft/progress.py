@@ -23,7 +23,7 @@ class PState(enum.IntEnum):
 class Progress:
     __slots__ = (
         "match", "next", "state", "probe_sent", "inflight", "inflight_bytes",
-        "recent_active", "snap", "snap_offset", "snap_inflight", "snap_stall", "commit_sent",
+        "recent_active", "snap", "snap_offset", "snap_inflight", "snap_stall", "commit_sent", "recovering", "heard",
     )
 
     def __init__(self, next_index: int):
@@ -39,6 +39,8 @@ class Progress:
         self.snap_inflight = False
         self.snap_stall = 0
         self.commit_sent = 0
+        self.recovering = False  # it says it lost a log suffix: its old acks may not hold
+        self.heard = False  # an AppendEntries response arrived from it (in this leader's term)
 
     def _reset(self, state: PState) -> None:
         self.state = state

@@ -36,6 +36,10 @@ class HardState:
     term: int = 0
     vote: int = 0  # 0 = voted for nobody (server ids are >= 1)
     commit: int = 0
+    # This server restarted on a log that lost entries it had acknowledged
+    # (the operator accepted the loss): it must not vote or campaign until a
+    # leader has given it back everything (see RaftCore, "recovering").
+    recovering: bool = False
 
 
 @dataclass(slots=True, frozen=True)
@@ -136,7 +140,10 @@ class Message:
       APPEND_RESP:       index (highest index known to match on success; on
                          reject the conflict hint index), log_term (conflict
                          term on reject, 0 if the follower's log was short),
-                         reject.
+                         reject, context=b"recovering" from a server that
+                         lost a log suffix (see API.md).
+      APPEND (repair):   context=b"recovered": the follower now holds the
+                         leader's whole log and may vote again.
       HEARTBEAT:         commit, context (read-index round, 8 bytes or empty).
       HEARTBEAT_RESP:    context echoed.
       SNAPSHOT:          snapshot meta (index/log_term + membership), offset,

@@ -77,6 +77,10 @@ class ServerConfig:
     min_session_timeout_ms: int = 1000
     max_session_timeout_ms: int = 60_000
     fsync: bool = True
+    wal_segment_bytes: int = 64 << 20
+    # Set by ``coord serve --recover-lost-log``, never by the file: the
+    # operator accepts that this server's log lost entries (see DiskStorage).
+    recover_lost_log: bool = False
 
 
 def _get(d: dict, key: str, name: str, kind: type, default: Any = ..., minimum: int | None = None) -> Any:
@@ -118,6 +122,7 @@ def parse_config(doc: dict, *, base_dir: str = ".") -> ServerConfig:
     peer = parse_addr(_get(srv, "peer_address", "server.peer_address", str), "server.peer_address")
     client = parse_addr(_get(srv, "client_address", "server.client_address", str), "server.client_address")
     fsync = _get(srv, "fsync", "server.fsync", bool, True)
+    wal_segment_bytes = _get(srv, "wal_segment_bytes", "server.wal_segment_bytes", int, 64 << 20, minimum=64 << 10)
 
     join = _get(cl, "join", "cluster.join", bool, False)
     raw_members = cl.get("members", {})
@@ -170,7 +175,7 @@ def parse_config(doc: dict, *, base_dir: str = ".") -> ServerConfig:
         client_address=client, members=members, join=join, tick_ms=tick_ms,
         election_ticks=election_ticks, heartbeat_ticks=heartbeat_ticks,
         snapshot_entries=snapshot_entries, max_data_bytes=max_data, fsync=fsync,
-        min_session_timeout_ms=min_st, max_session_timeout_ms=max_st,
+        min_session_timeout_ms=min_st, max_session_timeout_ms=max_st, wal_segment_bytes=wal_segment_bytes,
     )
 
 

@@ -174,6 +174,7 @@ class RaftNode:
             membership=bootstrap,
         )
         self._last_snapshot_index = self.core.snapshot_meta.index
+        self._recovering = self.core.recovering
         self._send_in, self._recv_in = trio.open_memory_channel(math.inf)
         self._disk_q: queue.SimpleQueue = queue.SimpleQueue()  # lists of writes to the disk thread, in order
         self._to_disk: list = []  # this loop iteration's writes, put on _disk_q at its end
@@ -359,6 +360,9 @@ class RaftNode:
                     self._enqueue_lazy(rd.hard_state)
                 self._after_persist(rd)
         self._flush_to_disk()
+        if self._recovering and not core.recovering:
+            self._recovering = False
+            log.info("server %d: the leader has sent back everything this server lost: voting again", self.node_id)
         if core.leader_id != self._leader_seen:
             self._leader_seen = core.leader_id
             if self.on_leader is not None:
@@ -453,7 +457,8 @@ class RaftNode:
                 dirty = True
             if rd.hard_state is not None:
                 hs = rd.hard_state
-                if (hs.term, hs.vote) != (self._disk_hs.term, self._disk_hs.vote):
+                if (hs.term, hs.vote, hs.recovering) != (self._disk_hs.term, self._disk_hs.vote,
+                                                         self._disk_hs.recovering):
                     dirty = True
         if dirty:
             flush()

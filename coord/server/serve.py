@@ -50,8 +50,13 @@ class Server:
                  on_leader: Callable[[int], None] | None = None):
         self.cfg = cfg
         self._addr_book: dict[int, tuple[str, int]] = {}
-        self.storage = DiskStorage(cfg.data_dir, fsync=cfg.fsync)
-        rec = self.storage.open()
+        self.storage = DiskStorage(cfg.data_dir, fsync=cfg.fsync, segment_bytes=cfg.wal_segment_bytes)
+        rec = self.storage.open(allow_log_loss=cfg.recover_lost_log)
+        if rec.lost:
+            log.error("server %d: started on a damaged log, as --recover-lost-log asked: %s", cfg.server_id, rec.lost)
+        if rec.hard_state.recovering:
+            log.warning("server %d: recovering a lost log: it will not vote or campaign until the leader has "
+                        "sent it everything again", cfg.server_id)
         self.transport: PeerTransport | None = None
         self.node = RaftNode(
             cfg.server_id,

@@ -431,6 +431,7 @@ class CoordService:
             "voters": sorted(m.voters), "outgoing": sorted(m.outgoing), "learners": sorted(m.learners),
             "members": members, "config_version": core.membership_version,
             "nodes": self.ns.node_count, "sessions": self.ns.session_count, "watches": self.watches.count(),
+            "recovering": core.recovering,
         }
         if core.role is Role.LEADER:
             out["progress"] = {pid: {**p, "lag": core.last_index - p["match"]} for pid, p in core.progress().items()}

@@ -3,12 +3,19 @@
 Layout of the directory::
 
     LOCK                      flock'd while open: one server per directory
-    hardstate                 term, vote (and a commit lower bound), atomic
+    hardstate                 term, vote, newest WAL segment (and a commit lower bound), atomic
     snap/snap-<i>-<t>.snap    newest two snapshots
-    wal/wal-<first>.log       log segments (entries and commit records)
+    wal/wal-<first>.seg       log segments (entries and commit records), preallocated
 
 The Trio driver calls these blocking methods from a worker thread, one
 at a time.  ``save`` persists one Ready and returns only once it is durable.
+
+A log that lost entries this server had fsync'd (a cut or deleted segment)
+is refused with ``LogLossError`` naming the file and index.  ``open(
+allow_log_loss=True)`` (the operator's ``--recover-lost-log``) keeps the good
+prefix instead and returns a hard state with ``recovering`` set, durably,
+so the Raft core neither votes nor campaigns until a leader has given this
+server back everything it may have acknowledged.
 """
 
 from __future__ import annotations
@@ -19,7 +26,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from coord.raft.types import Entry, HardState, Snapshot
-from coord.storage.errors import InconsistentStateError, StorageClosedError, StorageError, StorageLockedError
+from coord.storage.errors import (
+    InconsistentStateError,
+    LogLossError,
+    StorageClosedError,
+    StorageError,
+    StorageLockedError,
+)
 from coord.storage.fileio import FileIO
 from coord.storage.hardstate import HardStateFile
 from coord.storage.snapshots import SnapshotStore
@@ -35,6 +48,7 @@ class Recovered:
     hard_state: HardState
     snapshot: Snapshot | None
     entries: list[Entry]  # contiguous, starting at (snapshot index or 0) + 1
+    lost: str | None = None  # what open(allow_log_loss=True) dropped, if anything
 
 
 class DiskStorage:
@@ -53,6 +67,7 @@ class DiskStorage:
         self._snaps = SnapshotStore(os.path.join(self.dir, "snap"), self._io)
         self._lock_fd: int | None = None
         self._saved = HardState()  # last hard state written to the hardstate file
+        self._saved_tail: int | None = None  # WAL tail recorded in the hardstate file
         self._snapshot_index = 0  # index of the newest durable snapshot
 
     @property
@@ -60,14 +75,15 @@ class DiskStorage:
         """fsyncs done so far (files and directories), for benchmarks."""
         return self._io.fsync_count
 
-    def open(self) -> Recovered:
-        """Lock the directory and recover everything in it."""
+    def open(self, *, allow_log_loss: bool = False) -> Recovered:
+        """Lock the directory and recover everything in it.  Raises
+        LogLossError if the log lost entries, unless ``allow_log_loss``."""
         if self._lock_fd is not None:
             raise StorageError(f"{self.dir}: already open")
         os.makedirs(self.dir, exist_ok=True)
         self._lock()
         try:
-            return self._recover()
+            return self._recover(allow_log_loss)
         except BaseException:
             self.close()
             raise
@@ -84,11 +100,19 @@ class DiskStorage:
             raise StorageLockedError(f"{path} is held: another server is using {self.dir}") from None
         self._lock_fd = fd
 
-    def _recover(self) -> Recovered:
+    def _recover(self, allow_log_loss: bool) -> Recovered:
         snapshot = self._snaps.load_latest()
         snap_index, snap_term = (snapshot.meta.index, snapshot.meta.term) if snapshot else (0, 0)
-        hs = self._hsfile.load()
-        entries, wal_commit = self._wal.load(snap_index, snap_term)
+        saved = self._hsfile.load()
+        hs = saved.hard_state
+        try:
+            entries, wal_commit = self._wal.load(snap_index, snap_term, tail=saved.wal_tail, repair=allow_log_loss)
+        except LogLossError as e:
+            raise LogLossError(
+                f"{e}. Starting on this log could lose committed writes. Restore the file from a backup, or "
+                "start with --recover-lost-log to accept the loss: the server then rejoins without voting "
+                "until the leader has sent it everything again."
+            ) from None
         # The term is saved before entries or a snapshot of that term (see
         # save), so a newer term in the log means the term/vote file was
         # lost or replaced: continuing could mean voting twice.
@@ -100,10 +124,25 @@ class DiskStorage:
             )
         last = entries[-1].index if entries else snap_index
         commit = min(max(hs.commit, wal_commit, snap_index), last)
-        self._saved = hs
+        hs = HardState(hs.term, hs.vote, commit, hs.recovering or self._wal.loss is not None)
         self._wal.commit = commit  # lets the WAL refuse to overwrite committed entries
         self._snapshot_index = snap_index
-        return Recovered(HardState(hs.term, hs.vote, commit), snapshot, entries)
+        self._saved, self._saved_tail = saved.hard_state, saved.wal_tail
+        if hs.recovering != self._saved.recovering or self._saved_tail != self._wal.tail:
+            # Durable before anything else happens: a repaired log must keep
+            # this server from voting even if it crashes again right away.
+            self._write_hard_state(hs, self._wal.tail)
+        self._wal.on_tail = self._record_tail
+        return Recovered(hs, snapshot, entries, self._wal.loss)
+
+    def _write_hard_state(self, hs: HardState, tail: int) -> None:
+        self._hsfile.save(hs, tail)
+        self._saved, self._saved_tail = hs, tail
+
+    def _record_tail(self, tail: int) -> None:
+        """The WAL created or is about to delete its newest segment."""
+        if tail != self._saved_tail:
+            self._write_hard_state(self._saved, tail)
 
     def save(self, hard_state: HardState | None, entries: Sequence[Entry], snapshot: Snapshot | None) -> None:
         """Persist one Ready; durable when this returns.
@@ -115,9 +154,10 @@ class DiskStorage:
         commit index into the WAL, made durable by one fsync for the batch.
         """
         self._check_open()
-        if hard_state is not None and (hard_state.term, hard_state.vote) != (self._saved.term, self._saved.vote):
-            self._hsfile.save(hard_state)  # two extra fsyncs, only on term/vote changes
-            self._saved = hard_state
+        saved = self._saved
+        if hard_state is not None and (hard_state.term, hard_state.vote, hard_state.recovering) != (
+                saved.term, saved.vote, saved.recovering):
+            self._write_hard_state(hard_state, self._wal.tail)  # two extra fsyncs, only on term/vote changes
         if snapshot is not None:
             self.save_snapshot(snapshot)
             self._wal.install_snapshot(snapshot.meta.index, snapshot.meta.term)

@@ -32,6 +32,13 @@ class LogGapError(CorruptLogError):
     continue from the snapshot (or an append that would leave a hole)."""
 
 
+class LogLossError(CorruptLogError):
+    """Entries this server had written and fsync'd are gone (a WAL segment was
+    cut or deleted).  Starting on the shorter log could let this server vote
+    for a leader that lacks committed entries, so it refuses unless the
+    operator accepts the loss (``coord serve --recover-lost-log``)."""
+
+
 class CorruptHardStateError(StorageError):
     """The term/vote file is unreadable; guessing could mean voting twice."""
 

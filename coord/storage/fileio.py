@@ -9,6 +9,7 @@ for data that is gone.  The only safe reaction is to stop the server.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterable
 
@@ -37,6 +38,32 @@ class FileIO:
                 view = view[os.write(fd, view) :]
         except OSError as e:
             raise self._fail(f"write to {what}", e) from e
+
+    def pwrite_all(self, fd: int, data: bytes, offset: int, what: str) -> None:
+        """Write all of ``data`` at ``offset`` (into a preallocated file)."""
+        self.check()
+        view = memoryview(data)
+        try:
+            while view:
+                n = os.pwrite(fd, view, offset)
+                view, offset = view[n:], offset + n
+        except OSError as e:
+            raise self._fail(f"write to {what}", e) from e
+
+    def preallocate(self, fd: int, size: int, what: str) -> None:
+        """Give the file ``size`` bytes on disk now, so that later writes
+        neither change its size nor fail for lack of space.  Falls back to
+        extending it sparsely where the file system cannot allocate."""
+        self.check()
+        try:
+            try:
+                os.posix_fallocate(fd, 0, size)
+            except OSError as e:
+                if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    raise
+                os.ftruncate(fd, size)
+        except OSError as e:
+            raise StorageError(f"allocating {size} bytes for {what} failed: {e}") from e
 
     def fsync(self, fd: int, what: str) -> None:
         self.check()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from dataclasses import dataclass
 from typing import Any
 
 import cbor2
@@ -33,6 +34,9 @@ __all__ = [
     "entry_payload",
     "commit_payload",
     "parse_wal_payload",
+    "SegmentHeader",
+    "segment_header_payload",
+    "parse_segment_header",
 ]
 
 HEADER_SIZE = 8
@@ -91,26 +95,29 @@ def read_record(buf: bytes, offset: int = 0, source: str = "<buffer>") -> tuple[
     return payload, end
 
 
-def scan_records(buf: bytes, source: str = "<buffer>") -> tuple[list[tuple[int, Any]], int, str | None]:
+def scan_records(buf: bytes, source: str = "<buffer>", start: int = 0) -> tuple[list[tuple[int, Any]], int, str | None]:
     """Read a sequence of records: ([(offset, payload)...], good end, status).
 
-    ``status`` is None when the buffer ends exactly after a good record and
-    TORN when the tail is an interrupted write: a record running past the
-    end, or a bad CRC (an all-zero header counts) on a record followed by
-    nothing or only zero bytes (a crash after the file grew but before all
-    its data reached the disk).  Only the tail can be torn, because nothing
-    is acknowledged before it is fsync'd; a bad record with data after it
-    is corruption and raises CorruptRecordError rather than being cut away
-    together with what follows.
+    ``status`` is None when the buffer ends after a good record, or when only
+    zero bytes follow it (the unused part of a preallocated segment: a
+    record is never empty, so an all-zero header marks the end).  It is TORN
+    when the tail is an interrupted write: a record running past the end,
+    or a bad CRC on a record followed by nothing or only zero bytes (a crash
+    before all of a batch reached the disk).  Only the tail can be torn,
+    because nothing is acknowledged before it is fsync'd; a bad record with
+    data after it is corruption and raises CorruptRecordError rather than
+    being cut away together with what follows.
     """
     items: list[tuple[int, Any]] = []
-    off, n = 0, len(buf)
+    off, n = start, len(buf)
     while off < n:
         payload, end, problem = _parse(buf, off)
         if problem is None:
             items.append((off, payload))
             off = end
             continue
+        if buf.count(0, off) == n - off:
+            return items, off, None  # zero padding: the end of the records
         if problem == "short" or (problem == "crc" and buf.count(0, end) == n - end):
             return items, off, TORN
         raise CorruptRecordError(source, off, _REASONS[problem] + f" ({n - end} bytes follow)")
@@ -160,3 +167,34 @@ def _describe(p: Any) -> str:
     if type(p) is list:
         return f"list of {len(p)} starting with {p[:1]!r}"[:120]
     return type(p).__name__
+
+
+# --- segment headers ------------------------------------------------------------
+
+@dataclass(slots=True, frozen=True)
+class SegmentHeader:
+    """The first record of every preallocated WAL segment.
+
+    ``alloc`` is the size the file was given (and fsync'd at) when it was
+    created, before any entry went into it.  The file never shrinks after
+    that, so a segment shorter than ``alloc`` has lost data this server had
+    written and acknowledged: a cut, never a crash.
+    """
+
+    first: int
+    alloc: int
+
+
+SEGMENT_FORMAT = 1
+
+
+def segment_header_payload(first: int, alloc: int) -> list:
+    return ["s", SEGMENT_FORMAT, first, alloc]
+
+
+def parse_segment_header(p: Any) -> SegmentHeader:
+    """Raises ValueError unless ``p`` is a segment header record."""
+    if (type(p) is list and len(p) == 4 and p[0] == "s" and p[1] == SEGMENT_FORMAT
+            and _uint(p[2]) and p[2] >= 1 and _uint(p[3])):
+        return SegmentHeader(first=p[2], alloc=p[3])
+    raise ValueError(f"not a segment header: {_describe(p)}")

@@ -1,20 +1,39 @@
-"""Write-ahead log of Raft entries, kept in segment files.
+"""Write-ahead log of Raft entries, kept in preallocated segment files.
 
-Each segment ``wal-<first_index:020d>.log`` is a run of records (see
-records.py): entries, and commit-index records that ride along for free.
-The name is the index of the first entry the segment holds, so a sorted
-listing is the log in order and compaction is deleting whole files.
+Each segment ``wal-<first_index:020d>.seg`` starts with a header record
+(``records.SegmentHeader``: its first index and the size it was allocated)
+followed by a run of records (see records.py): entries, and commit-index
+records that ride along for free.  The name is the index of the first entry
+the segment holds, so a sorted listing is the log in order and compaction is
+deleting whole files.
+
+Why preallocated: a segment is created at its full size (header written,
+space allocated, fsync'd, then renamed into place) before any entry goes
+into it, and later writes go *into* that space.  So the file never changes
+size while in use, which makes every fsync cheaper (no size update), and it
+makes a cut detectable: a segment shorter than its header says has lost
+data this server wrote and acknowledged.  The hard state records the newest
+segment (``on_tail``), so a deleted tail segment is detectable too.  A log
+that lost acknowledged entries must never be served silently: a server
+starting on it could vote for a leader that lacks committed entries.
+``load`` raises ``LogLossError`` naming the file and index, unless the
+operator asked for ``repair`` (then the damaged suffix is dropped and the
+caller must keep the server from voting until it has caught up again).
 
 Invariant on disk at every moment: the entries, read in name order, are
 contiguous.  An append that overwrites a suffix (a follower whose log
-conflicts with a new leader's) first cuts the stored log physically
-(delete later segments, ftruncate), so recovery never has to pick between
-two versions of an index.
+conflicts with a new leader's) first erases the stored suffix physically
+(delete later segments, zero the rest of the last one), so recovery never
+has to pick between two versions of an index.
 
 Durability: ``append`` only writes; ``sync`` fsyncs, once per batch (group
 commit).  Nothing is acknowledged before ``sync`` returns, so a crash can
-only tear the tail of the last segment, which ``load`` cuts off with a
-warning.  Anything else that is wrong is corruption and raises.
+only tear the last records of the last segment, which ``load`` erases with a
+warning; the unused part of a segment is zeros, which marks the end.
+
+Segments named ``wal-<first>.log`` are the older append-only format (no
+header, no preallocation): they are read as before and never appended to
+again; the next append starts a new segment.
 """
 
 from __future__ import annotations
@@ -24,31 +43,41 @@ import os
 import re
 from array import array
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from coord.raft.types import Entry
-from coord.storage.errors import CorruptLogError, LogGapError, StorageError
+from coord.storage.errors import CorruptLogError, CorruptRecordError, LogGapError, LogLossError, StorageError
 from coord.storage.fileio import FileIO
 from coord.storage.records import (
     TORN,
     commit_payload,
     encode_record,
     entry_payload,
+    parse_segment_header,
     parse_wal_payload,
     read_record,
     scan_records,
+    segment_header_payload,
 )
 
-__all__ = ["WAL", "DEFAULT_SEGMENT_BYTES", "segment_name"]
+__all__ = ["WAL", "DEFAULT_SEGMENT_BYTES", "segment_name", "legacy_segment_name"]
 
 log = logging.getLogger("coord.storage")
 
 DEFAULT_SEGMENT_BYTES = 64 << 20
-_NAME = re.compile(r"^wal-(\d{20})\.log$")
+_NAME = re.compile(r"^wal-(\d{20})\.(seg|log)$")
+_TMP = re.compile(r"^wal-\d{20}\.seg\.tmp$")
+# Room kept free at the end of a segment for the commit record of a batch.
+_COMMIT_ROOM = 32
+_HEADER_ROOM = 48  # a segment header record is at most 8 + 1 + 2 + 1 + 9 + 9 bytes
 
 
 def segment_name(first_index: int) -> str:
+    return f"wal-{first_index:020d}.seg"
+
+
+def legacy_segment_name(first_index: int) -> str:
     return f"wal-{first_index:020d}.log"
 
 
@@ -56,7 +85,8 @@ def segment_name(first_index: int) -> str:
 class _Segment:
     first: int  # from the name: the first entry it holds (or will hold)
     path: str
-    size: int = 0  # bytes of good records
+    alloc: int | None  # bytes allocated at creation; None for a legacy append-only segment
+    size: int = 0  # bytes of header and good records: where the next record goes
     # offsets[i] is the file offset of entry first+i: 8 bytes per entry, so
     # truncating at any index is a lookup, not a scan.
     offsets: array = field(default_factory=lambda: array("Q"))
@@ -66,17 +96,33 @@ class _Segment:
         return self.first + len(self.offsets) - 1
 
 
+class _Damage(Exception):
+    """What load found wrong, and how much of the log before it is good:
+    segments[:keep_segments] in full, then ``keep_bytes`` of the next one
+    (None: none of it)."""
+
+    def __init__(self, error: StorageError, keep_segments: int, keep_bytes: int | None = None):
+        super().__init__(str(error))
+        self.error = error
+        self.keep_segments = keep_segments
+        self.keep_bytes = keep_bytes
+
+
 class WAL:
     def __init__(self, dirpath: str | os.PathLike, segment_bytes: int = DEFAULT_SEGMENT_BYTES, io: FileIO | None = None):
         self.dir = os.fspath(dirpath)
         self.segment_bytes = segment_bytes
         self.io = io if io is not None else FileIO()
         self._segments: list[_Segment] = []
-        self._fd: int | None = None  # appends go to self._segments[-1] through it
+        self._fd: int | None = None  # writes go to self._segments[-1] through it
         self._next = 1  # index the next appended entry must have
         self.commit = 0  # highest commit index logged (or found by load)
+        self.loss: str | None = None  # what load(repair=True) dropped, if anything
+        # Told the first index of the newest preallocated segment (0: none)
+        # after one is created and before one is deleted, so the owner can
+        # record it durably and notice a deleted tail segment at the next start.
+        self.on_tail: Callable[[int], None] | None = None
         self._dirty = False  # _fd written since its last fsync
-        self._dir_dirty = False  # a segment created since the last directory fsync
 
     @property
     def first_index(self) -> int:
@@ -87,67 +133,62 @@ class WAL:
     def last_index(self) -> int:
         return self._next - 1
 
+    @property
+    def tail(self) -> int:
+        """First index of the newest preallocated segment, 0 if there is none."""
+        if self._segments and self._segments[-1].alloc is not None:
+            return self._segments[-1].first
+        return 0
+
     def segment_paths(self) -> list[str]:
         return [s.path for s in self._segments]
 
     # --- recovery -------------------------------------------------------------
 
-    def load(self, snapshot_index: int = 0, snapshot_term: int = 0) -> tuple[list[Entry], int]:
+    def load(self, snapshot_index: int = 0, snapshot_term: int = 0, *, tail: int | None = None,
+             repair: bool = False) -> tuple[list[Entry], int]:
         """Read the log back: (entries after snapshot_index, highest commit record).
 
-        Cuts a torn tail off the last segment (logged as a warning).  Drops
+        ``tail`` is the newest segment as last recorded by ``on_tail`` (None:
+        unknown, as in data directories written before it was recorded).
+
+        Erases a torn tail of the last segment (logged as a warning).  Drops
         the whole log, with a warning, when it is stale relative to the
         snapshot (a crash between saving an installed snapshot and resetting
-        the log).  Raises on corruption, a missing segment, or a log that
-        starts after snapshot_index + 1.
+        the log).  Anything else wrong raises: corruption, a cut or missing
+        segment, a log that starts after snapshot_index + 1.  With
+        ``repair``, it keeps the good prefix instead, drops the rest from
+        disk, and describes what it dropped in ``self.loss``.
         """
         os.makedirs(self.dir, exist_ok=True)
         self.close()
         self._segments = []
-        names = sorted(n for n in os.listdir(self.dir) if _NAME.match(n))
+        self.loss = None
+        for name in os.listdir(self.dir):
+            if _TMP.match(name):  # a segment whose creation a crash interrupted: it never held an entry
+                os.unlink(os.path.join(self.dir, name))
+        found = sorted((int(m.group(1)), m.group(2) == "log", m.group(0))
+                       for m in map(_NAME.match, os.listdir(self.dir)) if m)
         entries: list[Entry] = []
-        commit = 0
-        for k, name in enumerate(names):
-            seg = _Segment(int(name[4:24]), os.path.join(self.dir, name))
-            with open(seg.path, "rb") as f:
-                buf = f.read()
-            items, seg.size, status = scan_records(buf, seg.path)
-            if status == TORN:
-                if k != len(names) - 1:
-                    raise CorruptLogError(
-                        f"{seg.path}: bad record at offset {seg.size} in a segment that is not the last; "
-                        "later segments exist, so this is not an interrupted write"
-                    )
-                self._cut_torn_tail(seg.path, seg.size, len(buf))
-            if self._segments and seg.first != self._segments[-1].last + 1:
-                prev = self._segments[-1].last
-                raise LogGapError(
-                    f"{seg.path}: segment starts at index {seg.first} but the previous one ends at {prev}: "
-                    f"entries {prev + 1}..{seg.first - 1} are missing"
-                )
-            for off, payload in items:
-                try:
-                    item = parse_wal_payload(payload)
-                except ValueError as e:
-                    raise CorruptLogError(f"{seg.path}: offset {off}: {e}") from None
-                if type(item) is int:
-                    commit = max(commit, item)
-                    continue
-                if item.index != seg.first + len(seg.offsets):
-                    raise CorruptLogError(
-                        f"{seg.path}: offset {off}: entry index {item.index}, expected {seg.first + len(seg.offsets)}"
-                    )
-                seg.offsets.append(off)
-                if item.index > snapshot_index:
-                    entries.append(item)
-            self._segments.append(seg)
-        self.commit = commit
+        self.commit = 0
+        try:
+            self._load_segments(found, snapshot_index, entries)
+            self._check_tail(tail, found)
+        except _Damage as d:
+            if not repair:
+                raise d.error from None
+            self._drop_damage(d, found, entries)
         self._next = self._segments[-1].last + 1 if self._segments else snapshot_index + 1
         if self.last_index > snapshot_index and self.first_index > snapshot_index + 1:
-            raise LogGapError(
+            err = LogGapError(
                 f"{self.dir}: the log starts at index {self.first_index} but the snapshot ends at "
                 f"{snapshot_index}: entries {snapshot_index + 1}..{self.first_index - 1} are missing"
             )
+            if not repair:
+                raise err
+            self._note_loss(str(err))
+            self.reset(snapshot_index + 1)
+            entries = []
         self._activate()
         if not self._continues(snapshot_index, snapshot_term):
             log.warning(
@@ -157,19 +198,168 @@ class WAL:
             )
             self.reset(snapshot_index + 1)
             entries = []
-        return entries, commit
+        return entries, self.commit
 
-    def _cut_torn_tail(self, path: str, end: int, size: int) -> None:
-        log.warning(
-            "%s: cutting a torn write left by a crash: offset %d, %d bytes (never acknowledged: it was not fsync'd)",
-            path, end, size - end,
-        )
-        fd = os.open(path, os.O_WRONLY)
+    def _load_segments(self, found: list[tuple[int, bool, str]], snapshot_index: int, entries: list[Entry]) -> None:
+        for k, (first, legacy, name) in enumerate(found):
+            path = os.path.join(self.dir, name)
+            last_seg = k == len(found) - 1
+            if self._segments and first != self._segments[-1].last + 1:
+                prev = self._segments[-1].last
+                raise _Damage(LogGapError(
+                    f"{path}: segment starts at index {first} but the previous one ends at {prev}: "
+                    f"entries {prev + 1}..{first - 1} are missing"
+                ), k)
+            with open(path, "rb") as f:
+                buf = f.read()
+            seg = _Segment(first, path, None)
+            start = 0
+            if not legacy:
+                try:
+                    payload, start = read_record(buf, 0, path)
+                    hdr = parse_segment_header(payload)
+                    if hdr.first != first:
+                        raise ValueError(f"its header says it starts at index {hdr.first}")
+                except (StorageError, ValueError) as e:
+                    raise _Damage(LogLossError(
+                        f"{path}: the segment header is missing or damaged ({len(buf)} bytes on disk: {e}); "
+                        f"entries from index {first} on are lost"
+                    ), k) from None
+                seg.alloc = hdr.alloc
+            try:
+                items, seg.size, status = scan_records(buf, path, start)
+            except CorruptRecordError as e:
+                items, _, _ = scan_records(buf[:e.offset], path, start)
+                self._take(seg, items, snapshot_index, entries, k)
+                raise _Damage(e, k, e.offset) from None
+            self._take(seg, items, snapshot_index, entries, k)
+            cut = seg.alloc is not None and len(buf) < seg.alloc
+            if cut:
+                after = f"; the next segment starts at index {found[k + 1][0]}" if not last_seg else ""
+                raise _Damage(LogLossError(
+                    f"{path} was cut: {len(buf)} of its {seg.alloc} bytes are left; entries this server "
+                    f"wrote after index {seg.last} are lost{after}"
+                ), k, seg.size)
+            if status == TORN:
+                if not last_seg:
+                    raise _Damage(CorruptLogError(
+                        f"{path}: bad record at offset {seg.size} in a segment that is not the last; "
+                        "later segments exist, so this is not an interrupted write"
+                    ), k, seg.size)
+                self._erase_torn_tail(seg, buf)
+            self._segments.append(seg)
+
+    def _take(self, seg: _Segment, items: list, snapshot_index: int, entries: list[Entry], k: int) -> None:
+        """Index the records of ``seg`` (stopping, as damage, at a record that is not the next entry)."""
+        for off, payload in items:
+            try:
+                item = parse_wal_payload(payload)
+            except ValueError as e:
+                raise _Damage(CorruptLogError(f"{seg.path}: offset {off}: {e}"), k, off) from None
+            if type(item) is int:
+                self.commit = max(self.commit, item)
+                continue
+            if item.index != seg.first + len(seg.offsets):
+                raise _Damage(CorruptLogError(
+                    f"{seg.path}: offset {off}: entry index {item.index}, expected {seg.first + len(seg.offsets)}"
+                ), k, off)
+            seg.offsets.append(off)
+            if item.index > snapshot_index:
+                entries.append(item)
+
+    def _check_tail(self, tail: int | None, found: list[tuple[int, bool, str]]) -> None:
+        if not tail:
+            return
+        firsts = {first for first, legacy, _ in found if not legacy}
+        if tail not in firsts and not any(f > tail for f in firsts):
+            last = self._segments[-1].last if self._segments else 0
+            raise _Damage(LogLossError(
+                f"{os.path.join(self.dir, segment_name(tail))} is missing: the hard state records it as the "
+                f"newest segment, so entries this server wrote from index {tail} on are lost "
+                f"(the log on disk ends at index {last})"
+            ), len(self._segments))
+
+    def _drop_damage(self, d: _Damage, found: list[tuple[int, bool, str]], entries: list[Entry]) -> None:
+        """Repair: keep the good prefix that ``d`` describes, remove the rest from disk."""
+        keep = self._segments[:d.keep_segments]
+        partial = None
+        if d.keep_bytes is not None and d.keep_segments < len(found):
+            first, legacy, name = found[d.keep_segments]
+            partial = self._segments[d.keep_segments] if d.keep_segments < len(self._segments) else None
+            if partial is None:  # the damage was found while indexing it: rebuild its good part
+                partial = self._reindex(first, legacy, os.path.join(self.dir, name), d.keep_bytes)
+        drop_from = d.keep_segments + (1 if partial is not None else 0)
+        dropped = [os.path.join(self.dir, name) for _, _, name in found[drop_from:]]
+        self._segments = keep + ([partial] if partial is not None else [])
+        last = self._segments[-1].last if self._segments else 0
+        del entries[len(entries) - sum(1 for e in entries if e.index > last):]
+        self._note_loss(f"{d.error} -- kept the log up to index {last}"
+                        + (f", removed {', '.join(os.path.basename(p) for p in dropped)}" if dropped else ""))
+        for path in reversed(dropped):
+            os.unlink(path)
+        if dropped:
+            self.io.fsync_dir(self.dir)
+        if partial is not None:
+            self._restore_segment(partial)
+
+    def _reindex(self, first: int, legacy: bool, path: str, end: int) -> _Segment:
+        with open(path, "rb") as f:
+            buf = f.read(end)
+        seg = _Segment(first, path, None)
+        start = 0
+        if not legacy:
+            payload, start = read_record(buf, 0, path)
+            seg.alloc = parse_segment_header(payload).alloc
+        items, seg.size, _ = scan_records(buf, path, start)
+        for off, payload in items:
+            item = parse_wal_payload(payload)
+            if type(item) is not int and item.index == seg.first + len(seg.offsets):
+                seg.offsets.append(off)
+        return seg
+
+    def _restore_segment(self, seg: _Segment) -> None:
+        """After a repair: nothing but zeros after the kept records, and the
+        full allocated size again, so the segment can be appended to."""
+        fd = os.open(seg.path, os.O_RDWR)
         try:
-            os.ftruncate(fd, end)
-            self.io.fsync(fd, path)
+            if seg.alloc is None:
+                os.ftruncate(fd, seg.size)
+            else:
+                self._zero(fd, seg.path, seg.size, os.fstat(fd).st_size)
+                if os.fstat(fd).st_size < seg.alloc:
+                    self.io.preallocate(fd, seg.alloc, seg.path)
+            self.io.fsync(fd, seg.path)
         finally:
             os.close(fd)
+
+    def _note_loss(self, what: str) -> None:
+        log.error("%s: ACCEPTING LOST LOG ENTRIES (recovery was requested): %s", self.dir, what)
+        self.loss = what if self.loss is None else f"{self.loss}; {what}"
+
+    def _erase_torn_tail(self, seg: _Segment, buf: bytes) -> None:
+        end = seg.size
+        garbage = len(buf.rstrip(b"\0")) - end
+        log.warning(
+            "%s: erasing a torn write left by a crash: offset %d, %d bytes (never acknowledged: it was not fsync'd)",
+            seg.path, end, max(garbage, len(buf) - end if seg.alloc is None else 0),
+        )
+        fd = os.open(seg.path, os.O_WRONLY)
+        try:
+            if seg.alloc is None:
+                os.ftruncate(fd, end)
+            else:
+                self._zero(fd, seg.path, end, end + garbage)
+            self.io.fsync(fd, seg.path)
+        finally:
+            os.close(fd)
+
+    def _zero(self, fd: int, what: str, start: int, end: int) -> None:
+        """Overwrite [start, end) with zeros (the file keeps its size)."""
+        chunk = b"\0" * min(max(0, end - start), 1 << 20)
+        while start < end:
+            n = min(len(chunk), end - start)
+            self.io.pwrite_all(fd, chunk[:n], start, what)
+            start += n
 
     # --- writing --------------------------------------------------------------
 
@@ -188,10 +378,10 @@ class WAL:
         chunks: list[bytes] = []
         seg = self._segments[-1] if self._segments else None
         for e in entries:
-            if seg is None or seg.size >= self.segment_bytes:
-                self._write(chunks)
-                seg = self._new_segment(e.index)
             rec = encode_record(entry_payload(e))
+            if seg is None or seg.alloc is None or seg.size + len(rec) + _COMMIT_ROOM > seg.alloc:
+                self._write(chunks)
+                seg = self._new_segment(e.index, len(rec))
             seg.offsets.append(seg.size)
             seg.size += len(rec)
             chunks.append(rec)
@@ -200,44 +390,71 @@ class WAL:
 
     def append_commit(self, commit: int) -> None:
         """Log the commit index if it grew (durable with the next sync()).
-        Not written while the log is empty: then commit <= the snapshot
-        index, which the snapshot already implies."""
+        Only a restart hint (see DiskStorage), so it is skipped where there is
+        no room for it: while the log is empty (then commit <= the snapshot
+        index, which the snapshot already implies), in an old-format segment,
+        or at the very end of a full segment."""
         if commit > self.commit:
             self.commit = commit
-            if self._segments:
-                self._write_commit()
+            self._write_commit()
 
     def _write_commit(self) -> None:
+        seg = self._segments[-1] if self._segments else None
+        if seg is None or seg.alloc is None:
+            return
         rec = encode_record(commit_payload(self.commit))
-        self._segments[-1].size += len(rec)
-        self._write([rec])
+        if seg.size + len(rec) <= seg.alloc:
+            seg.size += len(rec)
+            self._write([rec])
 
     def sync(self) -> None:
         """Make everything appended so far durable: one fsync of the active
-        segment, plus one of the directory if a segment was created."""
+        segment (segments are created durable, so the directory needs none)."""
         if self._dirty:
             self.io.fsync(self._fd, self._segments[-1].path)
             self._dirty = False
-        if self._dir_dirty:
-            self.io.fsync_dir(self.dir)
-            self._dir_dirty = False
 
     def _write(self, chunks: list[bytes]) -> None:
+        """Write the records in ``chunks`` (already counted in the last
+        segment's size) at their place in it."""
         if chunks:
-            self.io.write_all(self._fd, b"".join(chunks), self._segments[-1].path)
+            data = b"".join(chunks)
+            seg = self._segments[-1]
+            self.io.pwrite_all(self._fd, data, seg.size - len(data), seg.path)
             chunks.clear()
             self._dirty = True
 
-    def _new_segment(self, first: int) -> _Segment:
+    def _new_segment(self, first: int, need: int) -> _Segment:
+        """Create the next segment, durable and at its full size before any
+        entry goes into it: written as a temporary file (header, allocation,
+        fsync), renamed into place, then the directory fsync'd."""
         # Sync the previous segment first: then a torn record can only ever
-        # be in the last segment, and no segment's name can vanish in a crash
-        # while a later one survives.  Costs one fsync per segment_bytes.
+        # be in the last segment.  Costs one fsync per segment.
         self.sync()
         self._close_fd()
-        seg = _Segment(first, os.path.join(self.dir, segment_name(first)))
-        self._fd = os.open(seg.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        alloc = max(self.segment_bytes, _HEADER_ROOM + need + _COMMIT_ROOM)
+        header = encode_record(segment_header_payload(first, alloc))
+        path = os.path.join(self.dir, segment_name(first))
+        tmp = path + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            self.io.pwrite_all(fd, header, 0, tmp)
+            self.io.preallocate(fd, alloc, tmp)
+            self.io.fsync(fd, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            os.close(fd)
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        self._fd = fd
+        self.io.fsync_dir(self.dir)
+        seg = _Segment(first, path, alloc, len(header))
         self._segments.append(seg)
-        self._dir_dirty = True
+        if self.on_tail is not None:
+            self.on_tail(first)
         return seg
 
     def _truncate(self, index: int) -> None:
@@ -254,6 +471,7 @@ class WAL:
             removed.append(self._segments.pop())
         if removed:
             self._close_fd()
+            self._announce_tail()  # before the deletion: the recorded tail must always exist
             for seg in removed:  # newest first: a crash midway leaves a contiguous prefix
                 os.unlink(seg.path)
             self.io.fsync_dir(self.dir)
@@ -261,13 +479,25 @@ class WAL:
         if self._segments and index <= self._segments[-1].last:
             seg = self._segments[-1]
             cut = seg.offsets[index - seg.first]
-            os.ftruncate(self._fd, cut)
-            self.io.fsync(self._fd, seg.path)
+            if seg.alloc is None:
+                fd = os.open(seg.path, os.O_WRONLY)
+                try:
+                    os.ftruncate(fd, cut)
+                    self.io.fsync(fd, seg.path)
+                finally:
+                    os.close(fd)
+            else:
+                self._zero(self._fd, seg.path, cut, seg.size)
+                self.io.fsync(self._fd, seg.path)
             del seg.offsets[index - seg.first :]
             seg.size = cut
             if self.commit:
                 self._write_commit()  # commit records after the cut are gone; their value is not
         self._next = index
+
+    def _announce_tail(self) -> None:
+        if self.on_tail is not None:
+            self.on_tail(self.tail)
 
     # --- snapshots and compaction --------------------------------------------
 
@@ -310,13 +540,14 @@ class WAL:
     def reset(self, next_index: int) -> None:
         """Delete every segment; the next append must be at next_index."""
         self._close_fd()
-        for seg in reversed(self._segments):  # newest first: a crash midway leaves a prefix, still stale
+        segments, self._segments = self._segments, []
+        if segments:
+            self._announce_tail()  # before the deletion: no segment is required any more
+        for seg in reversed(segments):  # newest first: a crash midway leaves a prefix, still stale
             os.unlink(seg.path)
-        if self._segments:
+        if segments:
             self.io.fsync_dir(self.dir)
-        self._segments = []
         self._next = next_index
-        self._dir_dirty = False
 
     def compact(self, upto_index: int) -> None:
         """Delete segments whose entries are all <= upto_index; never the
@@ -334,10 +565,12 @@ class WAL:
     # --- file handles ---------------------------------------------------------
 
     def _activate(self) -> None:
-        """Open the last segment for appending (after load or truncation)."""
+        """Open the last segment for writing (after load or truncation).  An
+        old-format segment is never written again: the next append starts a
+        new one."""
         self._close_fd()
-        if self._segments:
-            self._fd = os.open(self._segments[-1].path, os.O_WRONLY | os.O_APPEND)
+        if self._segments and self._segments[-1].alloc is not None:
+            self._fd = os.open(self._segments[-1].path, os.O_WRONLY)
 
     def _close_fd(self) -> None:
         if self._fd is not None:

@@ -80,8 +80,8 @@ class FaultCluster(Cluster):
         return [sys.executable, "-m", "tests.faults.serve", "--config", self.config_path(sid),
                 "--peer-listen", f"{HOST}:{self.peer_ports[sid]}", "--log-level", self.log_level]
 
-    def start_server(self, sid: int) -> None:
-        super().start_server(sid)
+    def start_server(self, sid: int, extra_args: tuple[str, ...] = ()) -> None:
+        super().start_server(sid, extra_args)
         self.paused.discard(sid)
 
     # -- process faults ---------------------------------------------------------

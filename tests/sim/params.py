@@ -56,6 +56,15 @@ class SimParams:
     # a wrong hint about a live peer, which must cost nothing but an election.
     unreachable_hint_prob: float = 0.6
     spurious_hint_per_tick: float = 0.0005
+    # Disk damage: a restarting server finds a suffix of its durable log gone
+    # (a cut or deleted WAL segment) and the operator starts it anyway with
+    # the recovery flag (``recovering`` in its hard state).  Only where the
+    # cluster can survive it: at least three voters and no other server
+    # still recovering.  ``log_loss_recover=False`` models a server that
+    # starts silently on the shorter log (what coord did before it recorded
+    # the WAL's extent): tests show that loses committed entries.
+    log_loss_prob: float = 0.0
+    log_loss_recover: bool = True
 
     def replace(self, **kw) -> "SimParams":
         return dataclasses.replace(self, **kw)
@@ -125,6 +134,19 @@ def crashy_profile(rng: random.Random) -> SimParams:
                      disk_us=(500, 15_000))
 
 
+def lossy_profile(rng: random.Random) -> SimParams:
+    """Crashes after which a server's disk lost part of its log."""
+    p = crashy_profile(rng)
+    return p.replace(n_initial=rng.choice((3, 3, 5)), crash_rate=3.0, log_loss_prob=0.5)
+
+
+def silent_loss_profile(rng: random.Random) -> SimParams:
+    """As ``lossy``, but the damaged server starts silently on the shorter log
+    and votes at once: what the recovery flag exists to prevent.  Expected to
+    break safety (tests/test_sim.py checks that it does)."""
+    return lossy_profile(rng).replace(log_loss_recover=False)
+
+
 def calm_profile(rng: random.Random) -> SimParams:
     """No faults and no churn: a steady cluster (baseline and benchmarks)."""
     p = default_profile(rng)
@@ -136,5 +158,7 @@ PROFILES = {
     "default": default_profile,
     "churn": churn_profile,
     "crashy": crashy_profile,
+    "lossy": lossy_profile,
+    "silent-loss": silent_loss_profile,
     "calm": calm_profile,
 }

@@ -25,9 +25,10 @@ import heapq
 import random
 from typing import Any, Callable
 
-from coord.raft.core import RaftCore
+from coord.raft.core import RaftCore, decode_membership
 from coord.raft.types import (
     ConfChangeError,
+    EntryKind,
     HardState,
     Membership,
     Message,
@@ -244,8 +245,44 @@ class Simulation:
     def _restart(self, nid: int) -> None:
         node = self.nodes[nid]
         if node.core is None:
+            if self.p.log_loss_prob and self.rng.random() < self.p.log_loss_prob and self._may_lose_log(node):
+                self._lose_log(node)
             self._start(node)
             self.stats["restarts"] += 1
+
+    def _may_lose_log(self, node: SimNode) -> bool:
+        """Damage the cluster can survive: nobody else recovering, and every
+        configuration any server holds has quorums without this one (a
+        recovering server does not vote until a leader has repaired it)."""
+        if node.disk.log.last_index <= node.disk.snapshot_index:
+            return False
+        if any(o.disk.hard_state.recovering or (o.core is not None and o.core.recovering)
+               for o in self.nodes.values() if o is not node):
+            return False
+        for m in self._known_configs():
+            for voters in (m.voters, m.outgoing):
+                if node.id in voters and len(voters) < 3:
+                    return False
+        return True
+
+    def _known_configs(self) -> list[Membership]:
+        out = [self.bootstrap]
+        for o in self.nodes.values():
+            if o.core is not None:
+                out.append(o.core.membership)
+            if o.disk.snapshot is not None:
+                out.append(o.disk.snapshot.meta.membership)
+            out.extend(decode_membership(e.data) for e in o.disk.log.entries if e.kind == EntryKind.CONFIG)
+        return out
+
+    def _lose_log(self, node: SimNode) -> None:
+        disk = node.disk
+        lo = max(disk.snapshot_index, disk.log.base_index)
+        keep = self.rng.randint(lo, disk.log.last_index - 1)
+        self.note(f"n{node.id} DISK LOST log after {keep} (was ..{disk.log.last_index})"
+                  + (", restarted with the recovery flag" if self.p.log_loss_recover else ", restarted silently"))
+        disk.lose_log_after(keep, recovering=self.p.log_loss_recover)
+        self.stats["log_losses"] += 1
 
     # ------------------------------------------------------------------
     # the driver: inputs, Readies, syncs

@@ -124,10 +124,10 @@ class FakeDisk:
             if val.index > self.snapshot_index:
                 self.log.append([val])
         elif kind == "tv":
-            self.hard_state = HardState(val.term, val.vote, self.hard_state.commit)
+            self.hard_state = HardState(val.term, val.vote, self.hard_state.commit, val.recovering)
         elif kind == "commit":
             hs = self.hard_state
-            self.hard_state = HardState(hs.term, hs.vote, val)
+            self.hard_state = HardState(hs.term, hs.vote, val, hs.recovering)
         else:
             self.hard_state = val
 
@@ -142,6 +142,15 @@ class FakeDisk:
             self.log.install_snapshot(snap.meta.index, snap.meta.term)
         elif drop_log:
             self.log.compact(snap.meta.index, snap.meta.term)
+
+    def lose_log_after(self, index: int, *, recovering: bool) -> None:
+        """Disk damage: the durable log ends at ``index`` (>= the snapshot)."""
+        log = self.log
+        keep = max(index, log.base_index)
+        log.entries = log.entries[:keep - log.base_index]
+        hs = self.hard_state
+        self.hard_state = HardState(hs.term, hs.vote, min(hs.commit, max(keep, self.snapshot_index)),
+                                    hs.recovering or recovering)
 
     def recovery_state(self) -> tuple[HardState, SnapshotMeta | None, list[Entry]]:
         """(hard state, snapshot meta, entries after the snapshot) for RaftCore()."""
