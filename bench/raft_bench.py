@@ -89,7 +89,7 @@ async def run(args) -> dict:
     async with trio.open_nursery() as nursery:
         for node in nodes.values():
             await nursery.start(node.run)
-        nodes[1].call(lambda c: c.campaign())
+        nodes[1].campaign()
         with trio.fail_after(10):
             while not nodes[1].is_leader:
                 await trio.sleep(0.01)
@@ -105,7 +105,7 @@ async def run(args) -> dict:
                 seq += 1
                 t0 = time.perf_counter()
                 try:
-                    await leader.propose(key + value)
+                    await leader.propose(key + value).wait()
                 except ProposalDropped:
                     continue
                 latencies.append(time.perf_counter() - t0)

@@ -553,3 +553,39 @@ def test_determinism_across_replicas():
         populate(m)
     assert x.sm.snapshot() == y.sm.snapshot()
     assert x.calls == y.calls
+
+
+def test_old_and_new_entry_formats_apply_the_same():
+    """Logs written before commands travelled as bytes (version 1: the map
+    with "t" in it) apply exactly as version 2 entries (header + the bytes
+    the receiving server encoded) do."""
+    from coord.namespace.commands import Command, SessionOpen, encode, entry_data, parse_request
+
+    old, new = NamespaceStateMachine(), NamespaceStateMachine()
+    reqs = [
+        {"op": "create", "path": "/a", "data": b"1", "seq": 1},
+        {"op": "multi", "ops": [{"op": "check", "path": "/a", "version": 0},
+                                {"op": "set", "path": "/a", "data": b"2"},
+                                {"op": "create", "path": "/a/b", "sq": True}], "seq": 2},
+        {"op": "delete", "path": "/a", "recursive": True, "seq": 3},
+    ]
+    sid_old = old.apply(Entry(1, 1, EntryKind.NORMAL, encode_command("session_open", t=5, timeout_ms=1000)))["r"]["sid"]
+    opened = encode(Command("session_open", SessionOpen(1000)))
+    sid_new = new.apply(Entry(1, 1, EntryKind.NORMAL, entry_data(opened, t=5)))["r"]["sid"]
+    assert sid_old == sid_new == 1
+    for i, req in enumerate(reqs, start=2):
+        cmd = parse_request(req, sid=1, limit=100)
+        v1 = old.apply(Entry(1, i, EntryKind.NORMAL, encode_command(req["op"], t=7 + i, sid=1, seq=req["seq"],
+                                                                     **{k: v for k, v in req.items()
+                                                                        if k not in ("op", "seq")})))
+        v2 = new.apply(Entry(1, i, EntryKind.NORMAL, entry_data(encode(cmd), t=7 + i, origin=3, rid=i)))
+        assert v1 == v2 and v1["ok"], (req, v1, v2)
+    assert old.dump() == new.dump()
+
+
+def test_a_version_2_entry_with_a_bad_body_is_refused_the_same_everywhere():
+    from coord.namespace.commands import decode_entry, entry_data
+
+    for body in [b"\xff", cbor2.dumps([1]), cbor2.dumps({"op": "create", "path": "/a", "sid": 0, "seq": 0, "t": 1})]:
+        lc = decode_entry(entry_data(body, t=1, origin=2, rid=3))
+        assert lc.command is None and lc.error is not None and (lc.origin, lc.rid) == (2, 3)

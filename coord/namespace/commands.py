@@ -1,9 +1,9 @@
-"""Commands: what a Raft entry of the namespace carries, and their typed form.
+"""Write commands: their one schema, their encoding, and how the log carries them.
 
-The data of a NORMAL entry is ``cbor2.dumps(cmd)``, ``cmd`` a map::
+A command is a map::
 
-    {"op": str, "t": int (leader's clock, ms), "sid": int (0 = none),
-     "seq": int (per-session request number, 0 = no dedup), ...op fields}
+    {"op": str, "sid": int (0 = none), "seq": int (per-session request
+     number, 0 = no dedup), ...op fields}
 
     create         path: str, data: bytes = b"", eph/sq/parents: bool = False
     delete         path: str, version: int = -1, recursive: bool = False
@@ -14,24 +14,48 @@ The data of a NORMAL entry is ``cbor2.dumps(cmd)``, ``cmd`` a map::
     session_close  -
     session_expire sids: [int > 0]
 
+``_SCHEMA`` below is the only definition of these fields.  The server that
+receives a client's write parses the request straight into a typed
+``Command`` (``parse_request``: the same field specs, plus the checks that
+only the receiving server can make, such as the data size limit), encodes it
+once (``encode``), and those bytes travel unchanged: forwarded to the leader,
+wrapped by the leader in an entry (``entry_data``: its clock, and which
+server and request the command came from), replicated and applied.
+
+The data of a NORMAL entry (``decode_entry``)::
+
+    version 2:  0x02 | t (8 bytes) | origin (8) | rid (8) | command (CBOR map)
+    version 1:  the command map itself, with "t" in it (logs written before
+                version 2; still read)
+
+``t`` is the leader's clock in ms; ``origin`` the id of the server that
+received the write and ``rid`` its number for it, so that server answers
+its client when it applies the entry itself (0, 0: nobody is waiting).
+
 Decoding is strict (exact types, no unknown fields), because every server
 must accept or refuse exactly the same bytes, and a misspelt field silently
 taking its default (say, ``version`` -1 on a delete) would be worse than an
-error.  Paths are checked when the command runs, where a bad path is an
-ordinary InvalidPath result (inside a multi: with the op's index).  The
-leader encodes through the same checks (``encode_command``), so a bad
-request is refused before it reaches the log.
+error.  Paths are checked again when the command runs, where a bad path is
+an ordinary InvalidPath result (inside a multi: with the op's index).
 """
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import Any
 
 import cbor2
 
-from coordclient.errors import BadArgumentsError, CoordError, MultiError, UnimplementedError
-from coordclient.protocol import Err
+from coordclient.errors import (
+    BadArgumentsError,
+    CoordError,
+    InvalidPathError,
+    MultiError,
+    TooLargeError,
+    UnimplementedError,
+)
+from coordclient.protocol import Err, validate_path
 
 
 @dataclass(slots=True)
@@ -88,7 +112,7 @@ class SessionExpire:
 class Command:
     op: str
     body: Any  # one of the classes above
-    t: int = 0
+    t: int = 0  # the leader's clock, from the entry (not part of the encoded command)
     sid: int = 0
     seq: int = 0
 
@@ -240,3 +264,148 @@ def encode_command(op: str, *, t: int = 0, sid: int = 0, seq: int = 0, **fields:
         cmd[k] = _plain(v)
     parse_command(cmd)
     return cbor2.dumps(cmd)
+
+
+# --- the receiving server: request -> command -> bytes ----------------------------
+
+MAX_MULTI_OPS = 1000
+_REQUEST_KEYS = frozenset({"id", "seq"})  # a client request's envelope, besides "op"
+
+
+def _from_request(op: Any, req: dict, in_multi: bool) -> Any:
+    """The body of one client-requested op (None-valued fields count as absent)."""
+    if not isinstance(op, str):
+        raise BadArgumentsError("'op' must be a string")
+    spec = _SCHEMA.get(op)
+    if spec is None or op not in _CLIENT_OPS or (in_multi and op not in MULTI_OPS) or (not in_multi and op == "check"):
+        raise UnimplementedError(f"unknown operation {op!r}"[:200])
+    allowed = spec.multi_keys if in_multi else spec.multi_keys | _REQUEST_KEYS
+    fields = {k: v for k, v in req.items() if v is not None}
+    if not fields.keys() <= allowed:
+        unknown = sorted(map(repr, fields.keys() - allowed))
+        raise BadArgumentsError(f"unknown field(s) for {op}: {', '.join(unknown)}"[:200])
+    body = spec.cls(*_values(fields, spec.fields))
+    if spec.check is not None:
+        spec.check(body)
+    return body
+
+
+_CLIENT_OPS = frozenset({"create", "delete", "set", "multi", "check"})
+
+
+def _check_request_body(body: Any, limit: int) -> int:
+    """Path syntax and data size, checked where the client is (a bad path
+    never reaches the log).  Returns the data size."""
+    if isinstance(body, Multi):
+        return 0
+    why = validate_path(body.path)
+    if why is not None:
+        raise InvalidPathError(f"{why}: {body.path!r}"[:300], path=body.path)
+    n = len(getattr(body, "data", b""))
+    if n > limit:
+        raise TooLargeError(f"'data' is {n} bytes; the limit is {limit}", path=body.path)
+    return n
+
+
+def parse_request(req: dict, *, sid: int, limit: int) -> Command:
+    """A client's write request (create, set, delete, multi) as a typed
+    command of session ``sid``; raises the CoordError to answer with (a bad
+    op inside a multi: MultiError with its index)."""
+    op = req.get("op")
+    seq = req.get("seq")
+    if type(seq) is not int or not 1 <= seq < 1 << 63:
+        raise BadArgumentsError("'seq' must be an integer >= 1")
+    if op == "multi":
+        raw = req.get("ops")
+        if type(raw) is not list or len(raw) > MAX_MULTI_OPS:
+            raise BadArgumentsError(f"'ops' must be a list of at most {MAX_MULTI_OPS} operations")
+        if not req.keys() <= {"op", "ops"} | _REQUEST_KEYS:
+            raise BadArgumentsError("unknown field(s) for multi")
+        ops, total = [], 0
+        for i, o in enumerate(raw):
+            try:
+                if type(o) is not dict:
+                    raise BadArgumentsError("a multi operation must be a map")
+                body = _from_request(o.get("op"), o, True)
+                total += _check_request_body(body, limit)
+            except CoordError as e:
+                raise multi_failure(i, e, len(raw)) from None
+            ops.append(body)
+        if total > limit:
+            raise TooLargeError(f"the multi carries {total} bytes of data; the limit is {limit}")
+        return Command("multi", Multi(tuple(ops)), 0, sid, seq)
+    body = _from_request(op, req, False)
+    _check_request_body(body, limit)
+    return Command(op, body, 0, sid, seq)
+
+
+_OP_OF = {spec.cls: name for name, spec in _SCHEMA.items()}
+
+
+def _fields(body: Any) -> dict:
+    spec = _SCHEMA[_OP_OF[type(body)]]
+    out = {"op": _OP_OF[type(body)]}
+    for name, _, default in spec.fields:
+        v = getattr(body, name)
+        if name == "ops":
+            v = [_fields(b) for b in v]
+        elif type(v) is tuple:
+            v = list(v)
+        if v != default or default is _REQUIRED:
+            out[name] = v
+    return out
+
+
+def encode(cmd: Command) -> bytes:
+    """The command's bytes, as they travel and as the log stores them
+    (``t`` is not in them: the leader's entry header carries it)."""
+    d = _fields(cmd.body)
+    d["sid"], d["seq"] = cmd.sid, cmd.seq
+    return cbor2.dumps(d)
+
+
+# --- the log: an entry's data ---------------------------------------------------------
+
+ENTRY_V2 = 2
+_HEADER = struct.Struct(">BQQQ")
+HEADER_SIZE = _HEADER.size
+_V2 = bytes([ENTRY_V2])
+
+
+def entry_data(command: bytes, *, t: int, origin: int = 0, rid: int = 0) -> bytes:
+    """What the leader proposes: the command bytes as received, behind a header."""
+    return _HEADER.pack(ENTRY_V2, t, origin, rid) + command
+
+
+@dataclass(slots=True, frozen=True)
+class LogCommand:
+    """A decoded entry: the command (or why it is refused), and who waits for it."""
+
+    command: Command | None
+    error: CoordError | None
+    origin: int = 0
+    rid: int = 0
+
+
+def decode_entry(data: bytes) -> LogCommand:
+    """Never raises: a refused entry is refused the same way on every server."""
+    origin = rid = t = 0
+    v2 = data[:1] == _V2 and len(data) >= HEADER_SIZE
+    if v2:
+        _, t, origin, rid = _HEADER.unpack_from(data)
+        body = memoryview(data)[HEADER_SIZE:]
+    else:
+        body = data
+    try:
+        try:
+            d = cbor2.loads(body)
+        except Exception as e:  # cbor2 raises several types on garbage; all mean the same here
+            raise BadArgumentsError(f"malformed command: {e}"[:200]) from None
+        if v2:
+            if type(d) is not dict or "t" in d:
+                raise BadArgumentsError("a version 2 entry's command has no 't'")
+            d["t"] = t
+        cmd = parse_command(d)
+    except CoordError as e:
+        return LogCommand(None, e, origin, rid)
+    return LogCommand(cmd, None, origin, rid)

@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 import cbor2
 
-from coord.namespace.commands import Command, decode_command
+from coord.namespace.commands import Command, LogCommand, decode_entry
 from coord.namespace.history import Event, EventHistory
 from coord.namespace.sessions import DEFAULT_DEDUP_WINDOW, SessionTable
 from coord.namespace.tree import DATA, Tree, child_names, join, stat
@@ -102,16 +102,17 @@ class NamespaceStateMachine:
             self._last_zxid = index
 
     def apply(self, entry: Entry) -> dict | None:
-        zxid = entry.index
         if entry.kind != EntryKind.NORMAL:
-            self.note_zxid(zxid)
+            self.note_zxid(entry.index)
             return None
-        try:
-            cmd = decode_command(entry.data)
-        except CoordError as e:
-            result, events = error_result(e), None
+        return self.apply_logged(decode_entry(entry.data), entry.index)
+
+    def apply_logged(self, lc: LogCommand, zxid: int) -> dict:
+        """Apply the decoded command of the NORMAL entry at ``zxid``."""
+        if lc.error is not None:
+            result, events = error_result(lc.error), None
         else:
-            result, events = self._execute(cmd, zxid)
+            result, events = self._execute(lc.command, zxid)
         self._last_zxid = zxid
         if events:
             self._history.add(zxid, events)

@@ -47,6 +47,7 @@ from .types import (
     Role,
     Snapshot,
     SnapshotMeta,
+    SoftState,
 )
 
 TRANSFER = b"transfer"  # context of a vote request caused by leadership transfer
@@ -148,6 +149,7 @@ class RaftCore:
         self._snap_recv: tuple[tuple, Membership, bytearray] | None = None
         self._snapshot_to_install: Snapshot | None = None
 
+        self._soft = SoftState(0, Role.FOLLOWER, 0)  # the last one handed out: a Ready carries changes
         self._msgs_now: list[Message] = []
         self._msgs_after: list[Message] = []
         self._read_states: list[ReadState] = []
@@ -412,7 +414,12 @@ class RaftCore:
             or min(lg.commit, lg.stable) > lg.applied
             or self._hard_state() != self._saved_hs
             or (self.role is Role.LEADER and (self._dirty or self._bcast or self._read_round_wanted))
+            or self._soft_changed()
         )
+
+    def _soft_changed(self) -> bool:
+        ss = self._soft
+        return ss.leader != self.leader_id or ss.role is not self.role or ss.term != self.term
 
     def ready(self) -> Ready:
         if self.role is Role.LEADER:
@@ -436,6 +443,8 @@ class RaftCore:
             lg.applied = hi
         rd.read_states, self._read_states = self._read_states, []
         rd.failed_reads, self._failed_reads = self._failed_reads, []
+        if self._soft_changed():
+            rd.soft_state = self._soft = SoftState(self.leader_id, self.role, self.term)
         return rd
 
     def on_persisted(self, rd: Ready) -> None:
@@ -862,7 +871,7 @@ class RaftCore:
                 sent = True
                 if pr.state is not PState.REPLICATE:
                     break
-            if not sent and (pid in self._nudge or pr.commit_sent < min(self.log.commit, pr.match)):
+            if not sent and (pid in self._nudge or pr.commit_sent < min(self.log.commit, self._sent_upto(pr))):
                 self._send_append(pid, pr, allow_empty=True)
         self._dirty.clear()
         self._nudge.clear()
@@ -873,6 +882,15 @@ class RaftCore:
             self._read_acks[self.node_id] = self._read_round
             self._bcast_heartbeat(self._read_round)
             self._release_reads()
+
+    @staticmethod
+    def _sent_upto(pr: Progress) -> int:
+        """The last index a follower will hold once what we sent arrives: a
+        new commit index up to it can go out at once (an empty append at it
+        carries it; the follower takes it only if its log matches there), so
+        a follower learns of a commit one hop after the leader does, without
+        waiting for its own acknowledgement to come back first."""
+        return pr.next - 1 if pr.state is PState.REPLICATE else pr.match
 
     def _send_append(self, pid: int, pr: Progress, *, allow_empty: bool) -> bool:
         if pr.state is PState.SNAPSHOT:

@@ -114,15 +114,8 @@ class MsgType(enum.IntEnum):
     TIMEOUT_NOW = 11  # leadership transfer: "campaign now, skip pre-vote"
     READ_INDEX = 12  # follower -> leader: confirm leadership for a read
     READ_INDEX_RESP = 13
-    # Service-level messages that share the peer links but never reach the
-    # Raft core (the driver routes them to the service):
-    FORWARD = 20  # follower -> leader: propose ``data`` (a command); ``context`` = request id
-    FORWARD_RESP = 21  # leader -> follower: ``data`` = result, ``index`` = zxid, ``reject`` = not leader
-    SESSION_TOUCH = 22  # follower -> leader: ``data`` = CBOR list of session ids seen alive, ``index`` = batch no.
-    SESSION_TOUCH_ACK = 23  # leader -> follower: ``index`` = the batch number of a SESSION_TOUCH it received
-
-
-APP_MESSAGES = frozenset({MsgType.FORWARD, MsgType.FORWARD_RESP, MsgType.SESSION_TOUCH, MsgType.SESSION_TOUCH_ACK})
+    # (Service traffic, such as forwarded writes, is not Raft: it has its own
+    # typed messages in coord.transport.envelope.)
 
 
 @dataclass(slots=True)
@@ -178,6 +171,17 @@ class Role(enum.IntEnum):
 
 
 @dataclass(slots=True, frozen=True)
+class SoftState:
+    """Who leads and what this server is: volatile, handed out in a Ready
+    whenever it changes (as etcd's SoftState), so that drivers and services
+    learn of elections without polling the core."""
+
+    leader: int
+    role: Role
+    term: int
+
+
+@dataclass(slots=True, frozen=True)
 class ReadState:
     """A read that may be served once the local applied index reaches ``index``."""
 
@@ -226,6 +230,7 @@ class Ready:
     committed: list[Entry] = field(default_factory=list)
     read_states: list[ReadState] = field(default_factory=list)
     failed_reads: list[bytes] = field(default_factory=list)  # contexts of read_index calls that cannot be served
+    soft_state: SoftState | None = None  # set when leader, role or term changed since the last Ready
 
     def needs_sync(self, durable: HardState) -> bool:
         """Whether this ready must be fsync'd before steps 3-5, given the
@@ -245,6 +250,7 @@ class Ready:
             or self.committed
             or self.read_states
             or self.failed_reads
+            or self.soft_state
         )
 
 

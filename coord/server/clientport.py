@@ -1,9 +1,13 @@
 """The client port: one task pair per connection, requests pipelined.
 
-Each connection has a reader (frames in, one task per request, at most
-``MAX_INFLIGHT`` at a time so a flooding client is slowed down by TCP
-rather than by our memory) and a writer draining one bounded outbound
-queue.  Responses and watch events share that queue, which is what gives
+Each connection has a reader and a writer draining one bounded outbound
+queue.  The reader serves the hot paths with no task of their own: a local
+read right away, a linearizable read when the next shared ReadIndex barrier
+applies, a write when this server applies its entry (the request is parsed
+straight into the command schema and encoded once, see
+``namespace.commands``).  Rarer requests (hello, sync, watch, admin) get a
+task each.  At most ``MAX_INFLIGHT`` requests per connection are open at a
+time, so a flooding client is slowed down by TCP rather than by our memory.  Responses and watch events share that queue, which is what gives
 ZooKeeper's ordering guarantee: events are queued synchronously while the
 state machine applies a change, so every event with zxid <= Z is queued
 before any response stamped with zxid Z.  A client that does not read its
@@ -23,8 +27,10 @@ from typing import Any, Awaitable, Callable
 
 import trio
 
+from coord.namespace.commands import encode, parse_request
 from coord.server.config import ConfigError, MemberAddrs, parse_addr
-from coord.server.service import AdminService, CoordService
+from coord.server.future import Future
+from coord.server.service import CoordService
 from coord.server.watches import KINDS, WatchRegistry
 from coordclient.errors import (
     AuthFailedError,
@@ -33,7 +39,6 @@ from coordclient.errors import (
     CoordError,
     InvalidPathError,
     SessionExpiredError,
-    TooLargeError,
     UnimplementedError,
 )
 from coordclient.protocol import SESSIONLESS_OPS, SNAPSHOT_CHUNK, Op, validate_path
@@ -44,7 +49,7 @@ log = logging.getLogger("coord.clientport")
 MAX_INFLIGHT = 512  # requests being served per connection
 OUT_QUEUE = 8192  # responses + events queued per connection before it counts as too slow
 CLOSE_GRACE = 5.0  # seconds a closing connection gets to take its last frames
-MAX_MULTI_OPS = 1000
+WRITE_OPS = frozenset({Op.CREATE.value, Op.SET.value, Op.DELETE.value, Op.MULTI.value})
 
 _INT_MAX = (1 << 63) - 1
 
@@ -76,17 +81,6 @@ def arg_bool(req: dict, key: str) -> bool:
     return v
 
 
-def arg_bytes(req: dict, key: str, limit: int) -> bytes:
-    v = req.get(key, b"")
-    if v is None:
-        v = b""
-    if type(v) is not bytes:
-        raise _bad(f"{key!r} must be bytes")
-    if len(v) > limit:
-        raise TooLargeError(f"{key!r} is {len(v)} bytes; the limit is {limit}")
-    return v
-
-
 def arg_path(req: dict, key: str = "path") -> str:
     p = req.get(key)
     why = validate_path(p)
@@ -95,20 +89,12 @@ def arg_path(req: dict, key: str = "path") -> str:
     return p
 
 
-def write_fields(op: str, req: dict, limit: int) -> dict:
-    """The command fields of one write op (top level or inside a multi)."""
-    if op == Op.CREATE:
-        return {"op": "create", "path": arg_path(req), "data": arg_bytes(req, "data", limit),
-                "eph": arg_bool(req, "eph"), "sq": arg_bool(req, "sq"), "parents": arg_bool(req, "parents")}
-    if op == Op.SET:
-        return {"op": "set", "path": arg_path(req), "data": arg_bytes(req, "data", limit),
-                "version": arg_int(req, "version", -1)}
-    if op == Op.DELETE:
-        return {"op": "delete", "path": arg_path(req), "version": arg_int(req, "version", -1),
-                "recursive": arg_bool(req, "recursive")}
-    if op == Op.CHECK:
-        return {"op": "check", "path": arg_path(req), "version": arg_int(req, "version", -1)}
-    raise UnimplementedError(f"unknown operation {op!r}")
+def _write_error(res: dict) -> CoordError:
+    """The exception for a refused write's result map."""
+    err = CoordError.from_code(res.get("err", "SystemError"), res.get("msg", ""), path=res.get("path"))
+    if "index" in res or "results" in res:
+        err.wire_extra = {k: res[k] for k in ("index", "results") if k in res}
+    return err
 
 
 class ClientConnection:
@@ -219,6 +205,12 @@ class ClientConnection:
                 continue
             await sem.acquire()
             self._inflight += 1
+            if type(req) is dict and type(req.get("op")) is str and req["op"] in WRITE_OPS:
+                writes = self.service.writes
+                if writes.full:
+                    await writes.wait_room()  # push back: stop reading until writes drain
+                self._start_write(req, sem)
+                continue
             nursery.start_soon(self._serve, req, sem)
 
     def _queue(self, msg: dict) -> None:
@@ -243,9 +235,9 @@ class ClientConnection:
         if rid is None:
             raise _bad("a request needs an integer 'id'")
         op = req.get("op")
-        handler = HANDLERS.get(op) if isinstance(op, str) else None
-        if handler is None:
+        if not isinstance(op, str) or op not in HANDLERS:
             raise UnimplementedError(f"unknown operation {op!r}"[:200])
+        handler = HANDLERS[op]
         needs_session = op not in SESSIONLESS_OPS
         if needs_session or op == Op.HELLO:
             if not self.service.is_member():
@@ -335,15 +327,36 @@ class ClientConnection:
         if resp["ok"] and req.get("op") == Op.CLOSE:
             self.close("session closed")
 
-    async def _write(self, fields: dict, req: dict) -> dict:
-        cmd = {**fields, "sid": self.sid, "seq": arg_int(req, "seq", lo=1)}
-        zxid, res = await self.service.write(cmd)
-        if res.get("ok"):
-            return res["r"]
-        err = CoordError.from_code(res.get("err", "SystemError"), res.get("msg", ""), path=res.get("path"))
-        if "index" in res or "results" in res:
-            err.wire_extra = {k: res[k] for k in ("index", "results") if k in res}
-        raise err
+    def _start_write(self, req: dict, sem: trio.Semaphore) -> None:
+        """A write, served with no task: parsed into its command, encoded
+        once, submitted; answered by a callback when this server applies it."""
+        try:
+            rid, _, _ = self._admit(req)
+            data = encode(parse_request(req, sid=self.sid, limit=self.limit))
+        except Exception as e:  # noqa: BLE001 - every failure is the client's answer
+            self._end_request(sem)
+            self._queue(self._error_response(_request_id(req), req, e))
+            return
+        self.service.submit(data).add_done_callback(lambda f: self._finish_write(rid, f, sem))
+
+    def _finish_write(self, rid: int, f: Future, sem: trio.Semaphore) -> None:
+        self._end_request(sem)
+        if self._finished:
+            return
+        if f.error is not None:
+            resp = self._error_response(rid, None, f.error)
+        else:
+            zxid, res = f.result()
+            if res.get("ok"):
+                resp = {"id": rid, "ok": True, "zxid": max(zxid, self.service.applied), "r": res["r"]}
+            else:
+                resp = self._error_response(rid, None, _write_error(res))
+                resp["zxid"] = max(zxid, resp["zxid"])
+        self._queue(resp)
+
+    def _end_request(self, sem: trio.Semaphore) -> None:
+        sem.release()
+        self._inflight -= 1
 
     async def op_hello(self, req: dict) -> dict:
         if self.sid:
@@ -377,38 +390,11 @@ class ClientConnection:
         return {}
 
     async def op_close(self, req: dict) -> dict:
-        zxid, res = await self.service.write({"op": "session_close", "sid": self.sid, "seq": 0})
-        if not res.get("ok") and res.get("err") != "SessionExpired":
-            raise CoordError.from_code(res.get("err", "SystemError"), res.get("msg", ""))
+        await self.service.close_session(self.sid)
         return {}
 
     async def op_status(self, req: dict) -> dict:
         return self.service.status()
-
-    async def op_create(self, req: dict) -> dict:
-        return await self._write(write_fields(Op.CREATE, req, self.limit), req)
-
-    async def op_set(self, req: dict) -> dict:
-        return await self._write(write_fields(Op.SET, req, self.limit), req)
-
-    async def op_delete(self, req: dict) -> dict:
-        return await self._write(write_fields(Op.DELETE, req, self.limit), req)
-
-    async def op_multi(self, req: dict) -> dict:
-        ops = req.get("ops")
-        if type(ops) is not list or len(ops) > MAX_MULTI_OPS:
-            raise _bad(f"'ops' must be a list of at most {MAX_MULTI_OPS} operations")
-        fields = []
-        total = 0
-        for k, o in enumerate(ops):
-            if type(o) is not dict:
-                raise _bad(f"operation {k} must be a map")
-            f = write_fields(o.get("op"), o, self.limit)
-            total += len(f.get("data", b""))
-            fields.append(f)
-        if total > self.limit:
-            raise TooLargeError(f"the multi carries {total} bytes of data; the limit is {self.limit}")
-        return await self._write({"op": "multi", "ops": fields}, req)
 
     async def _before_read(self, req: dict) -> None:
         if arg_bool(req, "lin"):
@@ -526,13 +512,14 @@ class ClientConnection:
         version = req.get("version")
         if version is not None and (type(version) is not int or version < 0):
             raise _bad("'version' must be a non-negative integer or null")
-        return await AdminService(self.service).change(
+        await self.service.admin.change(
             add_voters=servers("add_voters"), add_learners=servers("add_learners"),
             remove=ids("remove"), promote=ids("promote"), version=version,
             wait=req.get("wait", True) is not False)
+        return self.service.status()
 
     async def op_leader_transfer(self, req: dict) -> dict:
-        return await AdminService(self.service).transfer(arg_int(req, "to", 0, lo=0))
+        return await self.service.admin.transfer(arg_int(req, "to", 0, lo=0))
 
     async def op_snapshot(self, req: dict) -> dict:
         """A consistent snapshot (taken without yielding, at one zxid), sent as
@@ -550,9 +537,9 @@ class ClientConnection:
         return {}
 
 
-HANDLERS: dict[str, Callable[[ClientConnection, dict], Awaitable[dict]]] = {
-    op.value: getattr(ClientConnection, f"op_{op.value}") for op in Op if op is not Op.CHECK
-}
+HANDLERS: dict[str, Callable[[ClientConnection, dict], Awaitable[dict]] | None] = {
+    op.value: getattr(ClientConnection, f"op_{op.value}", None) for op in Op if op is not Op.CHECK
+}  # writes (None here) are served by _start_write
 INLINE_READS: dict[str, Callable[[ClientConnection, dict], dict]] = {
     Op.GET.value: ClientConnection.read_get,
     Op.EXISTS.value: ClientConnection.read_exists,

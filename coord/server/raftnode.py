@@ -1,34 +1,35 @@
 """The Trio driver around the Raft core: time, disk and network for one server.
 
 One task owns the core and feeds it everything (messages, ticks, proposals,
-read barriers, disk completions) from a single inbox, so the core is only
-ever touched from one place.  Readies are carried out exactly as
-``coord.raft.types.Ready`` prescribes:
+read barriers, membership changes, disk completions) from a single inbox of
+typed items, so the core is only ever touched from one place.  Readies are
+carried out exactly as ``coord.raft.types.Ready`` prescribes:
 
 * leader replication messages leave at once, in parallel with the leader's
   own disk write;
-* everything to persist goes, in order, to one long-lived disk thread.
-  While one fsync runs, later readies pile up in its queue and are written
-  together with the next fsync: that is group commit, and it is why
-  throughput grows with load instead of being capped at one fsync per
-  proposal.  (A dedicated thread, not ``trio.to_thread`` per batch: the
-  thread handoff was a visible share of the CPU per write.)  A ready whose
-  only durable change is the commit index needs no fsync of its own (see
+* everything to persist goes, in order, to the disk pipeline
+  (``diskwriter.DiskWriter``: one thread, group commit).  A ready whose only
+  durable change is the commit index needs no fsync of its own (see
   ``Ready.needs_sync``); it is written with the next batch;
 * after the fsync: the acknowledgements that promise durability are sent,
-  the core is told, committed entries are applied and proposers answered.
+  the core is told, committed entries are applied, futures resolved;
+* a change of leader, role or term (``Ready.soft_state``) is reported to
+  ``on_soft_state`` and wakes ``wait_leader``.
+
+Callers wait on ``Future``s (``future.py``): ``propose``, ``read_index``,
+``applied``, ``propose_membership``, ``transfer_leadership``.  The clock is
+a parameter (``ticker``), so tests can drive time.
 """
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import logging
 import math
-import queue
 import random
-import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 import trio
 
@@ -39,14 +40,27 @@ from coord.raft.types import (
     HardState,
     Membership,
     Message,
-    APP_MESSAGES,
     ProposalDropped,
     Ready,
     Role,
     Snapshot,
+    SoftState,
 )
+from coord.server.diskwriter import DiskWork, DiskWriter, LogStore, SaveSnapshot
+from coord.server.future import Future
 
 log = logging.getLogger("coord.raftnode")
+
+__all__ = [
+    "CommitUnknown",
+    "LogStore",
+    "NodeOptions",
+    "NodeStatus",
+    "NotLeader",
+    "RaftNode",
+    "ReadFailed",
+    "StateMachine",
+]
 
 
 class StateMachine(Protocol):
@@ -64,16 +78,6 @@ class StateMachine(Protocol):
         """Replace the whole state by a snapshot's."""
 
 
-class LogStore(Protocol):
-    """The blocking storage API the driver uses (coord.storage.disk.DiskStorage)."""
-
-    def save(self, hard_state: HardState | None, entries: list[Entry], snapshot: Snapshot | None) -> None: ...
-
-    def save_snapshot(self, snapshot: Snapshot) -> None: ...
-
-    def compact(self, index: int) -> None: ...
-
-
 class NotLeader(ProposalDropped):
     """This server is not the leader; ``leader`` names the one it knows of (or 0)."""
 
@@ -87,51 +91,84 @@ class ReadFailed(Exception):
     """A linearizable read could not be confirmed (no leader, leadership lost)."""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class NodeOptions:
     tick_seconds: float = 0.05
     snapshot_entries: int = 10_000  # snapshot the state machine after this many applied entries
     snapshot_retain: int = 1_000  # keep this many entries before a snapshot for lagging followers
     max_batch: int = 4096  # proposals per core.propose_batch call
 
-
-class _Waiter:
-    """A one-shot result slot for a task waiting on the event loop."""
-
-    __slots__ = ("event", "value", "error")
-
-    def __init__(self) -> None:
-        self.event = trio.Event()
-        self.value: Any = None
-        self.error: BaseException | None = None
-
-    def set(self, value: Any) -> None:
-        self.value = value
-        self.event.set()
-
-    def fail(self, error: BaseException) -> None:
-        self.error = error
-        self.event.set()
-
-    async def wait(self) -> Any:
-        await self.event.wait()
-        if self.error is not None:
-            raise self.error
-        return self.value
+    def __post_init__(self) -> None:
+        if self.tick_seconds <= 0 or self.snapshot_entries < 1 or self.snapshot_retain < 0 or self.max_batch < 1:
+            raise ValueError(f"bad node options: {self}")
 
 
-def merge_entries(acc: list[Entry], new: list[Entry]) -> list[Entry]:
-    """Combine two consecutive entry writes into one (the later may overwrite a
-    suffix of the earlier, as after a follower's log truncation)."""
-    if not acc:
-        return list(new)
-    if not new:
-        return acc
-    first = new[0].index
-    if first <= acc[-1].index:
-        del acc[max(0, first - acc[0].index):]
-    acc.extend(new)
-    return acc
+@dataclass(slots=True, frozen=True)
+class NodeStatus:
+    """A consistent picture of the node, for status pages and admin checks."""
+
+    node_id: int
+    role: Role
+    term: int
+    leader: int
+    commit: int
+    applied: int
+    last_index: int
+    membership: Membership
+    membership_version: int
+    recovering: bool
+    progress: dict  # leader only: {peer: {"match", "next", "state"}}
+
+
+# --- the inbox: everything the loop acts on ----------------------------------------
+
+@dataclass(slots=True, frozen=True)
+class _Tick:
+    pass
+
+
+@dataclass(slots=True, frozen=True)
+class _Wake:
+    """Proposals are waiting (they are queued beside the inbox, not in it)."""
+
+
+@dataclass(slots=True, frozen=True)
+class _ReadIndex:
+    context: bytes
+
+
+@dataclass(slots=True, frozen=True)
+class _Unreachable:
+    peer: int
+
+
+@dataclass(slots=True, frozen=True)
+class _Persisted:
+    batch: list
+
+
+@dataclass(slots=True, frozen=True)
+class _DiskFailed:
+    error: BaseException
+
+
+@dataclass(slots=True, frozen=True)
+class _CoreCall:
+    """Run ``fn(core)`` inside the loop; its result or error resolves ``future``."""
+
+    fn: Callable[[RaftCore], Any]
+    future: Future
+
+
+_TICK = _Tick()
+_WAKE = _Wake()
+
+
+async def _ticker(node: "RaftNode") -> None:
+    """Real time: one tick per ``tick_seconds``."""
+    while True:
+        await trio.sleep(node.opts.tick_seconds)
+        node.tick()
 
 
 class RaftNode:
@@ -150,18 +187,16 @@ class RaftNode:
         options: NodeOptions = NodeOptions(),
         seed: int | None = None,
         on_membership: Callable[[Membership], None] | None = None,
-        on_app_message: Callable[[Message], None] | None = None,
-        on_leader: Callable[[int], None] | None = None,
+        on_soft_state: Callable[[SoftState], None] | None = None,
+        ticker: Callable[["RaftNode"], Any] = _ticker,
     ):
         self.node_id = node_id
-        self.store = store
         self.sm = state_machine
         self.send = send
         self.opts = options
         self.on_membership = on_membership
-        self.on_app_message = on_app_message
-        self.on_leader = on_leader  # called with the new leader id (0: none) when it changes
-        self._leader_seen = -1
+        self.on_soft_state = on_soft_state
+        self._ticker = ticker
         if recovered_snapshot is not None and recovered_snapshot.meta.index > 0:
             state_machine.restore(recovered_snapshot.data)
         self.core = RaftCore(
@@ -173,121 +208,186 @@ class RaftNode:
             entries=recovered_entries,
             membership=bootstrap,
         )
-        self._last_snapshot_index = self.core.snapshot_meta.index
+        self.soft = SoftState(0, Role.FOLLOWER, self.core.term)
         self._recovering = self.core.recovering
+        self._last_snapshot_index = self.core.snapshot_meta.index
         self._send_in, self._recv_in = trio.open_memory_channel(math.inf)
-        self._disk_q: queue.SimpleQueue = queue.SimpleQueue()  # lists of writes to the disk thread, in order
-        self._to_disk: list = []  # this loop iteration's writes, put on _disk_q at its end
+        self.disk = DiskWriter(store, recovered_hard_state, name=f"coord-disk-{node_id}")
+        self._to_disk: list[DiskWork] = []  # this loop iteration's work, handed over at its end
         self._queued_hs = recovered_hard_state  # term/vote durable or queued for writing
-        self._disk_hs = recovered_hard_state  # disk thread only: the last hard state it wrote
-        self._lazy_hs: HardState | None = None  # newest commit-only change, for the disk thread's next write
-        self._proposals: list[tuple[bytes, _Waiter]] = []
-        self._waiters: dict[int, tuple[int, _Waiter]] = {}  # index -> (term, waiter)
-        self._reads: dict[bytes, _Waiter] = {}
+        self._proposals: list[tuple[bytes, Future | None]] = []
+        self._waiters: dict[int, tuple[int, Future]] = {}  # index -> (term, future)
+        self._reads: dict[bytes, Future] = {}
         self._read_ids = itertools.count(1)
         self._applied = self.core.applied_index
-        self._applied_waiters: list[tuple[int, _Waiter]] = []
-        self._applied_changed = trio.Event()
+        self._applied_waiters: list[tuple[int, int, Future]] = []  # heap of (index, seq, future)
+        self._waiter_seq = itertools.count()
+        self._soft_event = trio.Event()  # set (and replaced) at every soft state change
         self._membership_seen: Membership | None = None
-        self._in_pipeline = 0  # readies queued or being written, not yet completed
-        self.fsyncs = 0
+        self._in_pipeline = 0  # disk work queued or being written, not yet completed
         self.entries_applied = 0
 
     # ------------------------------------------------------------------
-    # public API (call from tasks in the same Trio run)
+    # observation
     # ------------------------------------------------------------------
-    def deliver(self, msg: Message) -> None:
-        """Called by the transport for every received message (never blocks)."""
-        if msg.type in APP_MESSAGES:
-            if self.on_app_message is not None:
-                self.on_app_message(msg)
-            return
-        self._send_in.send_nowait(msg)
-
-    def peer_unreachable(self, pid: int) -> None:
-        """The transport found ``pid``'s port closed (its process is gone)."""
-        self._send_in.send_nowait(("unreachable", pid))
-
     @property
     def is_leader(self) -> bool:
-        return self.core.role is Role.LEADER
+        return self.soft.role is Role.LEADER
 
     @property
     def leader_id(self) -> int:
-        return self.core.leader_id
+        return self.soft.leader
+
+    @property
+    def term(self) -> int:
+        return self.soft.term
 
     @property
     def applied_index(self) -> int:
         return self._applied
 
-    async def propose(self, data: bytes) -> Any:
-        """Replicate ``data``; returns the state machine's result once it is
-        committed and applied here.  Raises NotLeader at once on a follower, and
-        ProposalDropped if leadership was lost before the entry committed."""
-        w = _Waiter()
-        self.propose_with(data, w)
-        return await w.wait()
+    @property
+    def membership(self) -> Membership:
+        return self.core.membership
 
-    def propose_with(self, data: bytes, slot: Any) -> None:
-        """Like ``propose``, for a caller that cannot wait in a task (the
-        leader serving forwarded writes): the outcome is delivered by calling
-        ``slot.set(result)`` or ``slot.fail(error)`` from the loop, exactly
-        once.  Raises NotLeader at once on a follower."""
-        if self.core.role is not Role.LEADER:
-            raise NotLeader("not the leader", self.core.leader_id)
-        self._proposals.append((data, slot))
+    def recent_members(self) -> frozenset[int]:
+        """Members of the latest configuration and of the one before it (whom to keep links to)."""
+        return self.core.recent_members()
+
+    @property
+    def fsyncs(self) -> int:
+        return self.disk.fsyncs
+
+    def status(self) -> NodeStatus:
+        c = self.core
+        return NodeStatus(self.node_id, c.role, c.term, c.leader_id, c.commit_index, self._applied, c.last_index,
+                          c.membership, c.membership_version, c.recovering,
+                          c.progress() if c.role is Role.LEADER else {})
+
+    # ------------------------------------------------------------------
+    # inputs (call from tasks in the same Trio run; none of them blocks)
+    # ------------------------------------------------------------------
+    def deliver(self, msg: Message) -> None:
+        """Called by the transport for every received Raft message."""
+        self._send_in.send_nowait(msg)
+
+    def peer_unreachable(self, pid: int) -> None:
+        """The transport found ``pid``'s port closed (its process is gone)."""
+        self._send_in.send_nowait(_Unreachable(pid))
+
+    def tick(self) -> None:
+        self._send_in.send_nowait(_TICK)
+
+    def propose(self, data: bytes) -> Future:
+        """Replicate ``data``; the future resolves to the state machine's
+        result once the entry is committed and applied here.  Raises NotLeader
+        at once on a follower (or during a leadership transfer); the future
+        fails with ProposalDropped/CommitUnknown if leadership is lost first."""
+        f = Future()
+        self._queue_proposal(data, f)
+        return f
+
+    def propose_nowait(self, data: bytes) -> None:
+        """Like ``propose`` for a caller that learns the outcome elsewhere (the
+        service answers writes when it applies them, and fails what is pending
+        when the leader changes): no future, no per-entry bookkeeping."""
+        self._queue_proposal(data, None)
+
+    def _queue_proposal(self, data: bytes, f: Future | None) -> None:
+        core = self.core
+        if core.role is not Role.LEADER:
+            raise NotLeader("not the leader", core.leader_id)
+        if core.lead_transferee:
+            raise NotLeader("leadership transfer in progress", core.leader_id)
+        self._proposals.append((data, f))
         if len(self._proposals) == 1:
-            self._send_in.send_nowait(None)  # wake the loop once per batch
+            self._send_in.send_nowait(_WAKE)  # wake the loop once per batch
 
-    async def read_barrier(self) -> int:
-        """Linearizable read barrier (ReadIndex): returns once this server has
-        applied everything committed before the call; the index is returned."""
+    def read_index(self) -> Future:
+        """Linearizable read barrier (ReadIndex): resolves to the read index
+        once this server has applied it (everything committed before the
+        call); fails with ReadFailed if no leader could confirm it."""
         ctx = next(self._read_ids).to_bytes(8, "big") + self.node_id.to_bytes(4, "big")
-        w = _Waiter()
-        self._reads[ctx] = w
-        self._send_in.send_nowait(("read", ctx))
-        index = await w.wait()
-        await self.wait_applied(index)
-        return index
+        f = Future()
+        self._reads[ctx] = f
+        self._send_in.send_nowait(_ReadIndex(ctx))
+        return f
+
+    def applied(self, index: int) -> Future:
+        """Resolves once this server has applied ``index``."""
+        f = Future()
+        self._when_applied(index, f)
+        return f
 
     async def wait_applied(self, index: int) -> None:
-        while self._applied < index:
-            w = _Waiter()
-            self._applied_waiters.append((index, w))
-            await w.wait()
+        if self._applied < index:
+            await self.applied(index).wait()
 
-    def call(self, fn: Callable[[RaftCore], Any]) -> Any:
-        """Run ``fn(core)`` on the core (e.g. propose_membership, transfer) and
-        make sure its output is processed."""
-        result = fn(self.core)
-        self._send_in.send_nowait(None)
-        return result
+    async def wait_leader(self) -> int:
+        """The current leader's id, once there is one."""
+        await self.wait_soft_state(lambda s: s.leader != 0)
+        return self.soft.leader
+
+    async def wait_soft_state(self, pred: Callable[[SoftState], bool]) -> SoftState:
+        """Until ``pred(soft state)`` holds (checked at every change)."""
+        while not pred(self.soft):
+            await self._soft_event.wait()
+        return self.soft
+
+    def term_at(self, index: int) -> int | None:
+        """Term of the log entry at ``index`` (None: compacted away or not there)."""
+        return self.core.log_term(index)
+
+    def propose_membership(self, voters: Iterable[int], learners: Iterable[int] = (), addrs: dict | None = None,
+                           *, expect_version: int | None = None) -> Future:
+        """Resolves to the (index, term) of the configuration entry, or fails
+        with ConfChangeError / ProposalDropped."""
+        voters, learners = list(voters), list(learners)
+        return self._call(lambda c: c.propose_membership(voters, learners, addrs, expect_version=expect_version))
+
+    def transfer_leadership(self, target: int) -> Future:
+        return self._call(lambda c: c.transfer_leadership(target))
+
+    def campaign(self) -> Future:
+        return self._call(lambda c: c.campaign())
+
+    def _call(self, fn: Callable[[RaftCore], Any]) -> Future:
+        f = Future()
+        self._send_in.send_nowait(_CoreCall(fn, f))
+        return f
 
     # ------------------------------------------------------------------
     # tasks
     # ------------------------------------------------------------------
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         token = trio.lowlevel.current_trio_token()
-        disk = threading.Thread(target=self._disk_thread, args=(token,), name=f"coord-disk-{self.node_id}",
-                                daemon=True)
-        disk.start()
+
+        def done(batch: list) -> bool:
+            try:
+                token.run_sync_soon(self._send_in.send_nowait, _Persisted(batch))
+                return True
+            except trio.RunFinishedError:
+                return False
+
+        def failed(exc: BaseException) -> None:
+            try:
+                token.run_sync_soon(self._send_in.send_nowait, _DiskFailed(exc))
+            except trio.RunFinishedError:
+                pass
+
+        self.disk.start(done, failed)
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._ticker)
+                nursery.start_soon(self._ticker, self)
                 self._process_ready()
                 task_status.started()
                 await self._main_loop()
         finally:
             # The thread writes what is queued, then exits; wait for it, so
             # nobody closes the storage under a write in progress.
-            self._disk_q.put(None)
+            self.disk.stop()
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(disk.join)
-
-    async def _ticker(self) -> None:
-        while True:
-            await trio.sleep(self.opts.tick_seconds)
-            self._send_in.send_nowait("tick")
+                await trio.to_thread.run_sync(self.disk.join)
 
     async def _main_loop(self) -> None:
         core = self.core
@@ -307,27 +407,35 @@ class RaftNode:
                 # Entries we proposed may still commit under the next leader,
                 # or be overwritten: the proposer cannot know which.
                 waiters, self._waiters = self._waiters, {}
-                for _, w in waiters.values():
-                    w.fail(CommitUnknown("leadership lost before the entry committed; it may or may not commit"))
+                for _, f in waiters.values():
+                    f.fail(CommitUnknown("leadership lost before the entry committed; it may or may not commit"))
 
     def _handle(self, item: Any) -> None:
         core = self.core
-        if item is None:
-            return
-        if item == "tick":
-            core.tick()
-        elif isinstance(item, Message):
+        t = type(item)
+        if t is Message:
             core.step(item)
-        elif item[0] == "read":
-            core.read_index(item[1])
-        elif item[0] == "unreachable":
-            core.peer_unreachable(item[1])
-        elif item[0] == "persisted":
-            self._in_pipeline -= len(item[1])
-            for rd in item[1]:
-                self._after_persist(rd)
-        elif item[0] == "disk_failed":
-            raise item[1]  # a storage error is fatal: stop the server rather than lie
+        elif t is _Tick:
+            core.tick()
+        elif t is _Wake:
+            pass
+        elif t is _Persisted:
+            self._in_pipeline -= len(item.batch)
+            for work in item.batch:
+                self._after_persist(work)
+        elif t is _ReadIndex:
+            core.read_index(item.context)
+        elif t is _Unreachable:
+            core.peer_unreachable(item.peer)
+        elif t is _CoreCall:
+            try:
+                item.future.set(item.fn(core))
+            except Exception as e:  # the caller's answer (ConfChangeError, ProposalDropped, ...)
+                item.future.fail(e)
+        elif t is _DiskFailed:
+            raise item.error  # a storage error is fatal: stop the server rather than lie
+        else:
+            raise TypeError(f"unknown inbox item {item!r}")
 
     def _take_proposals(self) -> None:
         props, self._proposals = self._proposals, []
@@ -336,16 +444,21 @@ class RaftNode:
             try:
                 first, term = self.core.propose_batch([d for d, _ in chunk])
             except ProposalDropped as e:
-                for _, w in chunk:
-                    w.fail(NotLeader(e.reason, e.leader))
+                for _, f in chunk:
+                    if f is not None:
+                        f.fail(NotLeader(e.reason, e.leader))
                 continue
-            for j, (_, w) in enumerate(chunk):
-                self._waiters[first + j] = (term, w)
+            for j, (_, f) in enumerate(chunk):
+                if f is not None:
+                    self._waiters[first + j] = (term, f)
 
     def _process_ready(self) -> None:
         core = self.core
+        soft = None
         while core.has_ready():
             rd = core.ready()
+            if rd.soft_state is not None:
+                soft = rd.soft_state
             for m in rd.messages:
                 self.send(m)
             sync = rd.needs_sync(self._queued_hs)
@@ -357,121 +470,37 @@ class RaftNode:
                 self._enqueue(rd)
             else:
                 if rd.hard_state is not None:
-                    self._enqueue_lazy(rd.hard_state)
+                    self.disk.set_lazy(rd.hard_state)
                 self._after_persist(rd)
-        self._flush_to_disk()
+        if self._to_disk:
+            batch, self._to_disk = self._to_disk, []
+            self.disk.submit(batch)  # one hand-off per loop iteration (each may wake the thread)
+        if soft is not None:
+            self._soft_state_changed(soft)
         if self._recovering and not core.recovering:
             self._recovering = False
             log.info("server %d: the leader has sent back everything this server lost: voting again", self.node_id)
-        if core.leader_id != self._leader_seen:
-            self._leader_seen = core.leader_id
-            if self.on_leader is not None:
-                self.on_leader(core.leader_id)
         m = core.membership
         if m is not self._membership_seen:
             self._membership_seen = m
             if self.on_membership is not None:
                 self.on_membership(m)
 
-    def _enqueue(self, item: Ready | tuple) -> None:
+    def _soft_state_changed(self, soft: SoftState) -> None:
+        self.soft = soft
+        event, self._soft_event = self._soft_event, trio.Event()
+        event.set()
+        if self.on_soft_state is not None:
+            self.on_soft_state(soft)
+
+    def _enqueue(self, work: DiskWork) -> None:
         self._in_pipeline += 1
-        self._to_disk.append(item)
+        self._to_disk.append(work)
 
-    def _enqueue_lazy(self, hs: HardState) -> None:
-        """A commit-only hard state, already acted upon: the disk thread
-        writes it with its next batch.  Not queued, so it wakes nobody."""
-        self._lazy_hs = hs
-
-    def _flush_to_disk(self) -> None:
-        """Hand this loop iteration's writes to the disk thread in one put
-        (each put may wake the thread: a futex call and a GIL handoff)."""
-        if self._to_disk:
-            batch, self._to_disk = self._to_disk, []
-            self._disk_q.put(batch)
-
-    def _disk_thread(self, token: trio.lowlevel.TrioToken) -> None:
-        """The disk thread: take everything queued, write it with one fsync,
-        report completion to the loop, repeat.  Ends at None."""
-        q = self._disk_q
-        while True:
-            batch = q.get()
-            stop = batch is None
-            batch = [] if stop else list(batch)
-            while True:
-                try:
-                    more = q.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stop = True
-                else:
-                    batch.extend(more)
-            try:
-                self._write_batch(batch)
-                report: tuple = ("persisted", batch)
-            except BaseException as exc:  # noqa: BLE001 - handed to the loop, which stops the server
-                report, stop = ("disk_failed", exc), True
-            if report[0] != "persisted" or report[1]:
-                try:
-                    token.run_sync_soon(self._send_in.send_nowait, report)
-                except trio.RunFinishedError:
-                    return
-            if stop:
-                return
-
-    def _write_batch(self, batch: list) -> None:
-        """Disk thread: write a run of readies with as few fsyncs as possible
-        (one, unless a snapshot install splits the run; none if all that
-        changed is the commit index)."""
-        hs: HardState | None = None
-        entries: list[Entry] = []
-        snap: Snapshot | None = None
-        dirty = False
-
-        def flush() -> None:
-            nonlocal hs, entries, snap, dirty
-            lazy = self._lazy_hs  # set by the loop; only its commit may be newer
-            if lazy is not None and (lazy.term, lazy.vote) == (self._disk_hs.term, self._disk_hs.vote) and (
-                    hs is None or ((hs.term, hs.vote) == (lazy.term, lazy.vote) and lazy.commit > hs.commit)):
-                hs = lazy
-            self.store.save(hs, entries, snap)
-            self.fsyncs += 1
-            if hs is not None:
-                self._disk_hs = hs
-            hs, entries, snap, dirty = None, [], None, False
-
-        for rd in batch:
-            if isinstance(rd, tuple):  # ("snapshot", Snapshot, index): our own state machine snapshot
-                if dirty:
-                    flush()
-                self.store.save_snapshot(rd[1])
-                self.store.compact(rd[2])
-                continue
-            if rd.snapshot is not None:
-                if dirty:
-                    flush()
-                snap = rd.snapshot
-                dirty = True
-            if rd.entries:
-                entries = merge_entries(entries, rd.entries)
-                dirty = True
-            if rd.hard_state is not None:
-                hs = rd.hard_state
-                if (hs.term, hs.vote, hs.recovering) != (self._disk_hs.term, self._disk_hs.vote,
-                                                         self._disk_hs.recovering):
-                    dirty = True
-        if dirty:
-            flush()
-        elif hs is not None:
-            # Only commit-only readies, queued behind a write: like lazy ones.
-            # (The loop may have set a newer one meanwhile; keep the newest.)
-            cur = self._lazy_hs
-            if cur is None or hs.commit > cur.commit:
-                self._lazy_hs = hs
-
-    def _after_persist(self, rd: Ready | tuple) -> None:
-        if isinstance(rd, tuple):
+    def _after_persist(self, work: DiskWork) -> None:
+        if type(work) is SaveSnapshot:
             return
+        rd: Ready = work
         core = self.core
         for m in rd.messages_after_persist:
             self.send(m)
@@ -488,13 +517,13 @@ class RaftNode:
             self._set_applied(rd.committed[-1].index)
             self._maybe_snapshot()
         for rs in rd.read_states:
-            w = self._reads.pop(rs.context, None)
-            if w is not None:
-                w.set(rs.index)
+            f = self._reads.pop(rs.context, None)
+            if f is not None:
+                self._when_applied(rs.index, f)
         for ctx in rd.failed_reads:
-            w = self._reads.pop(ctx, None)
-            if w is not None:
-                w.fail(ReadFailed("no leader could confirm the read"))
+            f = self._reads.pop(ctx, None)
+            if f is not None:
+                f.fail(ReadFailed("no leader could confirm the read"))
 
     def _apply(self, e: Entry) -> None:
         result = None
@@ -504,26 +533,28 @@ class RaftNode:
         except Exception as exc:  # a deterministic state machine error is the proposer's answer
             error = exc
         self.entries_applied += 1
-        pending = self._waiters.pop(e.index, None)
+        pending = self._waiters.pop(e.index, None) if self._waiters else None
         if pending is not None:
-            term, w = pending
+            term, f = pending
             if term != e.term:
-                w.fail(ProposalDropped("leadership changed before the entry committed"))
+                f.fail(ProposalDropped("leadership changed before the entry committed"))
             elif error is not None:
-                w.fail(error)
+                f.fail(error)
             else:
-                w.set(result)
+                f.set(result)
+
+    def _when_applied(self, index: int, f: Future) -> None:
+        if self._applied >= index:
+            f.set(index)
+        else:
+            heapq.heappush(self._applied_waiters, (index, next(self._waiter_seq), f))
 
     def _set_applied(self, index: int) -> None:
         self._applied = index
-        if self._applied_waiters:
-            keep = []
-            for target, w in self._applied_waiters:
-                if target <= index:
-                    w.set(None)
-                else:
-                    keep.append((target, w))
-            self._applied_waiters = keep
+        w = self._applied_waiters
+        while w and w[0][0] <= index:
+            target, _, f = heapq.heappop(w)
+            f.set(target)
 
     def _maybe_snapshot(self) -> None:
         if self._applied - self._last_snapshot_index < self.opts.snapshot_entries:
@@ -533,4 +564,4 @@ class RaftNode:
         self.core.compact(index, data, retain=self.opts.snapshot_retain)
         self._last_snapshot_index = index
         # The WAL keeps its entries until the snapshot file is durable (FIFO).
-        self._enqueue(("snapshot", Snapshot(self.core.snapshot_meta, data), index))
+        self._enqueue(SaveSnapshot(Snapshot(self.core.snapshot_meta, data), index))

@@ -14,10 +14,11 @@ from typing import Callable
 import trio
 
 from coord.raft.config import RaftConfig
-from coord.raft.types import Membership, Message
+from coord.raft.types import Membership, Message, SoftState
 from coord.server.config import MemberAddrs, ServerConfig
 from coord.server.raftnode import NodeOptions, RaftNode, StateMachine
 from coord.storage.disk import DiskStorage
+from coord.transport.envelope import ServiceMessage
 from coord.transport.peer import PeerTransport
 
 log = logging.getLogger("coord.server")
@@ -46,8 +47,8 @@ class Server:
     """The parts of a running server, for the service layer to use."""
 
     def __init__(self, cfg: ServerConfig, state_machine: StateMachine, *,
-                 on_app_message: Callable[[Message], None] | None = None,
-                 on_leader: Callable[[int], None] | None = None):
+                 on_service_message: Callable[[ServiceMessage], None] | None = None,
+                 on_soft_state: Callable[[SoftState], None] | None = None):
         self.cfg = cfg
         self._addr_book: dict[int, tuple[str, int]] = {}
         self.storage = DiskStorage(cfg.data_dir, fsync=cfg.fsync, segment_bytes=cfg.wal_segment_bytes)
@@ -70,15 +71,32 @@ class Server:
             raft_config=RaftConfig(election_ticks=cfg.election_ticks, heartbeat_ticks=cfg.heartbeat_ticks),
             options=NodeOptions(tick_seconds=cfg.tick_ms / 1000, snapshot_entries=cfg.snapshot_entries),
             on_membership=self._on_membership,
-            on_app_message=on_app_message,
-            on_leader=on_leader,
+            on_soft_state=self._on_soft_state,
         )
-        self._addr_book.update(peer_addrs(self.node.core.membership))
+        self._on_service_message = on_service_message
+        self._soft_listener = on_soft_state
+        self._logged_leader = (-1, -1)
+        self._addr_book.update(peer_addrs(self.node.membership))
         self.transport = PeerTransport(
             cfg.server_id, cfg.cluster_id, cfg.peer_address,
-            dict(self._addr_book), self.node.deliver,
+            dict(self._addr_book), self._deliver,
             on_unreachable=self.node.peer_unreachable,
         )
+
+    def _deliver(self, msg: Message | ServiceMessage) -> None:
+        if type(msg) is Message:
+            self.node.deliver(msg)
+        elif self._on_service_message is not None:
+            self._on_service_message(msg)
+
+    def _on_soft_state(self, st: SoftState) -> None:
+        # Leadership changes: the first thing an operator looks for.
+        if st.leader and (st.term, st.leader) != self._logged_leader:
+            self._logged_leader = (st.term, st.leader)
+            log.info("server %d: term %d leader is %d%s", self.cfg.server_id, st.term, st.leader,
+                     " (me)" if st.leader == self.cfg.server_id else "")
+        if self._soft_listener is not None:
+            self._soft_listener(st)
 
     def _send(self, msg) -> None:
         if self.transport is not None:
@@ -89,7 +107,7 @@ class Server:
         # are the members of this configuration and of the previous one.
         self._addr_book.update(peer_addrs(m))
         if self.transport is not None:
-            wanted = self.node.core.recent_members()
+            wanted = self.node.recent_members()
             self.transport.update_peers({sid: a for sid, a in self._addr_book.items() if sid in wanted})
         log.info("server %d: configuration voters=%s outgoing=%s learners=%s", self.cfg.server_id,
                  sorted(m.voters), sorted(m.outgoing), sorted(m.learners))
@@ -100,21 +118,9 @@ class Server:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.transport.run)
                 await nursery.start(self.node.run)
-                nursery.start_soon(self._watch_leader)
                 if extra is not None:
                     extra(nursery)
                 task_status.started()
         finally:
             self.storage.close()
 
-    async def _watch_leader(self) -> None:
-        """Log leadership changes: the first thing an operator looks for."""
-        seen = (-1, -1)
-        while True:
-            core = self.node.core
-            now = (core.term, core.leader_id)
-            if now != seen and core.leader_id:
-                log.info("server %d: term %d leader is %d%s", self.cfg.server_id, core.term, core.leader_id,
-                         " (me)" if core.leader_id == self.cfg.server_id else "")
-                seen = now
-            await trio.sleep(self.cfg.tick_ms / 1000)

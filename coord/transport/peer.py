@@ -1,11 +1,14 @@
-"""Raft messages between servers over TCP.
+"""Raft messages (and the service's own messages) between servers over TCP.
 
 Every server keeps one outbound connection per peer and accepts one inbound
 connection from each; a connection carries messages in one direction only,
 so the two halves of a pair never wait on each other.  Raft tolerates lost,
 duplicated and reordered messages, which is what keeps this simple: sending
-never blocks (a full queue drops the message), a broken connection loses at
-most the batch being written, and reconnection just resumes from the queue.
+never blocks (a full queue drops a Raft message), a broken connection loses
+at most the batch being written, and reconnection just resumes from the
+queue.  Service messages (``envelope``: forwarded writes, session
+keepalives) share the links but are never dropped for a full queue: the
+service bounds how many it has outstanding.
 
 Outbound, per peer: connect (jittered exponential backoff between
 attempts), send a handshake ``{"cluster", "from", "to"}``, then repeatedly
@@ -31,6 +34,7 @@ from coordclient.wire import FrameError, FramedStream, encode_frame
 
 from coord.raft.types import Message
 from coord.transport.codec import message_from_wire, message_to_wire
+from coord.transport.envelope import ServiceMessage, service_from_wire, service_to_wire
 
 __all__ = ["PEER_MAX_FRAME", "PeerStats", "PeerTransport"]
 
@@ -61,7 +65,7 @@ class _Outbound:
     def __init__(self, peer_id: int, addr: Addr, stats: PeerStats):
         self.peer_id = peer_id
         self.addr = addr
-        self.queue: deque[Message] = deque()
+        self.queue: deque[Message | ServiceMessage] = deque()
         self.wakeup = trio.Event()
         self.task_scope: trio.CancelScope | None = None  # the sender's; cancelled when the peer is removed
         self.conn_scope = trio.CancelScope()  # cancelled to reconnect (address change)
@@ -85,7 +89,7 @@ def _addr(a: Any) -> Addr:
 
 
 class PeerTransport:
-    """Carries ``Message``s between the servers of one cluster.
+    """Carries ``Message``s (and service messages) between the servers of one cluster.
 
     ``peers`` maps the other servers' ids to their (host, port); an entry
     for ``node_id`` itself is ignored, so a full membership map can be
@@ -101,7 +105,7 @@ class PeerTransport:
         cluster_id: str,
         listen: Addr,
         peers: Mapping[int, Addr],
-        on_message: Callable[[Message], None],
+        on_message: Callable[[Message | ServiceMessage], None],
         *,
         max_frame: int = PEER_MAX_FRAME,
         queue_limit: int = 4096,
@@ -159,15 +163,16 @@ class PeerTransport:
         finally:
             self._nursery = None
 
-    def send(self, msg: Message) -> None:
+    def send(self, msg: Message | ServiceMessage) -> None:
         """Queue ``msg`` for ``msg.to``; never blocks.  Dropped (and counted)
-        when that peer's queue is full or ``msg.to`` is not a peer."""
+        when ``msg.to`` is not a peer, or when that peer's queue is full and
+        it is a Raft message."""
         out = self._out.get(msg.to)
         if out is None:
             self.dropped_unknown += 1
             return
         q = out.queue
-        if len(q) >= self.queue_limit:
+        if len(q) >= self.queue_limit and type(msg) is Message:
             out.stats.dropped += 1
             return
         q.append(msg)
@@ -306,7 +311,8 @@ class PeerTransport:
             while q and size < self.batch_bytes:
                 msg = q.popleft()
                 try:
-                    frame = encode_frame(message_to_wire(msg), self.max_frame)
+                    wire = message_to_wire(msg) if type(msg) is Message else service_to_wire(msg)
+                    frame = encode_frame(wire, self.max_frame)
                 except Exception:  # a bad message from our own core: log it, keep the link
                     stats.dropped += 1
                     log.exception("node %d: dropping unencodable message to peer %d", self.node_id, out.peer_id)
@@ -406,7 +412,9 @@ class PeerTransport:
         deliver = self.on_message
         while True:
             try:
-                msg = message_from_wire(await framed.receive())
+                obj = await framed.receive()
+                msg = service_from_wire(obj) if type(obj) is list and obj and type(obj[0]) is str \
+                    else message_from_wire(obj)
             except trio.EndOfChannel:
                 log.debug("node %d: peer %d (%s) closed its connection", self.node_id, peer_id, remote)
                 return
