@@ -196,3 +196,97 @@ def test_four_letter_words_and_server_version(zk):
 def test_config_node(zk):
     data, _ = zk.get("/zookeeper/config")
     assert data.decode().startswith("server.1=127.0.0.1:")
+
+
+def test_reconnect_keeps_the_session_and_its_ephemerals(proxy, zk):
+    from kazoo.protocol.states import KazooState
+
+    states = []
+    back = threading.Event()
+
+    def listener(state):
+        states.append(state)
+        if state == KazooState.CONNECTED and KazooState.SUSPENDED in states:
+            back.set()
+
+    zk.add_listener(listener)
+    sid = zk.client_id[0]
+    zk.create("/kz/rc/eph", b"", ephemeral=True, makepath=True)
+    proxy.drop_connections()
+    # kazoo reconnects with its session id and password: coord's hello resumes the session
+    assert back.wait(10)
+    assert zk.client_id[0] == sid
+    assert zk.exists("/kz/rc/eph") is not None
+    zk.set("/kz/rc", b"after")
+
+
+def test_more_recipes(proxy, zk):
+    sem = zk.Semaphore("/kz/sem", "a", max_leases=2)
+    assert sem.acquire(timeout=10)
+    assert sem.lease_holders() == ["a"]
+    sem.release()
+
+    rw = zk.WriteLock("/kz/rw", "w")
+    assert rw.acquire(timeout=10)
+    rw.release()
+    rl = zk.ReadLock("/kz/rw", "r")
+    assert rl.acquire(timeout=10)
+    rl.release()
+
+    q = zk.Queue("/kz/q")
+    q.put(b"1")
+    q.put(b"2", priority=10)
+    assert (q.get(), q.get(), q.get()) == (b"2", b"1", None)  # lower priority number first
+
+    lq = zk.LockingQueue("/kz/lq")
+    lq.put(b"job")
+    assert lq.get(timeout=10) == b"job" and lq.consume()
+    assert len(lq) == 0
+
+    barrier = zk.Barrier("/kz/barrier")
+    barrier.create()
+    assert not barrier.wait(timeout=0.2)
+    barrier.remove()
+    assert barrier.wait(timeout=5)
+
+    party = zk.Party("/kz/party", "me")
+    party.join()
+    assert list(party) == ["me"] and len(party) == 1
+    party.leave()
+
+    seen = []
+    done = threading.Event()
+    zk.ensure_path("/kz/cw")
+
+    @zk.ChildrenWatch("/kz/cw")
+    def kids(children):
+        seen.append(sorted(children))
+        if children:
+            done.set()
+
+    zk.create("/kz/cw/x")
+    assert done.wait(10) and seen[-1] == ["x"]
+
+
+def test_tree_cache(zk):
+    from kazoo.recipe.cache import TreeCache, TreeEvent
+
+    zk.ensure_path("/kz/tree/a")
+    events = []
+    added = threading.Event()
+
+    def listener(ev):
+        events.append(ev.event_type)
+        if ev.event_type == TreeEvent.NODE_ADDED and ev.event_data and ev.event_data.path == "/kz/tree/a/b":
+            added.set()
+
+    cache = TreeCache(zk, "/kz/tree")
+    cache.listen(listener)
+    cache.start()
+    try:
+        zk.create("/kz/tree/a/b", b"v")
+        assert added.wait(10)
+        assert cache.get_data("/kz/tree/a/b").data == b"v"
+        assert cache.get_children("/kz/tree") == frozenset({"a"})
+    finally:
+        cache.close()

@@ -144,6 +144,7 @@ class ZkProxy:
     def __init__(self, coord_addr: tuple[str, int]) -> None:
         self.coord_addr = coord_addr
         self.port = 0
+        self.connections: set[trio.SocketStream] = set()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=trio.run, args=(self._main,), daemon=True)
 
@@ -155,10 +156,13 @@ class ZkProxy:
             self._ready.set()
 
             async def handler(stream: trio.SocketStream) -> None:
+                self.connections.add(stream)
                 try:
                     await ProxyConnection(stream, self.coord_addr).run()
                 except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
                     pass
+                finally:
+                    self.connections.discard(stream)
 
             await trio.serve_listeners(handler, listeners)
 
@@ -166,6 +170,13 @@ class ZkProxy:
         self._thread.start()
         assert self._ready.wait(10), "proxy did not start"
         return self
+
+    def drop_connections(self) -> None:
+        """Cut every client connection (the sessions live on, as after a network blip)."""
+        def cut() -> None:
+            for stream in list(self.connections):
+                stream.socket.close()
+        trio.from_thread.run_sync(cut, trio_token=self._token)
 
     def __exit__(self, *exc) -> None:
         trio.from_thread.run_sync(self._scope.cancel, trio_token=self._token)
