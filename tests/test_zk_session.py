@@ -420,3 +420,25 @@ def test_getdata_request_with_watch_false_sets_nothing():
     (c,) = calls(s.receive_data(frame(encode_request(1, OpCode.GET_DATA, GetDataRequest("/a", False)))))
     s.coord_response(c.token, ok({"data": b"", "stat": STAT}))
     assert s.watches == {}
+
+
+def test_events_replayed_before_the_watch_answer_are_delivered():
+    s = opened()
+    body = SetWatches(77, ("/d",), (), ())
+    (c,) = calls(s.receive_data(frame(encode_request(-8, OpCode.SET_WATCHES, body))))
+    # coord replays the missed change first, then answers the registration
+    assert s.coord_event({"ev": "watch", "wid": 31, "type": "changed", "path": "/d", "zxid": 80}) == []
+    assert s.coord_event({"ev": "watch", "wid": 99, "type": "changed", "path": "/x", "zxid": 80}) == []
+    out = sent(s.coord_response(c.token, ok({"wid": 31}, zxid=81)))
+    assert [h.xid for h in headers(out)] == [-1, -8]  # the notification, then setWatches' reply
+    assert [(e.type, e.path) for _, e in notifications(out)] == [(3, "/d")]
+    assert s.watches == {}  # the one-shot watch fired
+    assert s._orphans == {}  # and nothing else is kept once no re-registration is in flight
+
+
+def test_session_expired_answer_closes_after_the_reply():
+    s = opened()
+    (c,) = calls(s.receive_data(kazoo(3, kz.Exists("/a", None))))
+    actions = s.coord_response(c.token, {"ok": False, "zxid": 9, "err": "SessionExpired", "msg": "gone"})
+    assert [(h.xid, h.err) for h in headers(sent(actions))] == [(3, Code.SESSION_EXPIRED)]
+    assert isinstance(actions[-1], CloseConnection)

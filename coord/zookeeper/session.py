@@ -52,6 +52,7 @@ connection; none raises.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import itertools
 import struct
@@ -177,6 +178,11 @@ class ZkSession:
         self._auth: list[ClientInfo] = [ClientInfo("ip", peer_ip)] if peer_ip else []
         self._ev_zxid = -1
         self._ev_seen: set[tuple[int, str]] = set()
+        # coord replays what a re-registered watch missed before answering
+        # the registration: such events wait here for their watch id.
+        self._replaying = 0  # setWatches requests in flight
+        self._orphans: dict[int, list[dict]] = {}
+        self._orphan_count = 0
 
     # -- inspection ---------------------------------------------------------------
 
@@ -248,9 +254,21 @@ class ZkSession:
             self._flush(out)
             return out + self._close(f"coord closed the session's connection: {event.get('reason', '')}"[:300])
         wid = event.get("wid")
-        key = self._by_wid.get(wid) if type(wid) is int else None
-        if key is None:
-            return []  # a watch this connection no longer holds
+        if type(wid) is not int:
+            return []
+        if wid not in self._by_wid:
+            if self._replaying and self._orphan_count < self.limits.max_queued_events:
+                self._orphans.setdefault(wid, []).append(event)
+                self._orphan_count += 1
+            return []  # else a watch this connection no longer holds
+        self._watch_event(wid, event, out)
+        self._flush(out)
+        return out
+
+    def _watch_event(self, wid: int, event: dict, out: list[Action]) -> None:
+        """Notify the client of one coord event on a watch it holds."""
+        key = self._by_wid[wid]
+        ev = event.get("ev")
         z = event.get("zxid")
         zxid = z if type(z) is int else self.last_zxid
         if ev == "resync":
@@ -260,15 +278,15 @@ class ZkSession:
         elif ev == "watch":
             etype = event.get("type")
             path = event.get("path")
-            if not isinstance(path, str):
-                return []
+            if not isinstance(path, str) or not isinstance(etype, str):
+                return
             if key.cls in _ONE_SHOT and etype in _ENDS_ONE_SHOT[key.cls]:
                 self._forget(wid)
-            note = translate.watcher_event(etype, path) if isinstance(etype, str) else None
+            note = translate.watcher_event(etype, path)
             if note is None:
-                return []
+                return
         else:
-            return []
+            return
         if zxid > self.last_zxid:
             self.last_zxid = zxid
         # ZooKeeper notifies a connection once per change, however many of
@@ -276,14 +294,13 @@ class ZkSession:
         if zxid != self._ev_zxid:
             self._ev_zxid, self._ev_seen = zxid, set()
         if (note.type, note.path) in self._ev_seen:
-            return []
+            return
         self._ev_seen.add((note.type, note.path))
         if self._events >= self.limits.max_queued_events:
-            return self._close("too many notifications are waiting behind unanswered requests")
+            out.extend(self._close("too many notifications are waiting behind unanswered requests"))
+            return
         self._place_event(_Event(frame(_notification(zxid, note))))
         self._events += 1
-        self._flush(out)
-        return out
 
     # -- handshake ------------------------------------------------------------------------
 
@@ -397,14 +414,29 @@ class ZkSession:
                 continue
             self._inflight += 1
             self._inflight_kind = p.kind
+            if p.op in (OpCode.SET_WATCHES, OpCode.SET_WATCHES2):
+                self._replaying += 1
             for k, call in enumerate(planned.calls):
                 token = next(self._tokens)
                 self._calls[token] = (p, k)
                 out.append(CoordCall(token, call))
 
     def _complete(self, p: _Pending, reply: Reply, out: list[Action]) -> None:
+        if reply.err == Code.SESSION_EXPIRED:
+            # As ZooKeeper: the connection of an expired session ends; the
+            # client learns it on reconnecting (the invalid-session answer).
+            reply = dataclasses.replace(reply, close=True)
         for key, wid in reply.add_watches:
-            self._remember(key, wid, out)
+            if self._remember(key, wid, out):
+                for event in self._orphans.pop(wid, ()):
+                    self._orphan_count -= 1
+                    if wid in self._by_wid:
+                        self._watch_event(wid, event, out)
+        if p.plan is not None and p.op in (OpCode.SET_WATCHES, OpCode.SET_WATCHES2):
+            self._replaying -= 1
+            if not self._replaying:
+                self._orphans.clear()
+                self._orphan_count = 0
         for wid in reply.drop_watches:
             self._forget(wid)
         self._auth.extend(reply.add_auth)
@@ -421,7 +453,8 @@ class ZkSession:
 
     # -- watches ---------------------------------------------------------------------------------
 
-    def _remember(self, key: WatchKey, wid: int, out: list[Action]) -> None:
+    def _remember(self, key: WatchKey, wid: int, out: list[Action]) -> bool:
+        """Hold ``wid`` for ``key``; False if it was a duplicate (unwatched)."""
         held = self._watches.get(key)
         if held is not None and held != wid:
             # Already armed for this (class, path): ZooKeeper keeps one, and
@@ -429,9 +462,10 @@ class ZkSession:
             token = next(self._tokens)
             self._calls[token] = (None, 0)
             out.append(CoordCall(token, {"op": "unwatch", "wid": wid}))
-            return
+            return False
         self._watches[key] = wid
         self._by_wid[wid] = key
+        return True
 
     def _forget(self, wid: int) -> None:
         key = self._by_wid.pop(wid, None)
