@@ -10,7 +10,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coord.zookeeper import translate
-from coord.zookeeper.codes import OpCode
 from coord.zookeeper.jute import JuteError
 from coord.zookeeper.records import (
     BOOL,

@@ -3,19 +3,21 @@
 A ZooKeeper front end must not be a second namespace: every ZooKeeper op
 becomes the request a coord client would send (``coordclient``'s builders,
 ``PROTOCOL.md``), on the same session, with the same watches.  This module
-is that mapping and nothing else -- pure functions over frozen values, no
-I/O, no state of its own:
+is that mapping, op by op, and nothing else -- pure functions over frozen
+values (``seam.py``), no I/O, no state of its own:
 
-* ``plan(op, body, ctx)`` -> a ``Plan`` (the coord requests to send, and
-  whether they read, write or must run alone), or a ``Reply`` straight away
-  (an op answered without the server: checkWatches, whoAmI, refusals).
-* ``finish(op, body, responses, ctx)`` -> the ``Reply`` (ZooKeeper error
-  code, response record, and what the session must remember: watches
+* ``kind_of(op)`` -> how the op may overlap with others on its connection
+  (reads with reads, writes with writes, barriers alone).
+* ``plan(op, body, ctx)`` -> a ``Plan`` (the coord requests to send, in
+  order), or a ``Reply`` straight away (an op answered without the server:
+  checkWatches, whoAmI, the /zookeeper subtree, refusals).
+* ``finish(op, body, plan, responses, ctx)`` -> the ``Reply`` (ZooKeeper
+  error code, response record, and what the session must remember: watches
   added or dropped, auth ids, whether to close) from the coord responses,
   one per planned request, in order.
-* ``hello_request`` / ``connect_response``: the handshake, as coord's ``hello``.
-* ``stat``, ``error_code``, ``watcher_event``, ``render_config``: the
-  value mappings.
+* re-exported from ``mapping.py``: ``hello_request`` / ``connect_response``
+  (the handshake as coord's ``hello``), ``stat``, ``error_code``,
+  ``watcher_event``, ``resync_event``.
 
 What the server must provide (the glue, see ``session.py``): it sends each
 planned request as a coord client request (adding ``"id"``; writes carry
@@ -32,25 +34,21 @@ client gets ZooKeeper's answer for an unsupported op.
 
 from __future__ import annotations
 
-import enum
-from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
-from coord.zookeeper.codes import (
-    CONFIG_NODE,
-    QUOTA_NODE,
-    ZOOKEEPER_NODE,
-    AddWatchMode,
-    Code,
-    CreateMode,
-    EventType,
-    KeeperState,
-    OpCode,
-    Perms,
-    WatcherType,
+from coord.zookeeper.codes import CONFIG_NODE, AddWatchMode, Code, CreateMode, OpCode, Perms, WatcherType
+from coord.zookeeper.mapping import (
+    OPEN_ACL,
+    connect_response,
+    error_code,
+    error_reply,
+    hello_request,
+    result_of,
+    resync_event,
+    stat,
+    watcher_event,
 )
-from coord.zookeeper.jute import wrap_int, wrap_long
 from coord.zookeeper.membership import ReconfigRefused, parse_reconfig, render_config
 from coord.zookeeper.records import (
     ACL,
@@ -59,8 +57,6 @@ from coord.zookeeper.records import (
     CheckVersionRequest,
     CheckWatchesRequest,
     ClientInfo,
-    ConnectRequest,
-    ConnectResponse,
     Create2Response,
     CreateRequest,
     CreateResponse,
@@ -72,7 +68,6 @@ from coord.zookeeper.records import (
     GetChildren2Response,
     GetChildrenResponse,
     GetDataResponse,
-    Id,
     MultiRequest,
     MultiResponse,
     MultiResult,
@@ -85,206 +80,18 @@ from coord.zookeeper.records import (
     SetDataResponse,
     SetWatches,
     SetWatches2,
-    Stat,
     SyncResponse,
-    WatcherEvent,
     WhoAmIResponse,
 )
+from coord.zookeeper.seam import Context, Kind, Options, Plan, Reply, WatchClass, WatchKey, error
+from coord.zookeeper.subtree import in_subtree, root_plus, virtual_plan, virtual_reply, virtual_stat
 
-# -- values crossing the seam -----------------------------------------------------
-
-
-class Kind(enum.Enum):
-    """How a plan's requests may overlap with others of the same connection.
-
-    ZooKeeper serves one session's requests in order.  coord serves reads
-    at once and writes through the log, so the session only lets requests
-    of one kind be in flight together: reads with reads, writes with writes
-    (the server applies one connection's writes in the order it gets them),
-    and a barrier alone.
-    """
-
-    READ = "read"
-    WRITE = "write"
-    BARRIER = "barrier"
-
-
-class WatchClass(str, enum.Enum):
-    """ZooKeeper's watch tables: one watch per (class, path) per connection."""
-
-    DATA = "data"  # getData / exists watches (ZooKeeper's dataWatches)
-    CHILD = "child"
-    PERSISTENT = "persistent"
-    RECURSIVE = "recursive"
-
-
-@dataclass(frozen=True, slots=True)
-class WatchKey:
-    cls: WatchClass
-    path: str
-
-
-@dataclass(frozen=True, slots=True)
-class Options:
-    """Front-end settings (from the server's config)."""
-
-    reconfig_enabled: bool = False  # ZooKeeper's reconfigEnabled (default false)
-    zookeeper_subtree: bool = True  # serve /zookeeper, /zookeeper/config, /zookeeper/quota
-
-
-@dataclass(frozen=True, slots=True)
-class Context:
-    """What translation may know about the connection: its watches (one
-    coord watch id per key), its auth ids, the front end's options."""
-
-    watches: Mapping[WatchKey, int] = field(default_factory=lambda: MappingProxyType({}))
-    auth: tuple[ClientInfo, ...] = ()
-    options: Options = Options()
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """The coord requests to send for one ZooKeeper request, in order."""
-
-    calls: tuple[dict, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """A ZooKeeper reply and its effects on the connection."""
-
-    err: int = Code.OK
-    body: Record | None = None
-    close: bool = False  # close the connection once this reply is sent
-    add_watches: tuple[tuple[WatchKey, int], ...] = ()
-    drop_watches: tuple[int, ...] = ()  # coord watch ids no longer registered
-    add_auth: tuple[ClientInfo, ...] = ()
-    message: str = ""  # for logs only: ZooKeeper replies carry no text
-
-
-def error(code: int, message: str = "") -> Reply:
-    return Reply(err=code, message=message)
-
-
-# -- values ---------------------------------------------------------------------------
-
-# coord error names (coordclient.protocol.Err, plus the ACL model's) -> ZooKeeper codes.
-ERROR_CODES: Mapping[str, int] = MappingProxyType({
-    "NoNode": Code.NO_NODE,
-    "NodeExists": Code.NODE_EXISTS,
-    "BadVersion": Code.BAD_VERSION,
-    "NotEmpty": Code.NOT_EMPTY,
-    "NoChildrenForEphemerals": Code.NO_CHILDREN_FOR_EPHEMERALS,
-    "InvalidPath": Code.BAD_ARGUMENTS,  # ZooKeeper refuses bad paths with BadArguments
-    "SessionExpired": Code.SESSION_EXPIRED,
-    "SessionMoved": Code.SESSION_MOVED,
-    "TooLarge": Code.BAD_ARGUMENTS,
-    "BadArguments": Code.BAD_ARGUMENTS,
-    "Unimplemented": Code.UNIMPLEMENTED,
-    "NotLeader": Code.CONNECTION_LOSS,  # outcome unknown; the client may retry elsewhere
-    "ConnectionLoss": Code.CONNECTION_LOSS,
-    "OperationTimeout": Code.OPERATION_TIMEOUT,
-    "RuntimeInconsistency": Code.RUNTIME_INCONSISTENCY,
-    "AuthFailed": Code.AUTH_FAILED,
-    "SystemError": Code.SYSTEM_ERROR,
-    "ConfChange": Code.RECONFIG_IN_PROGRESS,
-    "NoAuth": Code.NO_AUTH,
-    "InvalidACL": Code.INVALID_ACL,
-})
-
-
-def error_code(name: Any) -> int:
-    """ZooKeeper's code for a coord error name; an unknown name is a
-    SystemError (a ZooKeeper client must never see a code it does not know)."""
-    return ERROR_CODES.get(name, Code.SYSTEM_ERROR) if isinstance(name, str) else Code.SYSTEM_ERROR
-
-
-def stat(raw: Any) -> Stat:
-    """ZooKeeper's Stat from coord's (``STAT_FIELDS`` order: czxid, mzxid,
-    pzxid, ctime, mtime, version, cversion, ephemeral_owner, data_length,
-    num_children).  coord has no ACL version yet: ``aversion`` is 0, as for
-    a node whose ACL was never set."""
-    if not isinstance(raw, (list, tuple)) or len(raw) != 10 or not all(type(v) is int for v in raw):
-        raise ValueError(f"malformed coord stat: {raw!r}"[:200])
-    czxid, mzxid, pzxid, ctime, mtime, version, cversion, owner, length, kids = raw
-    return Stat(wrap_long(czxid), wrap_long(mzxid), wrap_long(ctime), wrap_long(mtime), wrap_int(version),
-                wrap_int(cversion), 0, wrap_long(owner), wrap_int(length), wrap_int(kids), wrap_long(pzxid))
-
-
-_EVENT_TYPES = MappingProxyType({
-    "created": EventType.NODE_CREATED,
-    "deleted": EventType.NODE_DELETED,
-    "changed": EventType.NODE_DATA_CHANGED,
-    "children": EventType.NODE_CHILDREN_CHANGED,
-})
-
-
-def watcher_event(etype: str, path: str) -> WatcherEvent | None:
-    """The notification for a coord watch event (None: not one ZooKeeper has)."""
-    t = _EVENT_TYPES.get(etype)
-    return None if t is None else WatcherEvent(t, KeeperState.SYNC_CONNECTED, path)
-
-
-def resync_event(key: WatchKey) -> WatcherEvent:
-    """What a ZooKeeper client is told when coord cannot replay what a
-    re-registered watch missed: "this changed, read it again"."""
-    t = EventType.NODE_CHILDREN_CHANGED if key.cls is WatchClass.CHILD else EventType.NODE_DATA_CHANGED
-    return WatcherEvent(t, KeeperState.SYNC_CONNECTED, key.path)
-
-
-OPEN_ACL = (ACL(Perms.ALL, Id("world", "anyone")),)
-ZERO_STAT = Stat(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
-
-# -- the handshake ---------------------------------------------------------------------
-
-
-def hello_request(req: ConnectRequest) -> dict:
-    """coord's ``hello`` for a ConnectRequest: a new session (sessionId 0)
-    or the resumption of one, never older than ``lastZxidSeen``."""
-    sid = req.sessionId if req.sessionId > 0 else 0
-    return {"op": "hello", "timeout_ms": max(1, req.timeOut), "sid": sid,
-            "secret": (req.passwd or b"") if sid else None, "last_zxid": max(0, req.lastZxidSeen)}
-
-
-def connect_response(req: ConnectRequest, resp: dict) -> tuple[ConnectResponse | None, bool]:
-    """(ConnectResponse or None, session valid) for coord's answer to hello.
-
-    An expired or unknown session, or a wrong password, gets ZooKeeper's
-    "invalid session" answer (timeout 0, id 0, zero password) and the
-    connection closes; any other failure (e.g. this server cannot reach the
-    leader, or has not caught up with ``lastZxidSeen``) closes it without an
-    answer, so the client tries another server, as ZooKeeper does."""
-    ro = None if req.readOnly is None else False
-    if resp.get("ok") is True and isinstance(resp.get("r"), dict):
-        r = resp["r"]
-        sid, secret, timeout = r.get("sid"), r.get("secret"), r.get("timeout_ms")
-        if type(sid) is int and type(timeout) is int and isinstance(secret, bytes):
-            return ConnectResponse(0, wrap_int(timeout), wrap_long(sid), secret, ro), True
-        return None, False
-    if resp.get("err") in ("SessionExpired", "AuthFailed", "BadArguments"):
-        return ConnectResponse(0, 0, 0, bytes(16), ro), False
-    return None, False
+__all__ = ["Context", "Kind", "OPS", "Options", "Plan", "Reply", "WatchClass", "WatchKey", "connect_response",
+           "error", "error_code", "finish", "hello_request", "kind_of", "plan", "resync_event", "stat",
+           "watcher_event"]
 
 
 # -- helpers ----------------------------------------------------------------------------
-
-
-def _ok(resp: Any) -> dict | None:
-    """The result map of a successful coord response, None for an error."""
-    if isinstance(resp, dict) and resp.get("ok") is True:
-        r = resp.get("r")
-        return r if isinstance(r, dict) else {}
-    return None
-
-
-def _err(resp: Any) -> Reply:
-    if isinstance(resp, dict):
-        return error(error_code(resp.get("err")), str(resp.get("msg") or ""))
-    return error(Code.SYSTEM_ERROR, "malformed response")
-
-
-def _in_subtree(path: str) -> bool:
-    return path == ZOOKEEPER_NODE or path.startswith(ZOOKEEPER_NODE + "/")
 
 
 def _acl_ok(acl: tuple[ACL, ...] | None) -> Reply | None:
@@ -319,7 +126,7 @@ def _create_fields(op: int, rec: CreateRequest | CreateTTLRequest) -> dict | Rep
     refused = _acl_ok(rec.acl)
     if refused is not None:
         return refused
-    if _in_subtree(rec.path):
+    if in_subtree(rec.path):
         return error(Code.NO_AUTH, "the /zookeeper subtree is read-only")
     # Containers (op createContainer or flag 4) are created as persistent
     # nodes: same behaviour except that coord does not reap empty ones yet.
@@ -330,7 +137,7 @@ def _create_fields(op: int, rec: CreateRequest | CreateTTLRequest) -> dict | Rep
 def _delete_fields(rec: DeleteRequest) -> dict | Reply:
     if rec.path is None:
         return error(Code.BAD_ARGUMENTS, "no path")
-    if _in_subtree(rec.path):
+    if in_subtree(rec.path):
         return error(Code.NO_AUTH, "the /zookeeper subtree is read-only")
     return _version_ok(rec.version) or {"op": "delete", "path": rec.path, "version": rec.version,
                                         "recursive": False}
@@ -339,7 +146,7 @@ def _delete_fields(rec: DeleteRequest) -> dict | Reply:
 def _set_fields(rec: SetDataRequest) -> dict | Reply:
     if rec.path is None:
         return error(Code.BAD_ARGUMENTS, "no path")
-    if _in_subtree(rec.path):
+    if in_subtree(rec.path):
         return error(Code.NO_AUTH, "the /zookeeper subtree is read-only")
     return _version_ok(rec.version) or {"op": "set", "path": rec.path, "data": rec.data or b"",
                                         "version": rec.version}
@@ -372,52 +179,6 @@ def _adds(key: WatchKey, r: dict | None) -> tuple[tuple[WatchKey, int], ...]:
     return () if wid is None else ((key, wid),)
 
 
-def _root_plus(st: Stat, path: str, ctx: Context) -> Stat:
-    """The root's stat counts /zookeeper among its children, as ZooKeeper's does."""
-    if path == "/" and ctx.options.zookeeper_subtree:
-        return Stat(st.czxid, st.mzxid, st.ctime, st.mtime, st.version, st.cversion, st.aversion,
-                    st.ephemeralOwner, st.dataLength, wrap_int(st.numChildren + 1), st.pzxid)
-    return st
-
-
-# -- the /zookeeper subtree -------------------------------------------------------------
-
-_VIRTUAL_CHILDREN = MappingProxyType({ZOOKEEPER_NODE: ("config", "quota"), CONFIG_NODE: (), QUOTA_NODE: ()})
-
-
-def _virtual_stat(path: str, data: bytes, status: Mapping[str, Any] | None) -> Stat:
-    version = status.get("config_version", 0) if status else 0
-    mzxid = version if path == CONFIG_NODE and type(version) is int else 0
-    return Stat(0, wrap_long(mzxid), 0, 0, 0, 0, 0, 0, len(data), len(_VIRTUAL_CHILDREN[path]), 0)
-
-
-def _virtual_plan(op: int, path: str) -> Plan | Reply | None:
-    """Reads of the /zookeeper subtree (None: ``path`` is not in it)."""
-    if not _in_subtree(path):
-        return None
-    if path not in _VIRTUAL_CHILDREN:
-        return error(Code.NO_NODE, path)
-    if op in (OpCode.GET_DATA, OpCode.EXISTS, OpCode.GET_ACL) and path == CONFIG_NODE:
-        return Plan(({"op": "status"},))
-    return _virtual_reply(op, path, None)
-
-
-def _virtual_reply(op: int, path: str, status: Mapping[str, Any] | None) -> Reply:
-    data = render_config(status) if path == CONFIG_NODE and status is not None else b""
-    st = _virtual_stat(path, data, status)
-    if op == OpCode.EXISTS:
-        return Reply(body=ExistsResponse(st))
-    if op == OpCode.GET_DATA:
-        return Reply(body=GetDataResponse(data, st))
-    if op == OpCode.GET_CHILDREN:
-        return Reply(body=GetChildrenResponse(_VIRTUAL_CHILDREN[path]))
-    if op == OpCode.GET_CHILDREN2:
-        return Reply(body=GetChildren2Response(_VIRTUAL_CHILDREN[path], st))
-    if op == OpCode.GET_ACL:
-        return Reply(body=GetACLResponse((ACL(Perms.READ, Id("world", "anyone")),), st))
-    return error(Code.NO_AUTH, "the /zookeeper subtree is read-only")
-
-
 # -- planners and finishers, per op -------------------------------------------------------------
 
 Planner = Callable[[int, Any, Context], "Plan | Reply"]
@@ -430,8 +191,8 @@ def _plan_create(op: int, rec: Any, ctx: Context) -> Plan | Reply:
 
 
 def _finish_create(op: int, rec: Any, calls: tuple, resps: tuple, ctx: Context) -> Reply:
-    r = _ok(resps[0])
-    return _err(resps[0]) if r is None else Reply(body=_created_body(op, r))
+    r = result_of(resps[0])
+    return error_reply(resps[0]) if r is None else Reply(body=_created_body(op, r))
 
 
 def _plan_delete(op: int, rec: DeleteRequest, ctx: Context) -> Plan | Reply:
@@ -440,8 +201,8 @@ def _plan_delete(op: int, rec: DeleteRequest, ctx: Context) -> Plan | Reply:
 
 
 def _finish_empty(op: int, rec: Any, calls: tuple, resps: tuple, ctx: Context) -> Reply:
-    bad = next((r for r in resps if _ok(r) is None), None)
-    return Reply() if bad is None else _err(bad)
+    bad = next((r for r in resps if result_of(r) is None), None)
+    return Reply() if bad is None else error_reply(bad)
 
 
 def _plan_set(op: int, rec: SetDataRequest, ctx: Context) -> Plan | Reply:
@@ -450,8 +211,8 @@ def _plan_set(op: int, rec: SetDataRequest, ctx: Context) -> Plan | Reply:
 
 
 def _finish_set(op: int, rec: SetDataRequest, calls: tuple, resps: tuple, ctx: Context) -> Reply:
-    r = _ok(resps[0])
-    return _err(resps[0]) if r is None else Reply(body=SetDataResponse(_root_plus(stat(r.get("stat")), rec.path, ctx)))
+    r = result_of(resps[0])
+    return error_reply(resps[0]) if r is None else Reply(body=SetDataResponse(root_plus(stat(r.get("stat")), rec.path, ctx)))
 
 
 def _path_or_refuse(rec: Any) -> str | Reply:
@@ -464,7 +225,7 @@ def _plan_read(op: int, rec: Any, ctx: Context) -> Plan | Reply:
     if isinstance(path, Reply):
         return path
     if ctx.options.zookeeper_subtree:
-        v = _virtual_plan(op, path)
+        v = virtual_plan(op, path)
         if v is not None:
             return v
     watch = bool(getattr(rec, "watch", False))
@@ -485,26 +246,26 @@ def _plan_read(op: int, rec: Any, ctx: Context) -> Plan | Reply:
 
 def _finish_read(op: int, rec: Any, calls: tuple, resps: tuple, ctx: Context) -> Reply:
     path = rec.path
-    if ctx.options.zookeeper_subtree and _in_subtree(path):
-        r = _ok(resps[0])
-        return _err(resps[0]) if r is None else _virtual_reply(op, path, r)
-    r = _ok(resps[0])
+    if ctx.options.zookeeper_subtree and in_subtree(path):
+        r = result_of(resps[0])
+        return error_reply(resps[0]) if r is None else virtual_reply(op, path, r)
+    r = result_of(resps[0])
     if r is None:
-        return _err(resps[0])
+        return error_reply(resps[0])
     if op == OpCode.EXISTS:
         adds = _adds(WatchKey(WatchClass.DATA, path), r)
         if r.get("stat") is None:
             return Reply(err=Code.NO_NODE, add_watches=adds)  # the watch stays: it fires on creation
-        return Reply(body=ExistsResponse(_root_plus(stat(r["stat"]), path, ctx)), add_watches=adds)
+        return Reply(body=ExistsResponse(root_plus(stat(r["stat"]), path, ctx)), add_watches=adds)
     if op == OpCode.GET_DATA:
         data = r.get("data")
         return Reply(body=GetDataResponse(data if isinstance(data, bytes) else b"",
-                                          _root_plus(stat(r.get("stat")), path, ctx)),
+                                          root_plus(stat(r.get("stat")), path, ctx)),
                      add_watches=_adds(WatchKey(WatchClass.DATA, path), r))
     if op == OpCode.GET_ACL:
         if r.get("stat") is None:
             return error(Code.NO_NODE, path)
-        return Reply(body=GetACLResponse(OPEN_ACL, _root_plus(stat(r["stat"]), path, ctx)))
+        return Reply(body=GetACLResponse(OPEN_ACL, root_plus(stat(r["stat"]), path, ctx)))
     kids = r.get("children")
     kids = tuple(k for k in kids if isinstance(k, str)) if isinstance(kids, list) else ()
     if path == "/" and ctx.options.zookeeper_subtree and "zookeeper" not in kids:
@@ -512,11 +273,11 @@ def _finish_read(op: int, rec: Any, calls: tuple, resps: tuple, ctx: Context) ->
     adds = _adds(WatchKey(WatchClass.CHILD, path), r)
     if op == OpCode.GET_CHILDREN:
         return Reply(body=GetChildrenResponse(kids), add_watches=adds)
-    r2 = _ok(resps[1])
+    r2 = result_of(resps[1])
     if r2 is None or r2.get("stat") is None:
         # Deleted between the two reads: as if the list had been read after.
-        return Reply(err=Code.NO_NODE if r2 is not None else _err(resps[1]).err, add_watches=adds)
-    return Reply(body=GetChildren2Response(kids, _root_plus(stat(r2["stat"]), path, ctx)), add_watches=adds)
+        return Reply(err=Code.NO_NODE if r2 is not None else error_reply(resps[1]).err, add_watches=adds)
+    return Reply(body=GetChildren2Response(kids, root_plus(stat(r2["stat"]), path, ctx)), add_watches=adds)
 
 
 def _plan_sync(op: int, rec: Any, ctx: Context) -> Plan | Reply:
@@ -524,7 +285,7 @@ def _plan_sync(op: int, rec: Any, ctx: Context) -> Plan | Reply:
 
 
 def _finish_sync(op: int, rec: Any, calls: tuple, resps: tuple, ctx: Context) -> Reply:
-    return _err(resps[0]) if _ok(resps[0]) is None else Reply(body=SyncResponse(rec.path))
+    return error_reply(resps[0]) if result_of(resps[0]) is None else Reply(body=SyncResponse(rec.path))
 
 
 def _plan_check(op: int, rec: CheckVersionRequest, ctx: Context) -> Plan | Reply:
@@ -533,9 +294,9 @@ def _plan_check(op: int, rec: CheckVersionRequest, ctx: Context) -> Plan | Reply
 
 
 def _finish_check(op: int, rec: CheckVersionRequest, calls: tuple, resps: tuple, ctx: Context) -> Reply:
-    r = _ok(resps[0])
+    r = result_of(resps[0])
     if r is None:
-        return _err(resps[0])
+        return error_reply(resps[0])
     if r.get("stat") is None:
         return error(Code.NO_NODE, rec.path)
     st = stat(r["stat"])
@@ -582,12 +343,12 @@ def _plan_multi(op: int, rec: MultiRequest, ctx: Context) -> Plan | Reply:
 
 def _finish_multi(op: int, rec: MultiRequest, calls: tuple, resps: tuple, ctx: Context) -> Reply:
     resp = resps[0]
-    r = _ok(resp)
+    r = result_of(resp)
     if r is None:
         index = resp.get("index") if isinstance(resp, dict) else None
         if type(index) is int and 0 <= index < len(rec.ops):
             return _failed_multi(len(rec.ops), index, error_code(resp.get("err")))
-        return _err(resp)
+        return error_reply(resp)
     results = r.get("results")
     if not isinstance(results, list) or len(results) != len(rec.ops):
         return error(Code.SYSTEM_ERROR, "malformed multi results")
@@ -619,9 +380,9 @@ def _plan_multi_read(op: int, rec: MultiRequest, ctx: Context) -> Plan | Reply:
 def _finish_multi_read(op: int, rec: MultiRequest, calls: tuple, resps: tuple, ctx: Context) -> Reply:
     out = []
     for mop, resp in zip(rec.ops, resps):
-        r = _ok(resp)
+        r = result_of(resp)
         if r is None:
-            out.append(MultiResult(OpCode.ERROR, ErrorResponse(_err(resp).err)))
+            out.append(MultiResult(OpCode.ERROR, ErrorResponse(error_reply(resp).err)))
         elif mop.type == OpCode.GET_DATA:
             data = r.get("data")
             out.append(MultiResult(OpCode.GET_DATA, GetDataResponse(data if isinstance(data, bytes) else b"",
@@ -637,7 +398,7 @@ def _plan_set_acl(op: int, rec: SetACLRequest, ctx: Context) -> Plan | Reply:
     path = _path_or_refuse(rec)
     if isinstance(path, Reply):
         return path
-    if _in_subtree(path):
+    if in_subtree(path):
         return error(Code.NO_AUTH, "the /zookeeper subtree is read-only")
     return _acl_ok(rec.acl) or Plan((_read("exists", path),))
 
@@ -645,9 +406,9 @@ def _plan_set_acl(op: int, rec: SetACLRequest, ctx: Context) -> Plan | Reply:
 def _finish_set_acl(op: int, rec: SetACLRequest, calls: tuple, resps: tuple, ctx: Context) -> Reply:
     # Setting the open ACL on an open node changes nothing, as in
     # ZooKeeper only the ACL version would move; coord keeps none yet.
-    r = _ok(resps[0])
+    r = result_of(resps[0])
     if r is None:
-        return _err(resps[0])
+        return error_reply(resps[0])
     if r.get("stat") is None:
         return error(Code.NO_NODE, rec.path)
     if rec.version not in (-1, 0):
@@ -672,9 +433,9 @@ def _plan_add_watch(op: int, rec: AddWatchRequest, ctx: Context) -> Plan | Reply
 
 
 def _finish_add_watch(op: int, rec: AddWatchRequest, calls: tuple, resps: tuple, ctx: Context) -> Reply:
-    r = _ok(resps[0])
+    r = result_of(resps[0])
     if r is None:
-        return _err(resps[0])
+        return error_reply(resps[0])
     cls = WatchClass.RECURSIVE if rec.mode == AddWatchMode.PERSISTENT_RECURSIVE else WatchClass.PERSISTENT
     return Reply(body=ErrorResponse(0), add_watches=_adds(WatchKey(cls, rec.path), r))
 
@@ -711,7 +472,7 @@ def _plan_set_watches(op: int, rec: SetWatches | SetWatches2, ctx: Context) -> P
 def _finish_set_watches(op: int, rec: SetWatches | SetWatches2, calls: tuple, resps: tuple, ctx: Context) -> Reply:
     adds = []
     for (path, _, _, cls), resp in zip(_set_watches_items(rec), resps):
-        adds.extend(_adds(WatchKey(cls, path), _ok(resp)))  # a path coord refuses is skipped, as ZooKeeper does
+        adds.extend(_adds(WatchKey(cls, path), result_of(resp)))  # a path coord refuses is skipped, as ZooKeeper does
     return Reply(add_watches=tuple(adds))
 
 
@@ -757,9 +518,9 @@ def _plan_auth(op: int, rec: AuthPacket, ctx: Context) -> Plan | Reply:
 
 
 def _finish_auth(op: int, rec: AuthPacket, calls: tuple, resps: tuple, ctx: Context) -> Reply:
-    if _ok(resps[0]) is None:
+    if result_of(resps[0]) is None:
         # ZooKeeper answers a failed auth with AuthFailed and closes.
-        return Reply(err=Code.AUTH_FAILED, close=True, message=_err(resps[0]).message)
+        return Reply(err=Code.AUTH_FAILED, close=True, message=error_reply(resps[0]).message)
     user = (rec.auth or b"").decode("utf-8", "replace")
     if rec.scheme == "digest":
         user = user.split(":", 1)[0]
@@ -780,8 +541,8 @@ def _plan_close(op: int, rec: Any, ctx: Context) -> Plan | Reply:
 
 def _finish_close(op: int, rec: Any, calls: tuple, resps: tuple, ctx: Context) -> Reply:
     # The connection ends either way; an already expired session is closed too.
-    bad = _ok(resps[0]) is None and isinstance(resps[0], dict) and resps[0].get("err") != "SessionExpired"
-    return Reply(err=_err(resps[0]).err if bad else Code.OK, close=True)
+    bad = result_of(resps[0]) is None and isinstance(resps[0], dict) and resps[0].get("err") != "SessionExpired"
+    return Reply(err=error_reply(resps[0]).err if bad else Code.OK, close=True)
 
 
 def _plan_reconfig(op: int, rec: ReconfigRequest, ctx: Context) -> Plan | Reply:
@@ -794,11 +555,11 @@ def _plan_reconfig(op: int, rec: ReconfigRequest, ctx: Context) -> Plan | Reply:
 
 
 def _finish_reconfig(op: int, rec: ReconfigRequest, calls: tuple, resps: tuple, ctx: Context) -> Reply:
-    r = _ok(resps[0])  # member_change answers with the new status
+    r = result_of(resps[0])  # member_change answers with the new status
     if r is None:
-        return _err(resps[0])
+        return error_reply(resps[0])
     data = render_config(r)
-    return Reply(body=GetDataResponse(data, _virtual_stat(CONFIG_NODE, data, r)))
+    return Reply(body=GetDataResponse(data, virtual_stat(CONFIG_NODE, data, r)))
 
 
 def _unimplemented(why: str) -> Planner:
