@@ -167,3 +167,47 @@ def test_session_never_raises(chunks, handshake_done):
             if isinstance(a, CoordCall):  # answer everything with an error: nothing changes
                 s.coord_response(a.token, {"ok": False, "zxid": 1, "err": "SystemError", "msg": "x"})
     assert s.state is not None
+
+
+_json = st.recursive(st.none() | st.booleans() | st.integers(-(1 << 70), 1 << 70) | _text | st.binary(max_size=8),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_text, inner, max_size=4),
+                     max_leaves=12)
+_coord_response = st.fixed_dictionaries({"ok": st.booleans(), "zxid": _json}, optional={
+    "r": st.dictionaries(st.sampled_from(["path", "stat", "data", "children", "wid", "results", "sid", "secret",
+                                          "timeout_ms", "members", "voters", "config_version"]), _json, max_size=5),
+    "err": st.sampled_from(["NoNode", "BadVersion", "SessionExpired", "Weird", 5]),
+    "index": _json, "results": _json})
+
+
+@settings(max_examples=300)
+@given(st.sampled_from(sorted(op for op, r in REQUESTS.items() if r is not None)).flatmap(
+    lambda op: st.tuples(st.just(op), records(REQUESTS[op]))), st.data())
+def test_finish_never_raises_on_any_coord_answer(op_rec, data):
+    op, rec = op_rec
+    planned = translate.plan(op, rec, translate.Context(options=translate.Options(reconfig_enabled=True)))
+    if isinstance(planned, translate.Plan):
+        resps = tuple(data.draw(_coord_response) for _ in planned.calls)
+        reply = translate.finish(op, rec, planned, resps, translate.Context())
+        assert isinstance(reply, translate.Reply)
+        if reply.body is not None:
+            assert isinstance(reply.body.encode(), bytes)  # a reply always encodes
+
+
+@settings(max_examples=100)
+@given(st.data())
+def test_session_survives_any_coord_answers_and_events(data):
+    s = _open_session()
+    actions = s.receive_data(b"".join(
+        frame(encode_request(k, op, None if REQUESTS[op] is None else data.draw(records(REQUESTS[op]))))
+        for k, op in enumerate(data.draw(st.lists(st.sampled_from(sorted(REQUESTS)), max_size=6)))))
+    for _ in range(20):  # bounded: answer what was asked, interleaved with arbitrary events
+        pending = [a for a in actions if isinstance(a, CoordCall)]
+        if not pending:
+            break
+        actions = []
+        for call in pending:
+            actions += s.coord_response(call.token, data.draw(_coord_response))
+            actions += s.coord_event(data.draw(st.fixed_dictionaries(
+                {"ev": st.sampled_from(["watch", "resync", "other"]), "wid": st.integers(0, 5),
+                 "type": st.sampled_from(["created", "changed", "deleted", "children", "bogus"]),
+                 "path": _json, "zxid": _json})))

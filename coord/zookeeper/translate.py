@@ -164,6 +164,8 @@ def _read(op: str, path: str, watch: bool = False, **extra: Any) -> dict:
 
 def _created_body(op: int, r: dict) -> Record:
     path = r.get("path")
+    if not isinstance(path, str):
+        raise ValueError(f"malformed created path: {path!r}"[:200])
     if op == OpCode.CREATE:
         return CreateResponse(path)
     return Create2Response(path, stat(r.get("stat")))
