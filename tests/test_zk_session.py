@@ -442,3 +442,16 @@ def test_session_expired_answer_closes_after_the_reply():
     actions = s.coord_response(c.token, {"ok": False, "zxid": 9, "err": "SessionExpired", "msg": "gone"})
     assert [(h.xid, h.err) for h in headers(sent(actions))] == [(3, Code.SESSION_EXPIRED)]
     assert isinstance(actions[-1], CloseConnection)
+
+
+def test_connection_info_feeds_the_four_letter_words():
+    from coord.zookeeper.fourletter import render
+
+    s = opened()
+    (c,) = calls(s.receive_data(kazoo(1, kz.GetData("/a", None))))
+    s.coord_response(c.token, ok({"data": b"", "stat": STAT}, zxid=12))
+    info = s.connection_info("127.0.0.1:5555")
+    assert (info["received"], info["sent"], info["sid"], info["last_op"], info["last_zxid"]) == \
+        (2, 2, 0x42, "GETD", 12)
+    line = render("cons", {"role": "leader", "voters": [1, 2], "connections": [info]}).decode()
+    assert line.startswith(" /127.0.0.1:5555[1](queued=0,recved=2,sent=2,sid=0x42,lop=GETD,")

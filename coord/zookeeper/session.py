@@ -183,6 +183,9 @@ class ZkSession:
         self._replaying = 0  # setWatches requests in flight
         self._orphans: dict[int, list[dict]] = {}
         self._orphan_count = 0
+        self.received = 0  # frames from the client (ZooKeeper's "recved")
+        self.sent = 0  # frames to the client
+        self.last_op = "NA"
 
     # -- inspection ---------------------------------------------------------------
 
@@ -200,6 +203,11 @@ class ZkSession:
     @property
     def auth(self) -> tuple[ClientInfo, ...]:
         return tuple(self._auth)
+
+    def connection_info(self, peer: str = "?") -> dict:
+        """This connection as ``fourletter`` lists it (``cons``, ``stat``)."""
+        return {"peer": peer, "sid": self.sid, "timeout_ms": self.timeout_ms, "received": self.received,
+                "sent": self.sent, "queued": self._pending, "last_zxid": self.last_zxid, "last_op": self.last_op}
 
     def _ctx(self) -> Context:
         return Context(MappingProxyType(self._watches), tuple(self._auth), self.options)
@@ -335,6 +343,7 @@ class ZkSession:
                 return
             payload = bytes(self._buf[4:4 + n])
             del self._buf[:4 + n]
+            self.received += 1
             if self.state is State.HANDSHAKE:
                 self._on_connect(payload, out)
             else:
@@ -356,6 +365,7 @@ class ZkSession:
         assert self._connect is not None
         answer, valid = translate.connect_response(self._connect, resp)
         if answer is not None:
+            self.sent += 1
             out.append(SendBytes(frame(answer.encode())))
         if not valid:
             out.extend(self._close("session expired or refused" if answer is not None
@@ -380,6 +390,7 @@ class ZkSession:
         except JuteError as e:
             out.extend(self._close(f"unreadable request header: {e}"))
             return
+        self.last_op = _op_name(req.op)
         p = _Pending(req.xid, req.op, req.body, translate.kind_of(req.op))
         self._pending += 1
         self._out.append(p)
@@ -504,6 +515,7 @@ class ZkSession:
             if close:
                 break
         if chunks:
+            self.sent += len(chunks)
             out.append(SendBytes(b"".join(chunks)))
         if close:
             out.extend(self._close("session closed" if self._closing_after.op == OpCode.CLOSE_SESSION
@@ -517,6 +529,21 @@ class ZkSession:
         self._buf.clear()
         self._waiting.clear()
         return [CloseConnection(reason)]
+
+
+# ZooKeeper's names for the last operation in ``cons`` (FinalRequestProcessor's lastOp).
+_LAST_OP = {OpCode.PING: "PING", OpCode.CREATE: "CREA", OpCode.CREATE2: "CREA", OpCode.CREATE_CONTAINER: "CREA",
+            OpCode.CREATE_TTL: "CREA", OpCode.DELETE: "DELE", OpCode.SET_DATA: "SETD", OpCode.RECONFIG: "RECO",
+            OpCode.SET_ACL: "SETA", OpCode.CLOSE_SESSION: "CLOS", OpCode.SYNC: "SYNC", OpCode.CHECK: "CHEC",
+            OpCode.EXISTS: "EXIS", OpCode.GET_DATA: "GETD", OpCode.SET_WATCHES: "SETW", OpCode.SET_WATCHES2: "STW2",
+            OpCode.ADD_WATCH: "ADDW", OpCode.GET_ACL: "GETA", OpCode.GET_CHILDREN: "GETC",
+            OpCode.GET_CHILDREN2: "GETC", OpCode.GET_ALL_CHILDREN_NUMBER: "GETACN", OpCode.CHECK_WATCHES: "CHKW",
+            OpCode.REMOVE_WATCHES: "REMW", OpCode.WHO_AM_I: "HOMI", OpCode.GET_EPHEMERALS: "GETE",
+            OpCode.MULTI: "MULT", OpCode.MULTI_READ: "MLTR", OpCode.AUTH: "AUTH"}
+
+
+def _op_name(op: int) -> str:
+    return _LAST_OP.get(op, "NA")
 
 
 def _notification(zxid: int, note: WatcherEvent) -> bytes:
