@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 import zlib
 from typing import Any, Awaitable, Callable
 
@@ -295,20 +296,22 @@ class ClientConnection:
         lin = req.get("lin", False)
         if lin is not False and (lin is not True or self._inflight >= MAX_INFLIGHT):
             return False  # a bad flag gets its error from the task path; a full pipe waits there
+        t0 = time.perf_counter()  # observability
         try:
             rid, _, _ = self._admit(req)
         except Exception as e:  # noqa: BLE001 - every failure is the client's answer
-            self._queue(self._error_response(_request_id(req), req, e))
+            self._queue(resp := self._error_response(_request_id(req), req, e))
+            self.service.obs.request(op, resp, t0)  # observability
             return True
         if lin:
             self._inflight += 1
-            self.service.after_read_barrier(lambda err: self._finish_read(rid, req, reader, err))
+            self.service.after_read_barrier(lambda err: self._finish_read(rid, req, reader, err, t0))
         else:
-            self._finish_read(rid, req, reader, None)
+            self._finish_read(rid, req, reader, None, t0)
         return True
 
     def _finish_read(self, rid: int, req: dict, reader: Callable, barrier_error: Exception | None,
-                     ) -> None:
+                     t0: float = 0.0) -> None:
         if req.get("lin"):
             self._inflight -= 1
         if self._finished or self.close_reason is not None:
@@ -320,8 +323,10 @@ class ClientConnection:
         except Exception as e:  # noqa: BLE001 - every failure is the client's answer
             resp = self._error_response(rid, req, e)
         self._queue(resp)
+        self.service.obs.request(req["op"], resp, t0)  # observability
 
     async def _serve(self, req: Any, sem: trio.Semaphore) -> None:
+        t0 = time.perf_counter()  # observability
         try:
             rid, op, handler = self._admit(req)
             result = await handler(self, req)
@@ -332,6 +337,7 @@ class ClientConnection:
             sem.release()
             self._inflight -= 1
         self._queue(resp)
+        self.service.obs.request(req.get("op") if type(req) is dict else None, resp, t0)  # observability
         if resp["ok"] and req.get("op") == Op.CLOSE:
             self.close("session closed")
 

@@ -27,6 +27,7 @@ import math
 import queue
 import random
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
@@ -45,6 +46,7 @@ from coord.raft.types import (
     Role,
     Snapshot,
 )
+from coord.observe.stats import RaftStats
 
 log = logging.getLogger("coord.raftnode")
 
@@ -191,6 +193,7 @@ class RaftNode:
         self._in_pipeline = 0  # readies queued or being written, not yet completed
         self.fsyncs = 0
         self.entries_applied = 0
+        self.obs = RaftStats(self.core)  # observability counters (coord.observe)
 
     # ------------------------------------------------------------------
     # public API (call from tasks in the same Trio run)
@@ -306,6 +309,7 @@ class RaftNode:
                 # Entries we proposed may still commit under the next leader,
                 # or be overwritten: the proposer cannot know which.
                 waiters, self._waiters = self._waiters, {}
+                self.obs.proposals_dropped += len(waiters)  # observability
                 for _, w in waiters.values():
                     w.fail(CommitUnknown("leadership lost before the entry committed; it may or may not commit"))
 
@@ -335,6 +339,7 @@ class RaftNode:
             try:
                 first, term = self.core.propose_batch([d for d, _ in chunk])
             except ProposalDropped as e:
+                self.obs.proposals_dropped += len(chunk)  # observability
                 for _, w in chunk:
                     w.fail(NotLeader(e.reason, e.leader))
                 continue
@@ -359,6 +364,7 @@ class RaftNode:
                     self._enqueue_lazy(rd.hard_state)
                 self._after_persist(rd)
         self._flush_to_disk()
+        self.obs.observe_core(core)  # observability: elections, leader changes
         if core.leader_id != self._leader_seen:
             self._leader_seen = core.leader_id
             if self.on_leader is not None:
@@ -430,7 +436,9 @@ class RaftNode:
             if lazy is not None and (lazy.term, lazy.vote) == (self._disk_hs.term, self._disk_hs.vote) and (
                     hs is None or ((hs.term, hs.vote) == (lazy.term, lazy.vote) and lazy.commit > hs.commit)):
                 hs = lazy
+            t0 = time.perf_counter()  # observability
             self.store.save(hs, entries, snap)
+            self.obs.fsync_done(t0, len(entries))  # observability
             self.fsyncs += 1
             if hs is not None:
                 self._disk_hs = hs
@@ -472,6 +480,7 @@ class RaftNode:
             self.send(m)
         core.on_persisted(rd)
         if rd.snapshot is not None:
+            self.obs.snapshot_installed(len(rd.snapshot.data))  # observability
             self.sm.restore(rd.snapshot.data)
             self._last_snapshot_index = rd.snapshot.meta.index
             self._set_applied(rd.snapshot.meta.index)
@@ -503,11 +512,14 @@ class RaftNode:
         if pending is not None:
             term, w = pending
             if term != e.term:
+                self.obs.proposals_dropped += 1  # observability
                 w.fail(ProposalDropped("leadership changed before the entry committed"))
-            elif error is not None:
-                w.fail(error)
             else:
-                w.set(result)
+                self.obs.proposals_committed += 1  # observability
+                if error is not None:
+                    w.fail(error)
+                else:
+                    w.set(result)
 
     def _set_applied(self, index: int) -> None:
         self._applied = index
@@ -524,7 +536,9 @@ class RaftNode:
         if self._applied - self._last_snapshot_index < self.opts.snapshot_entries:
             return
         index = self._applied
+        t0 = time.perf_counter()  # observability
         data = self.sm.snapshot()
+        self.obs.snapshot_taken(t0, len(data))  # observability
         self.core.compact(index, data, retain=self.opts.snapshot_retain)
         self._last_snapshot_index = index
         # The WAL keeps its entries until the snapshot file is durable (FIFO).

@@ -26,8 +26,9 @@ import cbor2
 import trio
 
 from coord.namespace.state import NamespaceStateMachine
+from coord.observe.stats import ServiceStats
 from coord.raft.types import ConfChangeError, Entry, EntryKind, Message, MsgType, ProposalDropped, Role
-from coord.server.config import MemberAddrs, ServerConfig
+from coord.server.config import MemberAddrs, ServerConfig, format_addr
 from coord.server.raftnode import ReadFailed
 from coord.server.serve import Server
 from coord.server.sessions import SessionTracker
@@ -124,6 +125,7 @@ class CoordService:
         self._nursery: trio.Nursery | None = None
         self.write_timeout = max(2.0, 4 * cfg.election_ticks * cfg.tick_ms / 1000)
         self.stats = {"writes": 0, "forwarded": 0, "reads": 0, "expired_sessions": 0}
+        self.obs = ServiceStats()  # observability counters (coord.observe)
 
     # ------------------------------------------------------------------
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -281,6 +283,7 @@ class CoordService:
 
     async def _run_lin_batch(self) -> None:
         batch, self._lin_batch = self._lin_batch, []
+        self.obs.lin_batch(len(batch))  # observability
         error: Exception | None = None
         try:
             await self.read_barrier()
@@ -432,6 +435,8 @@ class CoordService:
             "members": members, "config_version": core.membership_version,
             "nodes": self.ns.node_count, "sessions": self.ns.session_count, "watches": self.watches.count(),
         }
+        if self.cfg.http_address is not None:  # observability: where this server's dashboard is
+            out["http"] = format_addr(self.cfg.http_address)
         if core.role is Role.LEADER:
             out["progress"] = {pid: {**p, "lag": core.last_index - p["match"]} for pid, p in core.progress().items()}
         return out
