@@ -111,7 +111,12 @@ function makeChart(el, series, data) {
   const axis = { stroke: css("--muted"), grid: { stroke: css("--grid"), width: 1 }, ticks: { stroke: css("--grid") } };
   const opts = {
     width: Math.max(300, el.clientWidth), height: 200,
-    scales: { x: { time: true } },
+    // what the ring holds (at most the last ten minutes, at least one), the newest sample at the right edge
+    scales: { x: { time: true, range: () => {
+      const end = lastSampleT || Date.now() / 1000;
+      const first = history.t.length ? history.t[0] : end;
+      return [Math.max(end - 600, Math.min(first, end - 60)), end];
+    } } },
     series: [{}, ...series.map((s) => ({ label: s.label, stroke: css(s.color), width: 1.5, spanGaps: false,
                                         points: { show: false },
                                         value: (u, v) => (v === null ? "–" : (+v).toFixed(s.digits ?? 1)) }))],
