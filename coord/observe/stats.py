@@ -136,6 +136,13 @@ class RaftStats:
             if leader:
                 self.leader_changes += 1
 
+    def proposal_done(self, committed: bool) -> None:
+        """A proposal made here was applied (``committed``) or overwritten by another term's entry."""
+        if committed:
+            self.proposals_committed += 1
+        else:
+            self.proposals_dropped += 1
+
     def fsync_done(self, started: float, entries: int) -> None:
         """Disk thread: one durable write of ``entries`` entries took since ``started``."""
         self.fsync.observe(time.perf_counter() - started)

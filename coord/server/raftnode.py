@@ -511,15 +511,13 @@ class RaftNode:
         pending = self._waiters.pop(e.index, None)
         if pending is not None:
             term, w = pending
+            self.obs.proposal_done(term == e.term)  # observability
             if term != e.term:
-                self.obs.proposals_dropped += 1  # observability
                 w.fail(ProposalDropped("leadership changed before the entry committed"))
+            elif error is not None:
+                w.fail(error)
             else:
-                self.obs.proposals_committed += 1  # observability
-                if error is not None:
-                    w.fail(error)
-                else:
-                    w.set(result)
+                w.set(result)
 
     def _set_applied(self, index: int) -> None:
         self._applied = index
