@@ -106,3 +106,15 @@ def test_dashboard_follows_the_ensemble_the_tree_and_the_event_stream(cluster, t
             assert errors == [], errors
         finally:
             browser.close()
+
+
+def test_a_missing_browser_fails_under_ci_and_skips_elsewhere(monkeypatch):
+    import tests.test_http_browser as me
+
+    monkeypatch.setattr(me, "CHROMIUM", "/nonexistent/chromium")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="cannot run under CI"):
+        me.browser_or_skip()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="apt-get install -y chromium"):
+        me.browser_or_skip()
