@@ -8,6 +8,8 @@ counts, windows and CPU accounting), so the figures sit beside theirs:
   IDLE (context) the ensemble with no client: server CPU
   W1   write throughput: set of a 100 B value over 1000 nodes, 32 in flight, 3 client processes
   W1S  (diagnostic) W1 from a single client process
+  W1P  W1 while a Prometheus-style scraper GETs /metrics of every server once a second
+       (the cost of observability: compare with W1; needs the servers' HTTP ports)
   W2   sequential write latency: one client, 2000 set calls through a follower (W2L: the leader)
   W3   read throughput: 32 in flight get of one 100 B node, local reads, 3 processes
   W3L  the same with linearizable reads (ReadIndex through the leader)
@@ -28,6 +30,7 @@ reported too, so a disturbed window is visible.
     python bench/bench.py                          # own 3-server ensemble, fsync on, everything
     python bench/bench.py --workloads W1,W3 --json out.json
     python bench/bench.py --endpoints 127.0.0.1:2181,127.0.0.1:2182,127.0.0.1:2183 --workloads W1,W2,W3
+    python bench/bench.py --workloads W1,W1P --http   # W1 with and without a 1 s scrape, HTTP ports on for both
 
 With ``--endpoints`` the servers are found by their listening ports (for
 CPU figures; same user only); W6 and S1/S2 need an ensemble this script
@@ -46,7 +49,9 @@ import socket
 import statistics
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 for _p in (ROOT, os.path.join(ROOT, "client")):
@@ -186,16 +191,19 @@ class Ensemble:
     """Either one this script starts (tests.cluster.Cluster: real processes,
     fsync on) or an external one given by its client endpoints."""
 
-    def __init__(self, endpoints: str | None, n: int, base: str, snapshot_entries: int = 10_000):
+    def __init__(self, endpoints: str | None, n: int, base: str, snapshot_entries: int = 10_000,
+                 http: bool = False, http_endpoints: str | None = None):
         self.cluster = None
+        self.metrics_urls = [f"http://{e}/metrics" for e in (http_endpoints or "").split(",") if e]
         if endpoints:
             self.addrs = [(h, int(p)) for h, p in (e.rsplit(":", 1) for e in endpoints.split(","))]
         else:
             from tests.cluster import Cluster
 
-            self.cluster = Cluster(n, base, snapshot_entries=snapshot_entries, log_level="warning")
+            self.cluster = Cluster(n, base, snapshot_entries=snapshot_entries, log_level="warning", http=http)
             self.cluster.start()
             self.addrs = [self.cluster.client_addr(s) for s in range(1, n + 1)]
+            self.metrics_urls = [f"http://127.0.0.1:{p}/metrics" for _, p in sorted(self.cluster.http_ports.items())]
         self.nodes = list(range(1, len(self.addrs) + 1))
 
     @property
@@ -406,6 +414,37 @@ def run_procs(ens: Ensemble, target: str, args_list: list[tuple], warmup: float,
     return results, cpu
 
 
+class Scraper(threading.Thread):
+    """What a Prometheus server does: GET every server's /metrics once per
+    ``interval``, in turn, for as long as the workload runs."""
+
+    def __init__(self, urls: list[str], interval: float):
+        super().__init__(daemon=True)
+        self.urls, self.interval = urls, interval
+        self.stop_evt = threading.Event()
+        self.times: list[float] = []
+        self.bytes = 0
+        self.errors = 0
+
+    def run(self) -> None:
+        while not self.stop_evt.is_set():
+            started = mono()
+            for url in self.urls:
+                t = mono()
+                try:
+                    with urllib.request.urlopen(url, timeout=5) as r:
+                        self.bytes += len(r.read())
+                    self.times.append(mono() - t)
+                except OSError:
+                    self.errors += 1
+            self.stop_evt.wait(max(0.0, self.interval - (mono() - started)))
+
+    def summary(self) -> dict:
+        return {"scrapes": len(self.times), "errors": self.errors, "interval_s": self.interval,
+                "servers": len(self.urls), "mean_bytes": round(self.bytes / max(1, len(self.times))),
+                "latency": lat_summary(self.times)}
+
+
 # ----------------------------------------------------------------------------- workloads
 def prepare(ens: Ensemble) -> None:
     import trio
@@ -428,7 +467,8 @@ def prepare(ens: Ensemble) -> None:
     trio.run(go)
 
 
-def throughput(ens: Ensemble, kind: str, name: str, args, nproc: int | None = None) -> dict:
+def throughput(ens: Ensemble, kind: str, name: str, args, nproc: int | None = None,
+               scrape: float | None = None) -> dict:
     nproc = nproc or args.procs
     depths = [args.outstanding // nproc + (1 if i < args.outstanding % nproc else 0) for i in range(nproc)]
     roles = ens.wait_healthy()
@@ -436,7 +476,18 @@ def throughput(ens: Ensemble, kind: str, name: str, args, nproc: int | None = No
     wargs = [(kind, i, ens.endpoint(order[i % len(order)]), depths[i]) for i in range(nproc)]
     log(f"{name}: {kind}, {args.outstanding} in flight over {nproc} processes, warmup {args.warmup}s, "
         f"window {args.duration}s")
-    results, cpu = run_procs(ens, "tp_worker", wargs, args.warmup, args.duration)
+    scraper = None
+    if scrape:
+        if not ens.metrics_urls:
+            raise RuntimeError(f"{name} needs the servers' HTTP ports: --http, or --http-endpoints with --endpoints")
+        scraper = Scraper(ens.metrics_urls, scrape)
+        scraper.start()
+    try:
+        results, cpu = run_procs(ens, "tp_worker", wargs, args.warmup, args.duration)
+    finally:
+        if scraper is not None:
+            scraper.stop_evt.set()
+            scraper.join(10)
     ops_n = sum(r["ops"] for r in results)
     c = cpu.summary(ops_n)
     out = {"workload": name, "op": {"set": "set 100 B over 1000 nodes", "get": "get 100 B, local read",
@@ -445,6 +496,8 @@ def throughput(ens: Ensemble, kind: str, name: str, args, nproc: int | None = No
            "ops": ops_n, "ops_per_s": round(ops_n / c["window_s"], 1),
            "errors": sum(r["errs"] for r in results), "outstanding": args.outstanding,
            "client_processes": nproc, "latency": lat_summary([x for r in results for x in r["lat"]]), "cpu": c}
+    if scraper is not None:
+        out["scrape"] = scraper.summary()
     if kind == "create_delete":
         out["create_delete_pairs_per_s"] = round(sum(r["pairs"] for r in results) / c["window_s"], 1)
     et: dict = {}
@@ -793,6 +846,10 @@ def table(results: list[dict]) -> str:
                         f"**{r['server_cores_busy_idle']} cores** | - | - | {cores} | {rss} |")
         else:
             extra = f" ({r['create_delete_pairs_per_s']} pairs/s)" if "create_delete_pairs_per_s" in r else ""
+            if "scrape" in r:
+                sc = r["scrape"]
+                extra += (f" with /metrics of {sc['servers']} servers scraped every {sc['interval_s']} s "
+                          f"({sc['scrapes']} scrapes, p99 {sc['latency'].get('p99_ms')} ms, {sc['errors']} errors)")
             rows.append(f"| {w} | {r['op']}, {r['outstanding']} in flight, {r['client_processes']} processes | "
                         f"**{r['ops_per_s']} ops/s**{extra} | {c.get('server_cpu_us_per_op')} | "
                         f"{fmt_lat(r['latency'])} | {cores} | {rss} |")
@@ -818,6 +875,10 @@ def main() -> int:
     ap.add_argument("--attempt-timeout", type=float, default=0.25)
     ap.add_argument("--scale-nodes", type=int, default=1_000_000)
     ap.add_argument("--scale-sessions", type=int, default=10_000)
+    ap.add_argument("--http", action="store_true",
+                    help="give the servers this script starts HTTP ports (implied by W1P)")
+    ap.add_argument("--http-endpoints", help="with --endpoints: the servers' HTTP ports, for W1P")
+    ap.add_argument("--scrape-interval", type=float, default=1.0, help="W1P's scrape period (s)")
     args = ap.parse_args()
     want = [w.strip() for w in args.workloads.split(",") if w.strip()]
     base = tempfile.mkdtemp(prefix="coord-bench-")
@@ -829,7 +890,8 @@ def main() -> int:
             "ensemble": args.endpoints or "3 servers started by bench.py (tests/cluster.py), fsync on, "
                                            "tick 50 ms, election 10 ticks"}
     results: list[dict] = []
-    ens = Ensemble(args.endpoints, 3, os.path.join(base, "main"))
+    ens = Ensemble(args.endpoints, 3, os.path.join(base, "main"), http=args.http or "W1P" in want,
+                   http_endpoints=args.http_endpoints)
     try:
         ens.wait_healthy(60)
         prepare(ens)
@@ -837,6 +899,7 @@ def main() -> int:
             "IDLE": lambda: idle(ens, args),
             "W1": lambda: throughput(ens, "set", "W1", args),
             "W1S": lambda: throughput(ens, "set", "W1S", args, nproc=1),
+            "W1P": lambda: throughput(ens, "set", "W1P", args, scrape=args.scrape_interval),
             "W2": lambda: seq_latency(ens, "W2", "follower", args.seq_ops),
             "W2L": lambda: seq_latency(ens, "W2L", "leader", args.seq_ops),
             "W3": lambda: throughput(ens, "get", "W3", args),

@@ -116,7 +116,7 @@ def free_ports(n: int) -> list[int]:
 
 
 def dev_config(sid: int, n: int, data_root: str, peer_ports: list[int], client_ports: list[int],
-               cluster_id: str = "dev") -> str:
+               cluster_id: str = "dev", http_ports: list[int] | None = None) -> str:
     members = "\n".join(
         f'{i} = {{ peer = "127.0.0.1:{peer_ports[i - 1]}", client = "127.0.0.1:{client_ports[i - 1]}" }}'
         for i in range(1, n + 1)
@@ -129,6 +129,7 @@ data_dir = "{os.path.join(data_root, f"server{sid}")}"
 peer_address = "127.0.0.1:{peer_ports[sid - 1]}"
 client_address = "127.0.0.1:{client_ports[sid - 1]}"
 wal_segment_bytes = {16 << 20}
+{f'http_address = "127.0.0.1:{http_ports[sid - 1]}"' if http_ports else ""}
 
 [cluster]
 members = {{ {", ".join(m.strip() for m in members.splitlines())} }}
@@ -154,15 +155,15 @@ def dev(servers: int, data_dir: str | None, log_level: str) -> None:
     temp = data_dir is None
     root = tempfile.mkdtemp(prefix="coord-dev-") if temp else os.path.abspath(data_dir)
     os.makedirs(root, exist_ok=True)
-    ports = free_ports(2 * servers)
-    peer_ports, client_ports = ports[:servers], ports[servers:]
+    ports = free_ports(3 * servers)
+    peer_ports, client_ports, http_ports = ports[:servers], ports[servers:2 * servers], ports[2 * servers:]
     procs: list[subprocess.Popen] = []
     try:
         for sid in range(1, servers + 1):
             path = os.path.join(root, f"server{sid}.toml")
             if not os.path.exists(path):
                 with open(path, "w") as f:
-                    f.write(dev_config(sid, servers, root, peer_ports, client_ports))
+                    f.write(dev_config(sid, servers, root, peer_ports, client_ports, http_ports=http_ports))
             logf = open(os.path.join(root, f"server{sid}.log"), "ab")
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "coord", "serve", "--config", path, "--log-level", log_level],
@@ -176,6 +177,11 @@ def dev(servers: int, data_dir: str | None, log_level: str) -> None:
             raise click.ClickException(f"no leader was elected within 60 s; see the logs in {root}")
         click.echo(f"coord dev: {servers} servers up, leader is server {leader['server_id']}", err=True)
         click.echo(f"coord dev: data and logs (server*.log) in {root}", err=True)
+        dashboards = [c.http_address for c in cfgs if c.http_address is not None]
+        if dashboards:
+            click.echo(f"coord dev: dashboard at http://{dashboards[0][0]}:{dashboards[0][1]}/  "
+                       f"(every server has one: {', '.join(f'{h}:{p}' for h, p in dashboards)}; "
+                       f"also /metrics, /health, /ready)", err=True)
         click.echo(f"export COORD_ENDPOINTS={endpoints}")
         click.echo("coord dev: in another terminal, after the export above:  coordctl status;  "
                    "coordctl create /hello world;  coordctl get /hello", err=True)

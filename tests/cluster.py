@@ -38,10 +38,11 @@ def child_env() -> dict[str, str]:
 class Cluster:
     def __init__(self, n: int, base_dir: str | os.PathLike, *, tick_ms: int = 50, election_ticks: int = 10,
                  heartbeat_ticks: int = 2, min_session_timeout_ms: int = 500, snapshot_entries: int = 10_000,
-                 cluster_id: str = "test", log_level: str = "info", spare: int = 0,
+                 cluster_id: str = "test", log_level: str = "info", spare: int = 0, http: bool = False,
                  wal_segment_bytes: int = 1 << 20):
         """``n`` initial members (ids 1..n); ``spare`` more ids get ports and
-        can be started later with a joining configuration."""
+        can be started later with a joining configuration; ``http`` gives
+        every server an HTTP port (``http_ports``)."""
         self.n = n
         self.base = os.fspath(base_dir)
         self.tick_ms, self.election_ticks, self.heartbeat_ticks = tick_ms, election_ticks, heartbeat_ticks
@@ -54,6 +55,8 @@ class Cluster:
         ports = free_ports(2 * total)
         self.peer_ports = {i: ports[i - 1] for i in range(1, total + 1)}
         self.client_ports = {i: ports[total + i - 1] for i in range(1, total + 1)}
+        http_ports = free_ports(total) if http else []
+        self.http_ports = {i: http_ports[i - 1] for i in range(1, total + 1)} if http else {}
         self.procs: dict[int, subprocess.Popen] = {}
         self._logs: dict[int, Any] = {}
 
@@ -104,6 +107,10 @@ class Cluster:
             f'peer_address = "{self.advertised(sid)[0]}"',
             f'client_address = "{HOST}:{self.client_ports[sid]}"',
             f"wal_segment_bytes = {self.wal_segment_bytes}",
+        ]
+        if sid in self.http_ports:
+            lines.append(f'http_address = "{HOST}:{self.http_ports[sid]}"')
+        lines += [
             "",
             "[cluster]",
         ]

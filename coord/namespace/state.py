@@ -29,6 +29,7 @@ Stats are lists in ``protocol.STAT_FIELDS`` order.
 from __future__ import annotations
 
 import gc
+import heapq
 import logging
 from typing import Any, Callable
 
@@ -37,7 +38,7 @@ import cbor2
 from coord.namespace.commands import Command, LogCommand, decode_entry
 from coord.namespace.history import Event, EventHistory
 from coord.namespace.sessions import DEFAULT_DEDUP_WINDOW, SessionTable
-from coord.namespace.tree import DATA, Tree, child_names, join, stat
+from coord.namespace.tree import DATA, KIDS, Tree, child_names, join, stat
 from coord.namespace.txn import Txn
 from coord.raft.types import Entry, EntryKind
 from coordclient.errors import CoordError, InvalidPathError, MultiError, NoNodeError, SessionExpiredError
@@ -214,6 +215,26 @@ class NamespaceStateMachine:
     @property
     def session_count(self) -> int:
         return len(self._sessions)
+
+    @property
+    def data_bytes(self) -> int:
+        """Bytes of node data in the whole tree (kept by every change, O(1))."""
+        return self._tree.data_bytes
+
+    @property
+    def ephemeral_count(self) -> int:
+        """Ephemeral nodes (one pass over the sessions, not the tree)."""
+        return sum(len(s.ephemerals) for s in self._sessions.by_id.values())
+
+    def children_page(self, path: str, after: str = "", limit: int = 100) -> tuple[list[str], int]:
+        """At most ``limit`` child names of ``path`` greater than ``after``,
+        sorted, and the number of children.  One pass over the children and
+        a partial sort: a page of a node with a million children does not
+        sort the million."""
+        kids = self._node(path)[KIDS] or ()
+        if after:
+            return heapq.nsmallest(limit, (k for k in kids if k > after)), len(kids)
+        return heapq.nsmallest(limit, kids), len(kids)
 
     def sessions(self) -> dict[int, tuple[int, bytes]]:
         """sid -> (timeout_ms, secret) of every live session, by sid."""

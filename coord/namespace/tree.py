@@ -51,10 +51,11 @@ def _split(path: str) -> tuple[str, str]:
 
 
 class Tree:
-    __slots__ = ("nodes",)
+    __slots__ = ("nodes", "data_bytes")
 
     def __init__(self) -> None:
         self.nodes: dict[str, Node] = {"/": new_node(b"", 0, 0, 0)}
+        self.data_bytes = 0  # sum of every node's data length, kept by each mutation (for metrics)
 
     def __len__(self) -> int:
         return len(self.nodes)
@@ -71,6 +72,7 @@ class Tree:
         parent = self.nodes[ppath]
         cv, pz = parent[CVERSION], parent[PZXID]
         self.nodes[path] = node
+        self.data_bytes += len(node[DATA])
         kids = parent[KIDS]
         if kids is None:
             kids = parent[KIDS] = set()
@@ -86,6 +88,7 @@ class Tree:
         parent = self.nodes[ppath]
         cv, pz = parent[CVERSION], parent[PZXID]
         node = self.nodes.pop(path)
+        self.data_bytes -= len(node[DATA])
         kids = parent[KIDS]
         kids.discard(name)
         if not kids:
@@ -98,7 +101,7 @@ class Tree:
         """Drop ``path`` from the index and its parent's children, touching no
         counters: the inverse of insert() once the parent's counters are put back."""
         ppath, name = _split(path)
-        del self.nodes[path]
+        self.data_bytes -= len(self.nodes.pop(path)[DATA])
         parent = self.nodes[ppath]
         kids = parent[KIDS]
         kids.discard(name)
@@ -109,6 +112,7 @@ class Tree:
         """Put a removed node back (counters untouched): the inverse of remove()."""
         ppath, name = _split(path)
         self.nodes[path] = node
+        self.data_bytes += len(node[DATA])
         parent = self.nodes[ppath]
         if parent[KIDS] is None:
             parent[KIDS] = set()
@@ -170,4 +174,5 @@ class Tree:
         if len(nodes) != n:
             raise ValueError("duplicate paths in snapshot")
         tree.nodes = nodes
+        tree.data_bytes = sum(map(len, datas))
         return tree, ephemerals

@@ -89,8 +89,8 @@ class Txn:
         self.tree.relink(path, node)
         parent[CVERSION], parent[PZXID] = cv, pz
 
-    @staticmethod
-    def _unset(node: Node, data: bytes, version: int, mzxid: int, mtime: int) -> None:
+    def _unset(self, node: Node, data: bytes, version: int, mzxid: int, mtime: int) -> None:
+        self.tree.data_bytes += len(data) - len(node[DATA])
         node[DATA], node[VERSION], node[MZXID], node[MTIME] = data, version, mzxid, mtime
 
     def _lookup(self, path: str) -> Node | None:
@@ -171,6 +171,7 @@ class Txn:
         node = self._exists(node, path)
         self._check_version(node, op.version, path)
         self.undo.append((self._unset, node, node[DATA], node[VERSION], node[MZXID], node[MTIME]))
+        self.tree.data_bytes += len(op.data) - len(node[DATA])
         node[DATA] = op.data
         node[VERSION] += 1
         node[MZXID] = self.zxid

@@ -23,6 +23,9 @@ async def serve_until_signal(cfg: ServerConfig) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(service.run)
             await nursery.start(serve_clients, service)
+            if cfg.http_address is not None:  # observability: /metrics, /health, /ready, the dashboard
+                from coord.http.server import serve_http
+                await nursery.start(serve_http, service)
             log.info("server %d ready (cluster %r, data in %s)", cfg.server_id, cfg.cluster_id, cfg.data_dir)
             notify(f"READY=1\nSTATUS=serving clients on {cfg.client_address[0]}:{cfg.client_address[1]}")
             async for signum in signals:

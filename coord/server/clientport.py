@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 import zlib
 from typing import Any, Awaitable, Callable
 
@@ -287,20 +288,22 @@ class ClientConnection:
         lin = req.get("lin", False)
         if lin is not False and (lin is not True or self._inflight >= MAX_INFLIGHT):
             return False  # a bad flag gets its error from the task path; a full pipe waits there
+        t0 = time.perf_counter()  # observability
         try:
             rid, _, _ = self._admit(req)
         except Exception as e:  # noqa: BLE001 - every failure is the client's answer
-            self._queue(self._error_response(_request_id(req), req, e))
+            self._queue(resp := self._error_response(_request_id(req), req, e))
+            self.service.obs.request(op, resp, t0)  # observability
             return True
         if lin:
             self._inflight += 1
-            self.service.after_read_barrier(lambda err: self._finish_read(rid, req, reader, err))
+            self.service.after_read_barrier(lambda err: self._finish_read(rid, req, reader, err, t0))
         else:
-            self._finish_read(rid, req, reader, None)
+            self._finish_read(rid, req, reader, None, t0)
         return True
 
     def _finish_read(self, rid: int, req: dict, reader: Callable, barrier_error: Exception | None,
-                     ) -> None:
+                     t0: float = 0.0) -> None:
         if req.get("lin"):
             self._inflight -= 1
         if self._finished or self.close_reason is not None:
@@ -312,8 +315,10 @@ class ClientConnection:
         except Exception as e:  # noqa: BLE001 - every failure is the client's answer
             resp = self._error_response(rid, req, e)
         self._queue(resp)
+        self.service.obs.request(req["op"], resp, t0)  # observability
 
     async def _serve(self, req: Any, sem: trio.Semaphore) -> None:
+        t0 = time.perf_counter()  # observability
         try:
             rid, op, handler = self._admit(req)
             result = await handler(self, req)
@@ -324,22 +329,25 @@ class ClientConnection:
             sem.release()
             self._inflight -= 1
         self._queue(resp)
+        self.service.obs.request(req.get("op") if type(req) is dict else None, resp, t0)  # observability
         if resp["ok"] and req.get("op") == Op.CLOSE:
             self.close("session closed")
 
     def _start_write(self, req: dict, sem: trio.Semaphore) -> None:
         """A write, served with no task: parsed into its command, encoded
         once, submitted; answered by a callback when this server applies it."""
+        t0 = time.perf_counter()  # observability
         try:
             rid, _, _ = self._admit(req)
             data = encode(parse_request(req, sid=self.sid, limit=self.limit))
         except Exception as e:  # noqa: BLE001 - every failure is the client's answer
             self._end_request(sem)
-            self._queue(self._error_response(_request_id(req), req, e))
+            self._queue(resp := self._error_response(_request_id(req), req, e))
+            self.service.obs.request(req["op"], resp, t0)  # observability
             return
-        self.service.submit(data).add_done_callback(lambda f: self._finish_write(rid, f, sem))
+        self.service.submit(data).add_done_callback(lambda f: self._finish_write(rid, req["op"], f, sem, t0))
 
-    def _finish_write(self, rid: int, f: Future, sem: trio.Semaphore) -> None:
+    def _finish_write(self, rid: int, op: str, f: Future, sem: trio.Semaphore, t0: float) -> None:
         self._end_request(sem)
         if self._finished:
             return
@@ -353,6 +361,7 @@ class ClientConnection:
                 resp = self._error_response(rid, None, _write_error(res))
                 resp["zxid"] = max(zxid, resp["zxid"])
         self._queue(resp)
+        self.service.obs.request(op, resp, t0)  # observability
 
     def _end_request(self, sem: trio.Semaphore) -> None:
         sem.release()

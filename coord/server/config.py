@@ -81,6 +81,11 @@ class ServerConfig:
     # Set by ``coord serve --recover-lost-log``, never by the file: the
     # operator accepts that this server's log lost entries (see DiskStorage).
     recover_lost_log: bool = False
+    # Observability (coord.observe): the HTTP port (/metrics, /health, /ready,
+    # the dashboard; None = no HTTP port) and what /ready demands.
+    http_address: Addr | None = None
+    ready_max_lag: int = 1000  # entries between this server's applied index and the leader's commit
+    ready_read_timeout_ms: int = 1000  # a linearizable read must be confirmed within this
 
 
 def _get(d: dict, key: str, name: str, kind: type, default: Any = ..., minimum: int | None = None) -> Any:
@@ -108,7 +113,7 @@ def _table(doc: dict, key: str) -> dict:
 
 
 def parse_config(doc: dict, *, base_dir: str = ".") -> ServerConfig:
-    known = {"server", "cluster", "raft", "limits"}
+    known = {"server", "cluster", "raft", "limits", "health"}
     for k in doc:
         if k not in known:
             raise ConfigError(f"{k}: unknown section (expected one of {sorted(known)})")
@@ -123,6 +128,14 @@ def parse_config(doc: dict, *, base_dir: str = ".") -> ServerConfig:
     client = parse_addr(_get(srv, "client_address", "server.client_address", str), "server.client_address")
     fsync = _get(srv, "fsync", "server.fsync", bool, True)
     wal_segment_bytes = _get(srv, "wal_segment_bytes", "server.wal_segment_bytes", int, 64 << 20, minimum=64 << 10)
+    http = _get(srv, "http_address", "server.http_address", str, None)
+    http = parse_addr(http, "server.http_address") if http is not None else None
+    health = _table(doc, "health")
+    for k in health:
+        if k not in ("max_applied_lag", "read_timeout_ms"):
+            raise ConfigError(f"health.{k}: unknown setting (expected max_applied_lag or read_timeout_ms)")
+    ready_lag = _get(health, "max_applied_lag", "health.max_applied_lag", int, 1000, minimum=0)
+    ready_timeout = _get(health, "read_timeout_ms", "health.read_timeout_ms", int, 1000, minimum=1)
 
     join = _get(cl, "join", "cluster.join", bool, False)
     raw_members = cl.get("members", {})
@@ -176,6 +189,7 @@ def parse_config(doc: dict, *, base_dir: str = ".") -> ServerConfig:
         election_ticks=election_ticks, heartbeat_ticks=heartbeat_ticks,
         snapshot_entries=snapshot_entries, max_data_bytes=max_data, fsync=fsync,
         min_session_timeout_ms=min_st, max_session_timeout_ms=max_st, wal_segment_bytes=wal_segment_bytes,
+        http_address=http, ready_max_lag=ready_lag, ready_read_timeout_ms=ready_timeout,
     )
 
 

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from dataclasses import dataclass
-from typing import Callable, Protocol, Union
+from typing import Any, Callable, Protocol, Union
 
 from coord.raft.types import Entry, HardState, Ready, Snapshot
 
@@ -67,8 +68,9 @@ def merge_entries(acc: list[Entry], new: list[Entry]) -> list[Entry]:
 
 
 class DiskWriter:
-    def __init__(self, store: LogStore, durable: HardState, *, name: str = "coord-disk"):
+    def __init__(self, store: LogStore, durable: HardState, *, name: str = "coord-disk", stats: Any = None):
         self.store = store
+        self.stats = stats  # coord.observe.stats.RaftStats (fsync durations, batch sizes), optional
         self.name = name
         self.fsyncs = 0  # store.save calls (each one fsync of the log)
         self._disk_hs = durable  # the last hard state written (thread only, after start)
@@ -137,7 +139,10 @@ class DiskWriter:
             if lazy is not None and (lazy.term, lazy.vote) == (self._disk_hs.term, self._disk_hs.vote) and (
                     hs is None or ((hs.term, hs.vote) == (lazy.term, lazy.vote) and lazy.commit > hs.commit)):
                 hs = lazy
+            t0 = time.perf_counter()
             self.store.save(hs, entries, snap)
+            if self.stats is not None:
+                self.stats.fsync_done(t0, len(entries))  # observability
             self.fsyncs += 1
             if hs is not None:
                 self._disk_hs = hs

@@ -28,6 +28,7 @@ import itertools
 import logging
 import math
 import random
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Protocol
 
@@ -37,6 +38,7 @@ from coord.raft.config import RaftConfig
 from coord.raft.core import RaftCore
 from coord.raft.types import (
     Entry,
+    EntryKind,
     HardState,
     Membership,
     Message,
@@ -46,6 +48,7 @@ from coord.raft.types import (
     Snapshot,
     SoftState,
 )
+from coord.observe.stats import RaftStats
 from coord.server.diskwriter import DiskWork, DiskWriter, LogStore, SaveSnapshot
 from coord.server.future import Future
 
@@ -210,9 +213,11 @@ class RaftNode:
         )
         self.soft = SoftState(0, Role.FOLLOWER, self.core.term)
         self._recovering = self.core.recovering
+        self._led_term = -1  # the last term in which this server was leader
         self._last_snapshot_index = self.core.snapshot_meta.index
         self._send_in, self._recv_in = trio.open_memory_channel(math.inf)
-        self.disk = DiskWriter(store, recovered_hard_state, name=f"coord-disk-{node_id}")
+        self.obs = RaftStats(self.core)  # observability counters (coord.observe)
+        self.disk = DiskWriter(store, recovered_hard_state, name=f"coord-disk-{node_id}", stats=self.obs)
         self._to_disk: list[DiskWork] = []  # this loop iteration's work, handed over at its end
         self._queued_hs = recovered_hard_state  # term/vote durable or queued for writing
         self._proposals: list[tuple[bytes, Future | None]] = []
@@ -407,6 +412,7 @@ class RaftNode:
                 # Entries we proposed may still commit under the next leader,
                 # or be overwritten: the proposer cannot know which.
                 waiters, self._waiters = self._waiters, {}
+                self.obs.proposals_dropped += len(waiters)  # observability
                 for _, f in waiters.values():
                     f.fail(CommitUnknown("leadership lost before the entry committed; it may or may not commit"))
 
@@ -444,6 +450,7 @@ class RaftNode:
             try:
                 first, term = self.core.propose_batch([d for d, _ in chunk])
             except ProposalDropped as e:
+                self.obs.proposals_dropped += len(chunk)  # observability
                 for _, f in chunk:
                     if f is not None:
                         f.fail(NotLeader(e.reason, e.leader))
@@ -476,6 +483,7 @@ class RaftNode:
             batch, self._to_disk = self._to_disk, []
             self.disk.submit(batch)  # one hand-off per loop iteration (each may wake the thread)
         if soft is not None:
+            self.obs.observe_core(core)  # observability: elections, leader changes
             self._soft_state_changed(soft)
         if self._recovering and not core.recovering:
             self._recovering = False
@@ -488,6 +496,8 @@ class RaftNode:
 
     def _soft_state_changed(self, soft: SoftState) -> None:
         self.soft = soft
+        if soft.role is Role.LEADER:
+            self._led_term = soft.term
         event, self._soft_event = self._soft_event, trio.Event()
         event.set()
         if self.on_soft_state is not None:
@@ -506,6 +516,7 @@ class RaftNode:
             self.send(m)
         core.on_persisted(rd)
         if rd.snapshot is not None:
+            self.obs.snapshot_installed(len(rd.snapshot.data))  # observability
             self.sm.restore(rd.snapshot.data)
             self._last_snapshot_index = rd.snapshot.meta.index
             self._set_applied(rd.snapshot.meta.index)
@@ -533,10 +544,13 @@ class RaftNode:
         except Exception as exc:  # a deterministic state machine error is the proposer's answer
             error = exc
         self.entries_applied += 1
+        if e.term == self._led_term and e.kind == EntryKind.NORMAL:
+            self.obs.proposals_committed += 1  # observability: proposed here, as leader of its term
         pending = self._waiters.pop(e.index, None) if self._waiters else None
         if pending is not None:
             term, f = pending
             if term != e.term:
+                self.obs.proposals_dropped += 1  # observability
                 f.fail(ProposalDropped("leadership changed before the entry committed"))
             elif error is not None:
                 f.fail(error)
@@ -560,7 +574,9 @@ class RaftNode:
         if self._applied - self._last_snapshot_index < self.opts.snapshot_entries:
             return
         index = self._applied
+        t0 = time.perf_counter()  # observability
         data = self.sm.snapshot()
+        self.obs.snapshot_taken(t0, len(data))  # observability
         self.core.compact(index, data, retain=self.opts.snapshot_retain)
         self._last_snapshot_index = index
         # The WAL keeps its entries until the snapshot file is durable (FIFO).

@@ -23,9 +23,10 @@ import trio
 
 from coord.namespace.commands import Command, SessionClose, SessionOpen, decode_entry, encode
 from coord.namespace.state import NamespaceStateMachine
+from coord.observe.stats import ServiceStats
 from coord.raft.types import Entry, EntryKind, Role, SoftState
 from coord.server.admin import AdminService
-from coord.server.config import MemberAddrs, ServerConfig
+from coord.server.config import MemberAddrs, ServerConfig, format_addr
 from coord.server.future import Future
 from coord.server.liveness import SessionLiveness
 from coord.server.raftnode import ReadFailed
@@ -88,7 +89,7 @@ class CoordService:
         self._lin_batch: list[Callable[[Exception | None], None]] = []  # waiting for the next read barrier
         self._parked_reads: list[tuple[list, float]] = []  # barriers waiting for a leader, with deadlines
         self._token: trio.lowlevel.TrioToken | None = None
-        self.lin_barriers = 0
+        self.obs = ServiceStats()  # observability counters (coord.observe)
 
     def _send(self, msg: Any) -> None:
         self.server.transport.send(msg)
@@ -191,7 +192,7 @@ class CoordService:
     def _start_barrier(self) -> None:
         batch, self._lin_batch = self._lin_batch, []
         if batch:
-            self.lin_barriers += 1
+            self.obs.lin_batch(len(batch))  # observability
             self._barrier(batch, trio.current_time() + self.write_timeout)
 
     def _barrier(self, batch: list, deadline: float) -> None:
@@ -289,6 +290,8 @@ class CoordService:
             "nodes": self.ns.node_count, "sessions": self.ns.session_count, "watches": self.watches.count(),
             "recovering": st.recovering,
         }
+        if self.cfg.http_address is not None:  # observability: where this server's dashboard is
+            out["http"] = format_addr(self.cfg.http_address)
         if st.progress:
             out["progress"] = {pid: {**p, "lag": st.last_index - p["match"]} for pid, p in st.progress.items()}
         return out

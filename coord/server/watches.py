@@ -48,6 +48,10 @@ class WatchRegistry:
     def count(self) -> int:
         return sum(len(v) for v in self._by_watcher.values())
 
+    def count_of(self, watcher: Watcher) -> int:
+        """Watches of one watcher (a connection), for the sessions view."""
+        return len(self._by_watcher.get(watcher, ()))
+
     def _table(self, kind: str, recursive: bool) -> dict:
         if kind in ("data", "exists"):
             return self._one_data
