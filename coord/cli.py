@@ -64,6 +64,25 @@ def serve(config_path: str, log_level: str, recover_lost_log: bool) -> None:
         sys.exit(EXIT_DATA_ERROR)
 
 
+@main.command()
+@click.argument("user")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input (for scripts).")
+def digest(user: str, password_stdin: bool) -> None:
+    """Print the identity for USER's password, for [auth] superusers/admins and
+    digest ACLs: digest:USER:base64(sha1(USER:PASSWORD)) (ZooKeeper's format).
+    The password is asked for (or read from stdin), never taken as an argument."""
+    from coord.namespace.acl import digest_id
+
+    if ":" in user or not user:
+        raise click.BadParameter("a user name without ':'", param_hint="USER")
+    password = sys.stdin.readline().rstrip("\n") if password_stdin else \
+        click.prompt("password", hide_input=True, confirmation_prompt=True)
+    try:
+        click.echo(f"digest:{digest_id(f'{user}:{password}')}")
+    except Exception as e:  # AuthFailedError: an empty password
+        raise click.ClickException(str(e)) from None
+
+
 async def probe_status(addr: tuple[str, int], timeout: float = 2.0) -> dict | None:
     """One server's status over the client protocol, or None if it does not answer."""
     import trio

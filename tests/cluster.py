@@ -39,7 +39,7 @@ class Cluster:
     def __init__(self, n: int, base_dir: str | os.PathLike, *, tick_ms: int = 50, election_ticks: int = 10,
                  heartbeat_ticks: int = 2, min_session_timeout_ms: int = 500, snapshot_entries: int = 10_000,
                  cluster_id: str = "test", log_level: str = "info", spare: int = 0, http: bool = False,
-                 wal_segment_bytes: int = 1 << 20):
+                 wal_segment_bytes: int = 1 << 20, extra_config: str = ""):
         """``n`` initial members (ids 1..n); ``spare`` more ids get ports and
         can be started later with a joining configuration; ``http`` gives
         every server an HTTP port (``http_ports``)."""
@@ -51,6 +51,7 @@ class Cluster:
         self.cluster_id = cluster_id
         self.log_level = log_level
         self.wal_segment_bytes = wal_segment_bytes  # small: segments are preallocated
+        self.extra_config = extra_config  # more TOML sections, appended to every server's file
         total = n + spare
         ports = free_ports(2 * total)
         self.peer_ports = {i: ports[i - 1] for i in range(1, total + 1)}
@@ -131,6 +132,8 @@ class Cluster:
             "",
             "[limits]",
             f"min_session_timeout_ms = {self.min_session_timeout_ms}",
+            "",
+            self.extra_config,
         ]
         with open(self.config_path(sid), "w") as f:
             f.write("\n".join(lines) + "\n")

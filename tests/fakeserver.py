@@ -77,7 +77,7 @@ class Node:
 
     def stat(self) -> list[int]:
         return [self.czxid, self.mzxid, self.pzxid, self.ctime, self.mtime, self.version, self.cversion,
-                self.ephemeral_owner, len(self.data), len(self.children)]
+                self.ephemeral_owner, len(self.data), len(self.children), 0]
 
     def copy(self) -> "Node":
         return Node(**{**self.__dict__, "children": set(self.children)})

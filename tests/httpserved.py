@@ -48,8 +48,8 @@ async def served(tmp_path, nursery):
     client_port = await nursery.start(serve_clients, service)
     http_port = await nursery.start(serve_http, service)
     with trio.fail_after(10):
-        while not service.node.is_leader:
-            await trio.sleep(0.01)
+        await service.node.wait_soft_state(lambda s: s.leader == 1)
+        await service.node.applied(1).wait()  # the leader's first entry: the ensemble is settled
     yield Served(service, client_port, http_port)
 
 

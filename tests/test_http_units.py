@@ -134,7 +134,7 @@ def cmd(**kw) -> Entry:
 
 
 def total_data(ns: NamespaceStateMachine) -> int:
-    return sum(len(d) for d, _, _ in ns.dump()["nodes"].values())
+    return sum(len(node[0]) for node in ns.dump()["nodes"].values())
 
 
 def test_data_bytes_follows_every_change_and_undo():

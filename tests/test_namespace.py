@@ -81,7 +81,7 @@ def unchanged(ns: NS, op: str, code: str, **kw) -> dict:
 # -- root and paths -------------------------------------------------------------
 def test_root(ns):
     data, st = ns.sm.get("/")
-    assert data == b"" and st == [0] * 10
+    assert data == b"" and st == [0] * len(STAT_FIELDS)
     assert ns.sm.children("/") == []
     assert ns.sm.node_count == 1
     unchanged(ns, "create", "NodeExists", path="/")
@@ -113,7 +113,7 @@ def test_reads_of_missing_nodes(ns):
 def test_create_stat_and_parent(ns):
     r = ns.ok("create", path="/a", data=b"hello", t=T0 + 5)
     z = ns.sm.last_zxid
-    assert r == {"path": "/a", "stat": [z, z, z, T0 + 5, T0 + 5, 0, 0, 0, 5, 0]}
+    assert r == {"path": "/a", "stat": [z, z, z, T0 + 5, T0 + 5, 0, 0, 0, 5, 0, 0]}
     assert ns.sm.get("/a") == (b"hello", r["stat"])
     root = ns.stat("/")
     assert (field(root, "cversion"), field(root, "num_children"), field(root, "pzxid")) == (1, 1, z)
@@ -196,7 +196,7 @@ def test_set(ns):
     c = ns.ok("create", path="/a", data=b"x")["stat"]
     r = ns.ok("set", path="/a", data=b"yy", t=T0 + 100)
     z = ns.sm.last_zxid
-    assert r["stat"] == [c[0], z, c[2], c[3], T0 + 100, 1, 0, 0, 2, 0]
+    assert r["stat"] == [c[0], z, c[2], c[3], T0 + 100, 1, 0, 0, 2, 0, 0]
     assert ns.calls[-1] == (z, [("changed", "/a")])
     ns.ok("set", path="/a", data=b"z", version=1)
     unchanged(ns, "set", "BadVersion", path="/a", data=b"w", version=1)

@@ -377,3 +377,23 @@ def test_wrong_unreachable_hint_from_one_follower_does_not_depose_a_live_leader(
     assert c[1].role is Role.LEADER and c[1].term == term
     assert c[2].term == term and c[3].term == term
     assert not c[2]._hinted and c[2].randomized_timeout >= ELECTION  # the full timeout range is back
+
+
+@pytest.mark.parametrize("term", [(1 << 63) - 1, (1 << 62) + 1, 10 + (1 << 32) + 1])
+def test_a_term_no_election_could_produce_is_refused(term):
+    """One forged HEARTBEAT with a huge term used to stop the ensemble for
+    good (the term is durable and no longer encodes); it changes nothing now."""
+    c = Cluster.of(3, cfg())
+    c.elect(1)
+    c[1].propose(b"x")
+    c.stabilize()
+    before = [(c[i].term, c[i].role, c[i].leader_id) for i in (1, 2, 3)]
+    for target in (1, 2, 3):
+        c[target].step(Message(MsgType.HEARTBEAT, 9 if target != 1 else 2, target, term, commit=10**6))
+        c[target].step(Message(MsgType.VOTE, 2, target, term, index=10**6, log_term=term))
+    c.stabilize()
+    assert [(c[i].term, c[i].role, c[i].leader_id) for i in (1, 2, 3)] == before
+    assert all(c[i].refused_terms >= 2 for i in (1, 2, 3))
+    c[1].propose(b"y")  # and the ensemble still works
+    c.stabilize()
+    assert c[3].commit_index == c[1].commit_index == 3

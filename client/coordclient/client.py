@@ -115,9 +115,12 @@ class Stat:
     ephemeral_owner: int
     data_length: int
     num_children: int
+    aversion: int = 0  # ACL changes (set_acl) of the node
 
     @classmethod
     def from_wire(cls, raw: Sequence[int]) -> "Stat":
+        if isinstance(raw, (list, tuple)) and len(raw) == len(STAT_FIELDS) - 1:
+            raw = [*raw, 0]  # a server from before ACLs: no aversion
         if not isinstance(raw, (list, tuple)) or len(raw) != len(STAT_FIELDS):
             raise CoordError(f"malformed stat from server: {raw!r}")
         return cls(*raw)

@@ -93,6 +93,17 @@ class AuthFailedError(CoordError):
     code = Err.AUTH_FAILED
 
 
+class NoAuthError(CoordError):
+    """The request's identities lack the permission the node's ACL (or the
+    server's admin rule) requires; nothing was changed."""
+
+    code = Err.NO_AUTH
+
+
+class InvalidACLError(CoordError):
+    code = Err.INVALID_ACL
+
+
 class ConfChangeError(CoordError):
     code = Err.CONF_CHANGE
 

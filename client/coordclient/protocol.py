@@ -50,6 +50,11 @@ class Op(str, enum.Enum):
     EXISTS = "exists"
     CHILDREN = "children"
     SYNC = "sync"
+    # access control
+    GET_ACL = "get_acl"
+    SET_ACL = "set_acl"  # a write: carries "seq"
+    ADD_AUTH = "add_auth"  # add an identity to the session (digest user:password; x509 from the certificate)
+    WHOAMI = "whoami"
     # watches
     WATCH = "watch"  # persistent watch stream on a node or subtree
     UNWATCH = "unwatch"
@@ -62,8 +67,9 @@ class Op(str, enum.Enum):
     CHECK = "check"
 
 
-WRITE_OPS = frozenset({Op.CREATE, Op.DELETE, Op.SET, Op.MULTI})
-SESSIONLESS_OPS = frozenset({Op.HELLO, Op.STATUS, Op.MEMBER_CHANGE, Op.LEADER_TRANSFER, Op.SNAPSHOT})
+WRITE_OPS = frozenset({Op.CREATE, Op.DELETE, Op.SET, Op.MULTI, Op.SET_ACL})
+SESSIONLESS_OPS = frozenset({Op.HELLO, Op.STATUS, Op.MEMBER_CHANGE, Op.LEADER_TRANSFER, Op.SNAPSHOT,
+                             Op.ADD_AUTH, Op.WHOAMI})
 SNAPSHOT_CHUNK = 1 << 20
 
 
@@ -86,6 +92,8 @@ class Err(str, enum.Enum):
     OPERATION_TIMEOUT = "OperationTimeout"
     RUNTIME_INCONSISTENCY = "RuntimeInconsistency"  # a multi's failed op aborted the rest
     AUTH_FAILED = "AuthFailed"
+    NO_AUTH = "NoAuth"  # the ACL (or the admin rule) does not allow it
+    INVALID_ACL = "InvalidACL"
     SYSTEM_ERROR = "SystemError"
     CONF_CHANGE = "ConfChange"  # membership change refused
 
@@ -109,6 +117,7 @@ STAT_FIELDS = (
     "ephemeral_owner",
     "data_length",
     "num_children",
+    "aversion",
 )
 
 

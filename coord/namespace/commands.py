@@ -5,14 +5,24 @@ A command is a map::
     {"op": str, "sid": int (0 = none), "seq": int (per-session request
      number, 0 = no dedup), ...op fields}
 
-    create         path: str, data: bytes = b"", eph/sq/parents: bool = False
+    create         path: str, data: bytes = b"", eph/sq/parents: bool = False,
+                   acl: [[perms, scheme, id], ...] (absent: open to everybody)
     delete         path: str, version: int = -1, recursive: bool = False
     set            path: str, data: bytes = b"", version: int = -1
+    set_acl        path: str, acl: [[perms, scheme, id], ...], version: int = -1 (of the ACL)
     multi          ops: [ {"op": "check"|"create"|"set"|"delete", ...fields} ]
     check          (multi only) path: str, version: int = -1
     session_open   timeout_ms: int > 0, secret: bytes = b""
     session_close  -
     session_expire sids: [int > 0]
+    add_auth       ids: [[scheme, id], ...] (digest identities the session gains)
+
+Writes that touch nodes also carry who asked (``acl.Auth``): ``ids``, the
+request's identities as [[scheme, id], ...], and ``su``, whether a
+superuser asked.  The receiving server fills them in from the connection
+and its configuration, so applying the command checks ACLs the same way on
+every server.  Commands without ``ids`` (logged before ACLs existed) are
+applied unchecked, as they were then.
 
 ``_SCHEMA`` below is the only definition of these fields.  The server that
 receives a client's write parses the request straight into a typed
@@ -55,6 +65,7 @@ from coordclient.errors import (
     TooLargeError,
     UnimplementedError,
 )
+from coord.namespace.acl import Auth, acl_from_wire, acl_to_wire
 from coordclient.protocol import Err, validate_path
 
 
@@ -65,6 +76,7 @@ class Create:
     eph: bool = False
     sq: bool = False
     parents: bool = False
+    acl: Any = None  # ACL (tuple of ACLEntry) once parsed; None: open to everybody
 
 
 @dataclass(slots=True)
@@ -85,6 +97,18 @@ class SetData:
 class Check:
     path: str
     version: int = -1
+
+
+@dataclass(slots=True)
+class SetACL:
+    path: str
+    acl: Any  # ACL
+    version: int = -1
+
+
+@dataclass(slots=True)
+class AddAuth:
+    ids: tuple[tuple[str, str], ...]
 
 
 @dataclass(slots=True)
@@ -115,6 +139,7 @@ class Command:
     t: int = 0  # the leader's clock, from the entry (not part of the encoded command)
     sid: int = 0
     seq: int = 0
+    auth: Auth | None = None  # who asked; None: logged before ACLs, applied unchecked
 
     @property
     def dedup(self) -> bool:
@@ -122,10 +147,40 @@ class Command:
         return self.seq > 0 and self.sid != 0 and self.op in WRITE_OPS
 
 
-WRITE_OPS = frozenset({"create", "delete", "set", "multi"})
+WRITE_OPS = frozenset({"create", "delete", "set", "multi", "set_acl"})
 MULTI_OPS = frozenset({"check", "create", "set", "delete"})
 _REQUIRED = object()
-_ENVELOPE = (("t", int, 0), ("sid", int, 0), ("seq", int, 0))
+_ENVELOPE = (("t", int, 0), ("sid", int, 0), ("seq", int, 0), ("ids", list, None), ("su", bool, False))
+IDENTITY_SCHEMES = frozenset({"digest", "ip", "x509"})
+MAX_IDS = 64
+
+
+def _identities(raw: list) -> tuple[tuple[str, str], ...]:
+    if len(raw) > MAX_IDS:
+        raise BadArgumentsError(f"at most {MAX_IDS} identities")
+    out = []
+    for e in raw:
+        if (type(e) is not list or len(e) != 2 or e[0] not in IDENTITY_SCHEMES or type(e[1]) is not str
+                or not e[1] or len(e[1]) > 1024):
+            raise BadArgumentsError("identities are [scheme, id] pairs (digest, ip or x509)")
+        out.append((e[0], e[1]))
+    return tuple(out)
+
+
+def _check_acl_field(b: Any) -> None:
+    if b.acl is not None:
+        b.acl = acl_from_wire(b.acl, allow_auth=True)
+
+
+def _check_set_acl(b: SetACL) -> None:
+    _check_version(b)
+    _check_acl_field(b)
+
+
+def _check_add_auth(b: AddAuth) -> None:
+    b.ids = _identities(b.ids)
+    if any(s != "digest" for s, _ in b.ids):
+        raise BadArgumentsError("only digest identities belong to a session")
 
 
 def _check_version(b: Any) -> None:
@@ -162,11 +217,14 @@ class _Spec:
 
 _SCHEMA: dict[str, _Spec] = {
     "create": _Spec(Create, (("path", str, _REQUIRED), ("data", bytes, b""), ("eph", bool, False),
-                             ("sq", bool, False), ("parents", bool, False))),
+                             ("sq", bool, False), ("parents", bool, False), ("acl", list, None)), _check_acl_field),
     "delete": _Spec(Delete, (("path", str, _REQUIRED), ("version", int, -1), ("recursive", bool, False)),
                     _check_version),
     "set": _Spec(SetData, (("path", str, _REQUIRED), ("data", bytes, b""), ("version", int, -1)), _check_version),
     "check": _Spec(Check, (("path", str, _REQUIRED), ("version", int, -1)), _check_version),
+    "set_acl": _Spec(SetACL, (("path", str, _REQUIRED), ("acl", list, _REQUIRED), ("version", int, -1)),
+                     _check_set_acl),
+    "add_auth": _Spec(AddAuth, (("ids", list, _REQUIRED),), _check_add_auth),
     "multi": _Spec(Multi, (("ops", list, _REQUIRED),), _check_multi),
     "session_open": _Spec(SessionOpen, (("timeout_ms", int, _REQUIRED), ("secret", bytes, b"")), _check_open),
     "session_close": _Spec(SessionClose, ()),
@@ -178,7 +236,7 @@ def _values(d: dict, fields: tuple) -> list:
     out = []
     for name, typ, default in fields:
         v = d.get(name, default)
-        if type(v) is not typ:  # exact: bool is not an int here, bytearray is not bytes
+        if type(v) is not typ and not (v is None and default is None):  # exact: bool is not an int here
             if v is _REQUIRED:
                 raise BadArgumentsError(f"missing field {name!r}")
             raise BadArgumentsError(f"field {name!r} must be {typ.__name__}")
@@ -230,11 +288,12 @@ def parse_command(d: Any) -> Command:
     Unimplemented, or MultiError for a bad op inside a multi)."""
     if type(d) is not dict:
         raise BadArgumentsError("a command must be a map")
-    t, sid, seq = _values(d, _ENVELOPE)
+    t, sid, seq, ids, su = _values(d, _ENVELOPE)
     if t < 0 or sid < 0 or seq < 0:
         raise BadArgumentsError("'t', 'sid' and 'seq' must be >= 0")
     op = d.get("op")
-    return Command(op, _body(op, d, False), t, sid, seq)
+    auth = None if ids is None else Auth(frozenset(_identities(ids)), su)
+    return Command(op, _body(op, d, False), t, sid, seq, auth)
 
 
 def decode_command(data: bytes) -> Command:
@@ -290,7 +349,7 @@ def _from_request(op: Any, req: dict, in_multi: bool) -> Any:
     return body
 
 
-_CLIENT_OPS = frozenset({"create", "delete", "set", "multi", "check"})
+_CLIENT_OPS = frozenset({"create", "delete", "set", "multi", "check", "set_acl"})
 
 
 def _check_request_body(body: Any, limit: int) -> int:
@@ -307,10 +366,22 @@ def _check_request_body(body: Any, limit: int) -> int:
     return n
 
 
-def parse_request(req: dict, *, sid: int, limit: int) -> Command:
-    """A client's write request (create, set, delete, multi) as a typed
-    command of session ``sid``; raises the CoordError to answer with (a bad
+def parse_request(req: dict, *, sid: int, limit: int, auth: Auth | None = None,
+                  default_acl: Any = None) -> Command:
+    """A client's write request (create, set, delete, set_acl, multi) as a
+    typed command of session ``sid`` on behalf of ``auth``; a create without
+    an ACL gets ``default_acl``.  Raises the CoordError to answer with (a bad
     op inside a multi: MultiError with its index)."""
+    cmd = _parse_request(req, sid, limit)
+    cmd.auth = auth
+    if default_acl is not None:
+        for body in (cmd.body.ops if type(cmd.body) is Multi else (cmd.body,)):
+            if type(body) is Create and body.acl is None:
+                body.acl = default_acl
+    return cmd
+
+
+def _parse_request(req: dict, sid: int, limit: int) -> Command:
     op = req.get("op")
     seq = req.get("seq")
     if type(seq) is not int or not 1 <= seq < 1 << 63:
@@ -349,8 +420,10 @@ def _fields(body: Any) -> dict:
         v = getattr(body, name)
         if name == "ops":
             v = [_fields(b) for b in v]
+        elif name == "acl" and v is not None:
+            v = acl_to_wire(v)
         elif type(v) is tuple:
-            v = list(v)
+            v = [list(x) if type(x) is tuple else x for x in v]
         if v != default or default is _REQUIRED:
             out[name] = v
     return out
@@ -361,6 +434,10 @@ def encode(cmd: Command) -> bytes:
     (``t`` is not in them: the leader's entry header carries it)."""
     d = _fields(cmd.body)
     d["sid"], d["seq"] = cmd.sid, cmd.seq
+    if cmd.auth is not None:
+        d["ids"] = sorted([s, i] for s, i in cmd.auth.ids)
+        if cmd.auth.superuser:
+            d["su"] = True
     return cbor2.dumps(d)
 
 

@@ -22,7 +22,7 @@ DEFAULT_DEDUP_WINDOW = 1024
 
 
 class Session:
-    __slots__ = ("timeout_ms", "secret", "ephemerals", "results", "seqs", "floor", "last_t")
+    __slots__ = ("timeout_ms", "secret", "ephemerals", "results", "seqs", "floor", "last_t", "ids")
 
     def __init__(self, timeout_ms: int, secret: bytes, last_t: int) -> None:
         self.timeout_ms = timeout_ms
@@ -32,6 +32,7 @@ class Session:
         self.results: dict[int, dict] = {}  # seq -> result
         self.seqs: list[int] = []  # min-heap of results' keys, to forget the smallest first
         self.floor = 0  # highest seq forgotten
+        self.ids: tuple[tuple[str, str], ...] = ()  # identities added with add_auth (digest)
 
     def recall(self, seq: int) -> dict | None:
         """The remembered result of ``seq``, None if it was never applied."""
@@ -49,15 +50,17 @@ class Session:
             if old > self.floor:
                 self.floor = old
 
-    def to_row(self, sid: int) -> list:
-        return [sid, self.timeout_ms, self.secret, self.last_t, self.floor,
-                [[seq, self.results[seq]] for seq in sorted(self.results)]]
+    def to_row(self, sid: int, *, redact_secret: bool = False) -> list:
+        return [sid, self.timeout_ms, b"" if redact_secret else self.secret, self.last_t, self.floor,
+                [[seq, self.results[seq]] for seq in sorted(self.results)], [list(i) for i in self.ids]]
 
     @classmethod
     def from_row(cls, row: list) -> tuple[int, "Session"]:
-        sid, timeout_ms, secret, last_t, floor, results = row
+        sid, timeout_ms, secret, last_t, floor, results, *rest = row  # rest: ids (absent before ACLs)
         s = cls(timeout_ms, secret, last_t)
         s.floor = floor
+        if rest:
+            s.ids = tuple((a, b) for a, b in rest[0])
         s.results = {seq: r for seq, r in results}
         s.seqs = sorted(s.results)  # a sorted list is a valid heap
         return sid, s
@@ -90,8 +93,8 @@ class SessionTable:
         self.changes += 1
         self.by_id[sid] = session
 
-    def to_rows(self) -> list[list]:
-        return [s.to_row(sid) for sid, s in sorted(self.by_id.items())]
+    def to_rows(self, *, redact_secrets: bool = False) -> list[list]:
+        return [s.to_row(sid, redact_secret=redact_secrets) for sid, s in sorted(self.by_id.items())]
 
     @classmethod
     def from_rows(cls, rows: list, window: int) -> "SessionTable":

@@ -35,18 +35,19 @@ from typing import Any, Callable
 
 import cbor2
 
+from coord.namespace.acl import ADMIN, READ, UNCHECKED, Auth, acl_to_wire, allowed
 from coord.namespace.commands import Command, LogCommand, decode_entry
 from coord.namespace.history import Event, EventHistory
 from coord.namespace.sessions import DEFAULT_DEDUP_WINDOW, SessionTable
-from coord.namespace.tree import DATA, KIDS, Tree, child_names, join, stat
-from coord.namespace.txn import Txn
+from coord.namespace.tree import ACLS, DATA, KIDS, Tree, child_names, join, stat
+from coord.namespace.txn import Txn, require
 from coord.raft.types import Entry, EntryKind
-from coordclient.errors import CoordError, InvalidPathError, MultiError, NoNodeError, SessionExpiredError
-from coordclient.protocol import DEFAULT_MAX_DATA, validate_path
+from coordclient.errors import CoordError, InvalidPathError, MultiError, NoAuthError, NoNodeError, SessionExpiredError
+from coordclient.protocol import DEFAULT_MAX_DATA, parent_of, validate_path
 
 log = logging.getLogger("coord.namespace")
 
-SNAPSHOT_FORMAT = "coord-namespace/1"
+SNAPSHOT_FORMAT = "coord-namespace/2"  # /1 (before ACLs) is still read
 DEFAULT_HISTORY = 100_000
 
 EventListener = Callable[[int, list[tuple[str, str]]], None]
@@ -84,6 +85,8 @@ class NamespaceStateMachine:
             "delete": lambda cmd, txn: txn.delete(cmd.body),
             "set": lambda cmd, txn: txn.set(cmd.body),
             "multi": lambda cmd, txn: txn.multi(cmd.body.ops, cmd.sid),
+            "set_acl": lambda cmd, txn: txn.set_acl(cmd.body),
+            "add_auth": self._add_auth,
             "session_open": self._session_open,
             "session_close": self._session_close,
             "session_expire": self._session_expire,
@@ -138,7 +141,8 @@ class NamespaceStateMachine:
                     return error_result(e), None
                 if prior is not None:
                     return dict(prior), None
-        txn = Txn(self._tree, self._sessions, zxid, cmd.t, self.max_data_bytes)
+        txn = Txn(self._tree, self._sessions, zxid, cmd.t, self.max_data_bytes,
+                  UNCHECKED if cmd.auth is None else cmd.auth)
         try:
             r = self._ops[cmd.op](cmd, txn)
         except CoordError as e:
@@ -158,6 +162,12 @@ class NamespaceStateMachine:
         body = cmd.body
         self._sessions.open(txn.zxid, body.timeout_ms, body.secret, cmd.t)
         return {"sid": txn.zxid, "timeout_ms": body.timeout_ms}
+
+    def _add_auth(self, cmd: Command, txn: Txn) -> dict:
+        if not cmd.sid:
+            raise SessionExpiredError("no session to add an identity to")
+        txn.add_session_ids(cmd.sid, cmd.body.ids)
+        return {}
 
     def _session_close(self, cmd: Command, txn: Txn) -> dict:
         if not cmd.sid:
@@ -192,20 +202,49 @@ class NamespaceStateMachine:
             raise NoNodeError(f"{path} does not exist", path=path)
         return node
 
-    def get(self, path: str) -> tuple[bytes, list[int]]:
+    def get(self, path: str, auth: Auth = UNCHECKED) -> tuple[bytes, list[int]]:
         node = self._node(path)
+        require(node, auth, READ, path, "get")
         return node[DATA], stat(node)
 
     def exists(self, path: str) -> list[int] | None:
+        """Needs no permission (as in ZooKeeper)."""
         node = self._lookup(path)
         return None if node is None else stat(node)
 
-    def children(self, path: str) -> list[str]:
-        return child_names(self._node(path))
+    def children(self, path: str, auth: Auth = UNCHECKED) -> list[str]:
+        node = self._node(path)
+        require(node, auth, READ, path, "children")
+        return child_names(node)
 
-    def children_with_stats(self, path: str) -> list[tuple[str, list[int]]]:
+    def children_with_stats(self, path: str, auth: Auth = UNCHECKED) -> list[tuple[str, list[int]]]:
         nodes = self._tree.nodes
-        return [(name, stat(nodes[join(path, name)])) for name in child_names(self._node(path))]
+        return [(name, stat(nodes[join(path, name)])) for name in self.children(path, auth)]
+
+    def get_acl(self, path: str, auth: Auth = UNCHECKED) -> tuple[list, list[int]]:
+        """(ACL in wire form, stat); needs READ or ADMIN on the node."""
+        node = self._node(path)
+        if not (allowed(node[ACLS], auth, READ) or allowed(node[ACLS], auth, ADMIN)):
+            raise NoAuthError(f"get_acl needs READ or ADMIN permission on {path}", path=path)
+        return acl_to_wire(node[ACLS]), stat(node)
+
+    def may_read(self, path: str, auth: Auth) -> bool:
+        """Whether ``auth`` may know about a change at ``path`` (a watch event):
+        READ on the node, or, once it is gone, on its nearest ancestor (whose
+        children listing would show the deletion)."""
+        if auth.superuser:
+            return True
+        nodes = self._tree.nodes
+        node = nodes.get(path)
+        while node is None and path != "/":
+            path = parent_of(path)
+            node = nodes.get(path)
+        return node is not None and allowed(node[ACLS], auth, READ)
+
+    def session_ids(self, sid: int) -> tuple[tuple[str, str], ...]:
+        """The identities a session added with add_auth (replicated)."""
+        s = self._sessions.get(sid)
+        return s.ids if s is not None else ()
 
     @property
     def node_count(self) -> int:
@@ -273,23 +312,27 @@ class NamespaceStateMachine:
 
     def dump(self) -> dict:
         """The whole replicated state in a canonical form (for comparisons)."""
-        nodes = {p: (n[DATA], stat(n), child_names(n)) for p, n in sorted(self._tree.nodes.items())}
-        sessions = {sid: (s.timeout_ms, s.secret, s.last_t, sorted(s.ephemerals), s.floor, sorted(s.results.items()))
+        nodes = {p: (n[DATA], stat(n), child_names(n), acl_to_wire(n[ACLS])) for p, n in sorted(self._tree.nodes.items())}
+        sessions = {sid: (s.timeout_ms, s.secret, s.last_t, sorted(s.ephemerals), s.floor, sorted(s.results.items()),
+                          s.ids)
                     for sid, s in sorted(self._sessions.by_id.items())}
         return {"last_zxid": self._last_zxid, "nodes": nodes, "sessions": sessions}
 
     # ------------------------------------------------------------------
     # snapshots
     # ------------------------------------------------------------------
-    def snapshot(self) -> bytes:
-        """CBOR: nodes as columns (paths, data, 8 ints each), sessions as rows.
-        The ephemerals of a session are not stored: owners say it."""
+    def snapshot(self, *, redact_secrets: bool = False) -> bytes:
+        """CBOR: nodes as columns (paths, data, 8 ints each, ACLs), sessions as
+        rows.  The ephemerals of a session are not stored: owners say it.
+        ``redact_secrets``: session secrets left out (a copy for an operator,
+        never for a server to restore: those sessions could not resume)."""
         enabled = gc.isenabled()
         gc.disable()  # building a million small lists would trigger many useless full collections
         try:
-            paths, datas, ints = self._tree.export()
+            paths, datas, ints, access = self._tree.export()
             return cbor2.dumps({"format": SNAPSHOT_FORMAT, "zxid": self._last_zxid, "paths": paths,
-                                "data": datas, "ints": ints, "sessions": self._sessions.to_rows()})
+                                "data": datas, "ints": ints, "access": access,
+                                "sessions": self._sessions.to_rows(redact_secrets=redact_secrets)})
         finally:
             if enabled:
                 gc.enable()
@@ -317,10 +360,10 @@ class NamespaceStateMachine:
             d = cbor2.loads(data)
         except Exception as e:
             raise ValueError(f"namespace snapshot is not CBOR: {e}") from None
-        if type(d) is not dict or d.get("format") != SNAPSHOT_FORMAT:
+        if type(d) is not dict or d.get("format") not in (SNAPSHOT_FORMAT, "coord-namespace/1"):
             raise ValueError("not a namespace snapshot")
         try:
-            tree, ephemerals = Tree.from_columns(d["paths"], d["data"], d["ints"])
+            tree, ephemerals = Tree.from_columns(d["paths"], d["data"], d["ints"], d.get("access"))
             sessions = SessionTable.from_rows(d["sessions"], self._sessions.window)
             for path, owner in ephemerals:
                 sessions.by_id[owner].ephemerals.add(path)

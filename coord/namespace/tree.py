@@ -19,21 +19,23 @@ from __future__ import annotations
 
 import itertools
 
+from coord.namespace.acl import ACL, OPEN_ACL, acl_from_wire, acl_to_wire, intern
+
 # Node fields.  Stat order on the wire is protocol.STAT_FIELDS; see stat().
-DATA, CZXID, MZXID, PZXID, CTIME, MTIME, VERSION, CVERSION, OWNER, KIDS = range(10)
+DATA, CZXID, MZXID, PZXID, CTIME, MTIME, VERSION, CVERSION, OWNER, KIDS, AVERSION, ACLS = range(12)
 _STORED_INTS = 8  # CZXID..OWNER, the integers a snapshot keeps per node
 
 Node = list
 
 
-def new_node(data: bytes, zxid: int, t: int, owner: int) -> Node:
-    return [data, zxid, zxid, zxid, t, t, 0, 0, owner, None]
+def new_node(data: bytes, zxid: int, t: int, owner: int, acl: ACL = OPEN_ACL) -> Node:
+    return [data, zxid, zxid, zxid, t, t, 0, 0, owner, None, 0, acl]
 
 
 def stat(node: Node) -> list[int]:
     """The node's Stat as sent on the wire (protocol.STAT_FIELDS order)."""
     kids = node[KIDS]
-    return [*node[CZXID:KIDS], len(node[DATA]), len(kids) if kids else 0]
+    return [*node[CZXID:KIDS], len(node[DATA]), len(kids) if kids else 0, node[AVERSION]]
 
 
 def child_names(node: Node) -> list[str]:
@@ -135,18 +137,30 @@ class Tree:
         return out
 
     # -- snapshot --------------------------------------------------------------
-    def export(self) -> tuple[list[str], list[bytes], list[int]]:
-        """Columns: paths (parents first), data, and 8 stored ints per node."""
+    def export(self) -> tuple[list[str], list[bytes], list[int], dict]:
+        """Columns: paths (parents first), data, 8 stored ints per node, and
+        the access columns: each distinct ACL once, an index into them per
+        node, and the aversions (empty lists when every node is open and at
+        aversion 0, as in every tree from before ACLs)."""
         vals = self.nodes.values()
+        acls: dict[ACL, int] = {}
+        acl_index = [acls.setdefault(n[ACLS], len(acls)) for n in vals]
+        aversions = [n[AVERSION] for n in vals]
+        access = {"acls": [acl_to_wire(a) for a in acls], "acl_index": acl_index, "aversion": aversions}
+        if list(acls) == [OPEN_ACL] and not any(aversions):
+            access = {"acls": [acl_to_wire(OPEN_ACL)], "acl_index": [], "aversion": []}
         return (
             list(self.nodes),
             [n[DATA] for n in vals],
             list(itertools.chain.from_iterable(n[CZXID:KIDS] for n in vals)),
+            access,
         )
 
     @classmethod
-    def from_columns(cls, paths: list, datas: list, ints: list) -> tuple["Tree", list[tuple[str, int]]]:
+    def from_columns(cls, paths: list, datas: list, ints: list,
+                     access: dict | None = None) -> tuple["Tree", list[tuple[str, int]]]:
         """Rebuild from export(); also returns the ephemerals as (path, owner).
+        Without ``access`` (snapshots from before ACLs) every node is open.
         Raises ValueError on inconsistent columns."""
         n = len(paths)
         if not n or paths[0] != "/" or len(datas) != n or len(ints) != n * _STORED_INTS:
@@ -157,10 +171,10 @@ class Tree:
         it = iter(ints)
         rows = zip(paths, datas, it, it, it, it, it, it, it, it)
         p, d, cz, mz, pz, ct, mt, v, cv, o = next(rows)
-        nodes["/"] = [d, cz, mz, pz, ct, mt, v, cv, o, None]
+        nodes["/"] = [d, cz, mz, pz, ct, mt, v, cv, o, None, 0, OPEN_ACL]
         try:
             for p, d, cz, mz, pz, ct, mt, v, cv, o in rows:
-                nodes[p] = [d, cz, mz, pz, ct, mt, v, cv, o, None]
+                nodes[p] = [d, cz, mz, pz, ct, mt, v, cv, o, None, 0, OPEN_ACL]
                 i = p.rfind("/")
                 parent = nodes[p[:i] or "/"]
                 kids = parent[KIDS]
@@ -173,6 +187,23 @@ class Tree:
             raise ValueError(f"bad node in snapshot: {e!r}") from None
         if len(nodes) != n:
             raise ValueError("duplicate paths in snapshot")
+        if access is not None:
+            _restore_access(nodes, access)
         tree.nodes = nodes
         tree.data_bytes = sum(map(len, datas))
         return tree, ephemerals
+
+
+def _restore_access(nodes: dict[str, Node], access: dict) -> None:
+    try:
+        acls = [intern(acl_from_wire(a)) for a in access["acls"]]
+        index, aversions = access["acl_index"], access["aversion"]
+    except (KeyError, TypeError, Exception) as e:  # InvalidACLError too: a damaged snapshot
+        raise ValueError(f"bad access columns in snapshot: {e!r}") from None
+    if not index and not aversions:
+        return  # every node open, aversion 0
+    if len(index) != len(nodes) or len(aversions) != len(nodes):
+        raise ValueError("inconsistent access columns")
+    for node, i, av in zip(nodes.values(), index, aversions):
+        node[ACLS] = acls[i]
+        node[AVERSION] = av

@@ -12,14 +12,31 @@ matching ``coordclient.errors`` exception.
 
 from __future__ import annotations
 
-from coord.namespace.commands import Check, Create, Delete, SetData, multi_failure
+from coord.namespace.acl import ADMIN, CREATE, DELETE, OPEN_ACL, READ, UNCHECKED, WRITE, Auth, allowed, expand, intern
+from coord.namespace.commands import Check, Create, Delete, SetACL, SetData, multi_failure
 from coord.namespace.sessions import SessionTable
-from coord.namespace.tree import CVERSION, DATA, KIDS, MTIME, MZXID, OWNER, PZXID, VERSION, Node, Tree, new_node, stat
+from coord.namespace.tree import (
+    ACLS,
+    AVERSION,
+    CVERSION,
+    DATA,
+    KIDS,
+    MTIME,
+    MZXID,
+    OWNER,
+    PZXID,
+    VERSION,
+    Node,
+    Tree,
+    new_node,
+    stat,
+)
 from coordclient.errors import (
     BadArgumentsError,
     BadVersionError,
     CoordError,
     InvalidPathError,
+    NoAuthError,
     NoChildrenForEphemeralsError,
     NodeExistsError,
     NoNodeError,
@@ -39,15 +56,26 @@ def check_path(path: str) -> None:
         raise InvalidPathError(f"{why}: {path!r}"[:300], path=path)
 
 
-class Txn:
-    __slots__ = ("tree", "sessions", "zxid", "t", "max_data", "undo", "events")
+_PERM_NAMES = {READ: "READ", WRITE: "WRITE", CREATE: "CREATE", DELETE: "DELETE", ADMIN: "ADMIN"}
 
-    def __init__(self, tree: Tree, sessions: SessionTable, zxid: int, t: int, max_data: int) -> None:
+
+def require(node: Node, auth: Auth, perm: int, path: str, what: str) -> None:
+    """NoAuth unless ``auth`` has ``perm`` on ``node`` (whose path is ``path``)."""
+    if not allowed(node[ACLS], auth, perm):
+        raise NoAuthError(f"{what} needs {_PERM_NAMES[perm]} permission on {path}", path=path)
+
+
+class Txn:
+    __slots__ = ("tree", "sessions", "zxid", "t", "max_data", "auth", "undo", "events")
+
+    def __init__(self, tree: Tree, sessions: SessionTable, zxid: int, t: int, max_data: int,
+                 auth: Auth = UNCHECKED) -> None:
         self.tree = tree
         self.sessions = sessions
         self.zxid = zxid
         self.t = t
         self.max_data = max_data
+        self.auth = auth
         self.undo: list[tuple] = []  # (function, *args), run newest first
         self.events: list[tuple[str, str]] = []  # (EventType value, path)
 
@@ -59,8 +87,8 @@ class Txn:
         self.events.clear()
 
     # -- logged primitives -----------------------------------------------------
-    def _insert(self, path: str, data: bytes, owner: int) -> Node:
-        node = new_node(data, self.zxid, self.t, owner)
+    def _insert(self, path: str, data: bytes, owner: int, acl=OPEN_ACL) -> Node:
+        node = new_node(data, self.zxid, self.t, owner, acl)
         parent, cv, pz = self.tree.insert(path, node)
         self.undo.append((self._uninsert, path, parent, cv, pz))
         if owner:
@@ -117,13 +145,15 @@ class Txn:
             raise TooLargeError(f"{len(data)} bytes of data; the limit is {self.max_data}", path=path)
 
     # -- operations ----------------------------------------------------------
-    def run(self, op: Create | Delete | SetData | Check, sid: int) -> dict:
+    def run(self, op: Create | Delete | SetData | Check | SetACL, sid: int) -> dict:
         if type(op) is Create:
             return self.create(op, sid)
         if type(op) is SetData:
             return self.set(op)
         if type(op) is Delete:
             return self.delete(op)
+        if type(op) is SetACL:
+            return self.set_acl(op)
         return self.check(op)
 
     def create(self, op: Create, sid: int) -> dict:
@@ -135,12 +165,15 @@ class Txn:
         self._check_size(op.data, path)
         if op.eph and self.sessions.get(sid) is None:
             raise SessionExpiredError("an ephemeral node needs a live session", path=path)
+        acl = OPEN_ACL if op.acl is None else expand(op.acl, self.auth)
         ppath = parent_of(probe)
         parent = self.tree.get(ppath)
         if parent is None:
             if not op.parents:
                 raise NoNodeError(f"parent {ppath} does not exist", path=path)
-            parent = self._make_parents(ppath, path)
+            parent = self._make_parents(ppath, path, acl)
+        else:
+            require(parent, self.auth, CREATE, ppath, "create")
         if parent[OWNER]:
             raise NoChildrenForEphemeralsError(f"{ppath} is ephemeral", path=path)
         if op.sq:
@@ -148,20 +181,23 @@ class Txn:
             check_path(path)
         if path in self.tree.nodes:
             raise NodeExistsError(f"{path} already exists", path=path)
-        node = self._insert(path, op.data, sid if op.eph else 0)
+        node = self._insert(path, op.data, sid if op.eph else 0, acl)
         return {"path": path, "stat": stat(node)}
 
-    def _make_parents(self, ppath: str, path: str) -> Node:
-        """Create the missing ancestors of ``path`` down to ``ppath`` (persistent, empty)."""
+    def _make_parents(self, ppath: str, path: str, acl) -> Node:
+        """Create the missing ancestors of ``path`` down to ``ppath``
+        (persistent, empty, with the node's own ACL); CREATE is needed on the
+        nearest existing ancestor."""
         missing = []
         p = ppath
         while (anchor := self.tree.get(p)) is None:
             missing.append(p)
             p = parent_of(p)
+        require(anchor, self.auth, CREATE, p, "create")
         if anchor[OWNER]:
             raise NoChildrenForEphemeralsError(f"{p} is ephemeral", path=path)
         for p in reversed(missing):
-            node = self._insert(p, b"", 0)
+            node = self._insert(p, b"", 0, acl)
         return node
 
     def set(self, op: SetData) -> dict:
@@ -169,6 +205,7 @@ class Txn:
         node = self._lookup(path)
         self._check_size(op.data, path)
         node = self._exists(node, path)
+        require(node, self.auth, WRITE, path, "set")
         self._check_version(node, op.version, path)
         self.undo.append((self._unset, node, node[DATA], node[VERSION], node[MZXID], node[MTIME]))
         self.tree.data_bytes += len(op.data) - len(node[DATA])
@@ -184,19 +221,43 @@ class Txn:
         node = self._lookup(path)
         if path == "/":
             raise BadArgumentsError("the root cannot be deleted", path=path)
+        ppath = parent_of(path)
+        parent = self.tree.get(ppath)
+        if parent is not None:  # as ZooKeeper: the parent's ACL first (no existence leak)
+            require(parent, self.auth, DELETE, ppath, "delete")
         node = self._exists(node, path)
         self._check_version(node, op.version, path)
         if node[KIDS]:
             if not op.recursive:
                 raise NotEmptyError(f"{path} has {len(node[KIDS])} children", path=path)
             for p in self.tree.subtree_postorder(path):
+                q = parent_of(p)
+                require(self.tree.nodes[q], self.auth, DELETE, q, "delete")
                 self._remove(p)
         self._remove(path)
         return {}
 
     def check(self, op: Check) -> dict:
-        self._check_version(self._exists(self._lookup(op.path), op.path), op.version, op.path)
+        node = self._exists(self._lookup(op.path), op.path)
+        require(node, self.auth, READ, op.path, "check")
+        self._check_version(node, op.version, op.path)
         return {}
+
+    def set_acl(self, op: SetACL) -> dict:
+        path = op.path
+        node = self._exists(self._lookup(path), path)
+        require(node, self.auth, ADMIN, path, "set_acl")
+        if op.version != -1 and node[AVERSION] != op.version:
+            raise BadVersionError(f"the ACL of {path} is at version {node[AVERSION]}, not {op.version}", path=path)
+        acl = expand(op.acl, self.auth)
+        self.undo.append((self._unset_acl, node, node[ACLS], node[AVERSION]))
+        node[ACLS] = intern(acl)
+        node[AVERSION] += 1
+        return {"stat": stat(node)}
+
+    @staticmethod
+    def _unset_acl(node: Node, acl, aversion: int) -> None:
+        node[ACLS], node[AVERSION] = acl, aversion
 
     def multi(self, ops: tuple, sid: int) -> dict:
         results = []
@@ -206,6 +267,12 @@ class Txn:
             except CoordError as e:
                 raise multi_failure(i, e, len(ops)) from None
         return {"results": results}
+
+    def add_session_ids(self, sid: int, ids: tuple[tuple[str, str], ...]) -> None:
+        session = self.sessions.get(sid)
+        old = session.ids
+        session.ids = tuple(dict.fromkeys(old + ids))
+        self.undo.append((setattr, session, "ids", old))
 
     def drop_session(self, sid: int) -> None:
         """End a live session: its ephemerals first, then the session itself."""

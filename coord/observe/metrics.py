@@ -199,6 +199,8 @@ class CoordCollector(Collector):
                        st.lin_batches)
         yield _counter("coord_linearizable_reads_total", "Linearizable reads served through those barriers",
                        st.lin_reads)
+        yield _counter("coord_requests_denied_total",
+                       "Requests refused for missing permission (node ACL or admin rule)", st.denied)
 
 
 class Metrics:

@@ -167,6 +167,7 @@ class ServiceStats:
         self.latency: dict[str, Histogram] = {}  # op -> seconds
         self.lin_batches = 0  # shared ReadIndex barriers taken for linearizable reads
         self.lin_reads = 0  # linearizable reads answered through them
+        self.denied = 0  # requests refused for missing permission (ACL or admin rule)
 
     def request(self, op: Any, resp: dict, started: float) -> None:
         """One answered request: its op, its outcome (``ok`` or the error

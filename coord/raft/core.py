@@ -55,6 +55,11 @@ TRANSFER = b"transfer"  # context of a vote request caused by leadership transfe
 # suffix, and of the leader's APPEND that tells it it has everything again.
 RECOVERING = b"recovering"
 RECOVERED = b"recovered"
+# Terms grow by one per election.  A message whose term is further ahead of
+# ours than any run of elections could take it, or near the limit of the
+# encoding, is refused whoever sends it.
+MAX_TERM = 1 << 62
+MAX_TERM_JUMP = 1 << 32
 
 _LEADER_NOW = frozenset(
     {MsgType.APPEND, MsgType.HEARTBEAT, MsgType.SNAPSHOT, MsgType.TIMEOUT_NOW, MsgType.READ_INDEX_RESP}
@@ -150,6 +155,7 @@ class RaftCore:
         self._snapshot_to_install: Snapshot | None = None
 
         self._soft = SoftState(0, Role.FOLLOWER, 0)  # the last one handed out: a Ready carries changes
+        self.refused_terms = 0  # messages refused for an impossible term
         self._msgs_now: list[Message] = []
         self._msgs_after: list[Message] = []
         self._read_states: list[ReadState] = []
@@ -366,6 +372,12 @@ class RaftCore:
 
     def step(self, m: Message) -> None:
         if m.to != self.node_id:
+            return
+        if m.term > MAX_TERM or m.term - self.term > MAX_TERM_JUMP:
+            # No election can produce such a term: a bug or a forgery.  Taking
+            # it would stop this server for good (the term is durable, and one
+            # near the encoding's limit cannot grow any further).
+            self.refused_terms += 1
             return
         if m.term > self.term:
             if m.type in (MsgType.PREVOTE, MsgType.VOTE) and self._in_lease() and m.context != TRANSFER:

@@ -28,7 +28,8 @@ from typing import Any, Awaitable, Callable
 
 import trio
 
-from coord.namespace.commands import encode, parse_request
+from coord.namespace.acl import Auth, digest_id
+from coord.namespace.commands import AddAuth, Command, encode, parse_request
 from coord.server.config import ConfigError, MemberAddrs, parse_addr
 from coord.server.future import Future
 from coord.server.service import CoordService
@@ -39,18 +40,35 @@ from coordclient.errors import (
     ConnectionLossError,
     CoordError,
     InvalidPathError,
+    NoAuthError,
     SessionExpiredError,
     UnimplementedError,
 )
-from coordclient.protocol import SESSIONLESS_OPS, SNAPSHOT_CHUNK, Op, validate_path
+from coordclient.protocol import SESSIONLESS_OPS, SNAPSHOT_CHUNK, Err, Op, validate_path
 from coordclient.wire import DEFAULT_MAX_FRAME, FrameError, FramedStream, encode_frames
 
 log = logging.getLogger("coord.clientport")
 
+class _RateLimit:
+    """At most ``n`` per ``period`` seconds (for log lines a client can trigger)."""
+
+    def __init__(self, n: int, period: float):
+        self.n, self.period, self.window, self.used = n, period, 0.0, 0
+
+    def allow(self) -> bool:
+        now = trio.current_time()
+        if now - self.window >= self.period:
+            self.window, self.used = now, 0
+        self.used += 1
+        return self.used <= self.n
+
+
+_DENIED_LOG = _RateLimit(20, 10.0)
+
 MAX_INFLIGHT = 512  # requests being served per connection
 OUT_QUEUE = 8192  # responses + events queued per connection before it counts as too slow
 CLOSE_GRACE = 5.0  # seconds a closing connection gets to take its last frames
-WRITE_OPS = frozenset({Op.CREATE.value, Op.SET.value, Op.DELETE.value, Op.MULTI.value})
+WRITE_OPS = frozenset({Op.CREATE.value, Op.SET.value, Op.DELETE.value, Op.MULTI.value, Op.SET_ACL.value})
 
 _INT_MAX = (1 << 63) - 1
 
@@ -113,9 +131,17 @@ class ClientConnection:
         self.close_reason: str | None = None
         self.limit = service.cfg.max_data_bytes
         try:
-            self.peer = "%s:%s" % stream.socket.getpeername()[:2]
+            addr = stream.socket.getpeername()[:2]
+            self.peer = "%s:%s" % addr
         except OSError:
-            self.peer = "?"
+            addr, self.peer = None, "?"
+        # Identities of this connection (ACL.md: ip always; x509 from a
+        # verified client certificate), plus digests added with add_auth
+        # before a session existed; a session's own digests are replicated.
+        self.x509_subject: str | None = None
+        self._conn_ids: set[tuple[str, str]] = {("ip", str(addr[0]))} if addr else set()
+        self._auth_key: tuple | None = None
+        self._auth = Auth()
 
     # -- plumbing ---------------------------------------------------------
     async def run(self) -> None:
@@ -223,8 +249,40 @@ class ClientConnection:
             self.close("client too slow: its outbound queue is full (it is not reading responses or events)")
 
     def deliver_event(self, wid: int, etype: str, path: str, zxid: int) -> None:
-        if self.close_reason is None:
+        # No events about a node this connection may not read (acl.py).
+        if self.close_reason is None and self.ns.may_read(path, self.auth()):
             self._queue({"ev": "watch", "wid": wid, "type": etype, "path": path, "zxid": zxid})
+
+    # -- identity -----------------------------------------------------------------
+    def auth(self) -> Auth:
+        """Who this connection's requests come from (cached until it changes)."""
+        session_ids = self.ns.session_ids(self.sid) if self.sid else ()
+        if self.x509_subject:
+            self._conn_ids.add(("x509", self.x509_subject))
+        key = (session_ids, len(self._conn_ids))
+        if key != self._auth_key:
+            ids = frozenset(self._conn_ids) | frozenset(session_ids)
+            self._auth = Auth(ids, bool(ids & self.service.cfg.superusers))
+            self._auth_key = key
+        return self._auth
+
+    def _require_admin(self, what: str) -> None:
+        """Administration needs an admin or superuser once [auth] names any."""
+        cfg = self.service.cfg
+        if not cfg.admin_restricted:
+            return
+        a = self.auth()
+        if a.superuser or a.ids & cfg.admins:
+            return
+        raise NoAuthError(f"{what} needs an admin identity (add_auth with a credential in [auth] admins)")
+
+    def _denied(self, op: Any, resp: dict) -> None:
+        """Count a refusal for missing permission and log it (rate-limited)."""
+        self.service.obs.denied += 1
+        if _DENIED_LOG.allow():
+            ids = sorted(f"{s}:{i.split(':')[0] if s == 'digest' else i}" for s, i in self.auth().ids)
+            log.warning("denied %s on %s for %s from %s (session %#x)", op, resp.get("path"), ids or ["anyone"],
+                        self.peer, self.sid)
 
     # -- requests -----------------------------------------------------------
     def _admit(self, req: Any) -> tuple[int, str, Callable]:
@@ -267,8 +325,12 @@ class ClientConnection:
             extra = getattr(exc, "wire_extra", None)
             if extra:
                 resp.update(extra)
+            if exc.code is Err.NO_AUTH:
+                self._denied(req.get("op") if type(req) is dict else None, resp)
             return resp
-        log.error("internal error serving %r from %s", req if len(repr(req)) < 300 else "...", self.peer,
+        shown = {k: ("<redacted>" if k in ("auth", "secret") else v) for k, v in req.items()} \
+            if type(req) is dict else req
+        log.error("internal error serving %r from %s", shown if len(repr(shown)) < 300 else "...", self.peer,
                   exc_info=exc)
         return {"id": rid, "ok": False, "zxid": self.service.applied, "err": "SystemError",
                 "msg": "internal server error"}
@@ -339,7 +401,8 @@ class ClientConnection:
         t0 = time.perf_counter()  # observability
         try:
             rid, _, _ = self._admit(req)
-            data = encode(parse_request(req, sid=self.sid, limit=self.limit))
+            data = encode(parse_request(req, sid=self.sid, limit=self.limit, auth=self.auth(),
+                                        default_acl=self.service.cfg.default_acl))
         except Exception as e:  # noqa: BLE001 - every failure is the client's answer
             self._end_request(sem)
             self._queue(resp := self._error_response(_request_id(req), req, e))
@@ -358,7 +421,7 @@ class ClientConnection:
             if res.get("ok"):
                 resp = {"id": rid, "ok": True, "zxid": max(zxid, self.service.applied), "r": res["r"]}
             else:
-                resp = self._error_response(rid, None, _write_error(res))
+                resp = self._error_response(rid, {"op": op}, _write_error(res))
                 resp["zxid"] = max(zxid, resp["zxid"])
         self._queue(resp)
         self.service.obs.request(op, resp, t0)  # observability
@@ -403,6 +466,8 @@ class ClientConnection:
         return {}
 
     async def op_status(self, req: dict) -> dict:
+        if self.service.cfg.status_requires_admin:
+            self._require_admin("status")
         return self.service.status()
 
     async def _before_read(self, req: dict) -> None:
@@ -421,7 +486,7 @@ class ClientConnection:
     def read_get(self, req: dict) -> dict:
         path = arg_path(req)
         watch = arg_bool(req, "watch")
-        data, stat = self.ns.get(path)
+        data, stat = self.ns.get(path, self.auth())
         out = {"data": data, "stat": stat}
         if watch:
             out["wid"] = self._watch_now(path, "data")
@@ -439,13 +504,50 @@ class ClientConnection:
         path = arg_path(req)
         watch = arg_bool(req, "watch")
         if arg_bool(req, "stats"):
-            kids = [[name, st] for name, st in self.ns.children_with_stats(path)]
+            kids = [[name, st] for name, st in self.ns.children_with_stats(path, self.auth())]
         else:
-            kids = list(self.ns.children(path))
+            kids = list(self.ns.children(path, self.auth()))
         out = {"children": kids}
         if watch:
             out["wid"] = self._watch_now(path, "children")
         return out
+
+    def read_get_acl(self, req: dict) -> dict:
+        acl, stat = self.ns.get_acl(arg_path(req), self.auth())
+        return {"acl": acl, "stat": stat}
+
+    async def op_get_acl(self, req: dict) -> dict:
+        await self._before_read(req)
+        return self.read_get_acl(req)
+
+    async def op_add_auth(self, req: dict) -> dict:
+        """Add an identity: ``digest`` with ``user:password`` (only its digest
+        is kept, on the session so it survives reconnects), or ``x509``
+        (the verified client certificate).  The password is never logged."""
+        scheme, cred = req.get("scheme"), req.get("auth")
+        if scheme == "digest":
+            if type(cred) is not str:
+                raise AuthFailedError("a digest credential is user:password")
+            ident = ("digest", digest_id(cred))
+            if self.sid:
+                cmd = Command("add_auth", AddAuth((ident,)), sid=self.sid)
+                zxid, res = await self.service.write(cmd)
+                if not res.get("ok"):
+                    raise _write_error(res)
+            self._conn_ids.add(ident)
+        elif scheme == "x509":
+            if not self.x509_subject:
+                raise AuthFailedError("x509 needs a verified client certificate (a TLS port with client_auth)")
+        else:
+            raise AuthFailedError(f"unknown authentication scheme {scheme!r}"[:100])
+        return self.op_whoami_now()
+
+    def op_whoami_now(self) -> dict:
+        a = self.auth()
+        return {"ids": sorted([s, i] for s, i in a.ids), "superuser": a.superuser}
+
+    async def op_whoami(self, req: dict) -> dict:
+        return self.op_whoami_now()
 
     async def op_get(self, req: dict) -> dict:
         await self._before_read(req)
@@ -495,6 +597,7 @@ class ClientConnection:
 
     # -- administration -----------------------------------------------------
     async def op_member_change(self, req: dict) -> dict:
+        self._require_admin("changing the membership")
         def servers(key: str) -> dict[int, dict]:
             raw = req.get(key) or []
             if type(raw) is not list:
@@ -528,13 +631,17 @@ class ClientConnection:
         return self.service.status()
 
     async def op_leader_transfer(self, req: dict) -> dict:
+        self._require_admin("moving the leader")
         return await self.service.admin.transfer(arg_int(req, "to", 0, lo=0))
 
     async def op_snapshot(self, req: dict) -> dict:
         """A consistent snapshot (taken without yielding, at one zxid), sent as
-        ``{"ev": "chunk", "id": <request id>, "data": ...}`` frames before the response."""
+        ``{"ev": "chunk", "id": <request id>, "data": ...}`` frames before the response.
+        Admin only; session secrets are left out (they never leave the server
+        except to their own session)."""
+        self._require_admin("a snapshot")
         zxid = self.service.applied
-        data = self.service.ns.snapshot()
+        data = self.service.ns.snapshot(redact_secrets=True)
         rid = req["id"]
         for off in range(0, len(data), SNAPSHOT_CHUNK):
             await self.out_send.send({"ev": "chunk", "id": rid, "data": data[off:off + SNAPSHOT_CHUNK]})
@@ -551,6 +658,7 @@ HANDLERS: dict[str, Callable[[ClientConnection, dict], Awaitable[dict]] | None] 
 }  # writes (None here) are served by _start_write
 INLINE_READS: dict[str, Callable[[ClientConnection, dict], dict]] = {
     Op.GET.value: ClientConnection.read_get,
+    Op.GET_ACL.value: ClientConnection.read_get_acl,
     Op.EXISTS.value: ClientConnection.read_exists,
     Op.CHILDREN.value: ClientConnection.read_children,
     Op.PING.value: ClientConnection.read_ping,  # keepalives: thousands per second with many sessions

@@ -13,6 +13,8 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
+from coord.namespace.acl import intern, parse_acl_text, parse_identity
+
 
 class ConfigError(ValueError):
     """The configuration is invalid; the message names the field."""
@@ -81,6 +83,17 @@ class ServerConfig:
     # Set by ``coord serve --recover-lost-log``, never by the file: the
     # operator accepts that this server's log lost entries (see DiskStorage).
     recover_lost_log: bool = False
+    # [auth]: who bypasses ACLs, who may administer, the ACL of nodes created
+    # without one (None: open to everybody), and whether status needs admin.
+    superusers: frozenset = frozenset()  # of (scheme, id)
+    admins: frozenset = frozenset()  # of (scheme, id)
+    default_acl: Any = None  # coord.namespace.acl.ACL
+    status_requires_admin: bool = False
+
+    @property
+    def admin_restricted(self) -> bool:
+        """Admin operations need an admin or superuser once [auth] names any."""
+        return bool(self.superusers or self.admins)
     # Observability (coord.observe): the HTTP port (/metrics, /health, /ready,
     # the dashboard; None = no HTTP port) and what /ready demands.
     http_address: Addr | None = None
@@ -113,7 +126,7 @@ def _table(doc: dict, key: str) -> dict:
 
 
 def parse_config(doc: dict, *, base_dir: str = ".") -> ServerConfig:
-    known = {"server", "cluster", "raft", "limits", "health"}
+    known = {"server", "cluster", "raft", "limits", "auth", "health"}
     for k in doc:
         if k not in known:
             raise ConfigError(f"{k}: unknown section (expected one of {sorted(known)})")
@@ -183,7 +196,10 @@ def parse_config(doc: dict, *, base_dir: str = ".") -> ServerConfig:
 
     if not join:
         members = {**members, sid: MemberAddrs(peer, client)} if members[sid].client is None else members
+    auth = _table(doc, "auth")
+    superusers, admins, default_acl, status_admin = _auth_section(auth)
     return ServerConfig(
+        superusers=superusers, admins=admins, default_acl=default_acl, status_requires_admin=status_admin,
         server_id=sid, cluster_id=cluster_id, data_dir=data_dir, peer_address=peer,
         client_address=client, members=members, join=join, tick_ms=tick_ms,
         election_ticks=election_ticks, heartbeat_ticks=heartbeat_ticks,
@@ -202,3 +218,35 @@ def load_config(path: str) -> ServerConfig:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     return parse_config(doc, base_dir=os.path.dirname(os.path.abspath(path)))
+
+
+def _auth_section(auth: dict) -> tuple[frozenset, frozenset, Any, bool]:
+    for k in auth:
+        if k not in ("superusers", "admins", "default_acl", "status_requires_admin"):
+            raise ConfigError(f"auth.{k}: unknown setting (expected superusers, admins, default_acl, "
+                              "status_requires_admin)")
+
+    def identities(key: str) -> frozenset:
+        raw = auth.get(key, [])
+        if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+            raise ConfigError(f"auth.{key}: must be a list of identities such as \"digest:user:HASH\" "
+                              "(see `coord digest`) or \"x509:CN=ops\"")
+        try:
+            return frozenset(parse_identity(x) for x in raw)
+        except ValueError as e:
+            raise ConfigError(f"auth.{key}: {e}") from None
+
+    raw_acl = auth.get("default_acl")
+    default_acl = None
+    if raw_acl is not None:
+        if not isinstance(raw_acl, list) or not raw_acl or not all(isinstance(x, str) for x in raw_acl):
+            raise ConfigError('auth.default_acl: must be a non-empty list such as ["world:anyone:r"]')
+        try:
+            entries = tuple(parse_acl_text(x) for x in raw_acl)
+        except Exception as e:  # InvalidACLError
+            raise ConfigError(f"auth.default_acl: {e}") from None
+        if any(e.scheme == "auth" for e in entries):
+            raise ConfigError("auth.default_acl: the 'auth' scheme needs a session; name identities instead")
+        default_acl = intern(entries)
+    status_admin = _get(auth, "status_requires_admin", "auth.status_requires_admin", bool, False)
+    return identities("superusers"), identities("admins"), default_acl, status_admin

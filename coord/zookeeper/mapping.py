@@ -49,13 +49,14 @@ def error_code(name: Any) -> int:
 def stat(raw: Any) -> Stat:
     """ZooKeeper's Stat from coord's (``STAT_FIELDS`` order: czxid, mzxid,
     pzxid, ctime, mtime, version, cversion, ephemeral_owner, data_length,
-    num_children).  coord has no ACL version yet: ``aversion`` is 0, as for
-    a node whose ACL was never set."""
-    if not isinstance(raw, (list, tuple)) or len(raw) != 10 or not all(type(v) is int for v in raw):
+    num_children, aversion; a server from before ACLs sends no aversion: 0)."""
+    if not isinstance(raw, (list, tuple)) or len(raw) not in (10, 11) or not all(type(v) is int for v in raw):
         raise ValueError(f"malformed coord stat: {raw!r}"[:200])
-    czxid, mzxid, pzxid, ctime, mtime, version, cversion, owner, length, kids = raw
+    czxid, mzxid, pzxid, ctime, mtime, version, cversion, owner, length, kids, *rest = raw
+    aversion = rest[0] if rest else 0
     return Stat(wrap_long(czxid), wrap_long(mzxid), wrap_long(ctime), wrap_long(mtime), wrap_int(version),
-                wrap_int(cversion), 0, wrap_long(owner), wrap_int(length), wrap_int(kids), wrap_long(pzxid))
+                wrap_int(cversion), wrap_int(aversion), wrap_long(owner), wrap_int(length), wrap_int(kids),
+                wrap_long(pzxid))
 
 
 _EVENT_TYPES = MappingProxyType({
