@@ -135,7 +135,8 @@ def free_ports(n: int) -> list[int]:
 
 
 def dev_config(sid: int, n: int, data_root: str, peer_ports: list[int], client_ports: list[int],
-               cluster_id: str = "dev", http_ports: list[int] | None = None) -> str:
+               cluster_id: str = "dev", http_ports: list[int] | None = None,
+               zk_ports: list[int] | None = None) -> str:
     members = "\n".join(
         f'{i} = {{ peer = "127.0.0.1:{peer_ports[i - 1]}", client = "127.0.0.1:{client_ports[i - 1]}" }}'
         for i in range(1, n + 1)
@@ -149,6 +150,7 @@ peer_address = "127.0.0.1:{peer_ports[sid - 1]}"
 client_address = "127.0.0.1:{client_ports[sid - 1]}"
 wal_segment_bytes = {16 << 20}
 {f'http_address = "127.0.0.1:{http_ports[sid - 1]}"' if http_ports else ""}
+{f'zookeeper_address = "127.0.0.1:{zk_ports[sid - 1]}"' if zk_ports else ""}
 
 [cluster]
 members = {{ {", ".join(m.strip() for m in members.splitlines())} }}
@@ -174,15 +176,17 @@ def dev(servers: int, data_dir: str | None, log_level: str) -> None:
     temp = data_dir is None
     root = tempfile.mkdtemp(prefix="coord-dev-") if temp else os.path.abspath(data_dir)
     os.makedirs(root, exist_ok=True)
-    ports = free_ports(3 * servers)
-    peer_ports, client_ports, http_ports = ports[:servers], ports[servers:2 * servers], ports[2 * servers:]
+    ports = free_ports(4 * servers)
+    peer_ports, client_ports = ports[:servers], ports[servers:2 * servers]
+    http_ports, zk_ports = ports[2 * servers:3 * servers], ports[3 * servers:]
     procs: list[subprocess.Popen] = []
     try:
         for sid in range(1, servers + 1):
             path = os.path.join(root, f"server{sid}.toml")
             if not os.path.exists(path):
                 with open(path, "w") as f:
-                    f.write(dev_config(sid, servers, root, peer_ports, client_ports, http_ports=http_ports))
+                    f.write(dev_config(sid, servers, root, peer_ports, client_ports, http_ports=http_ports,
+                                       zk_ports=zk_ports))
             logf = open(os.path.join(root, f"server{sid}.log"), "ab")
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "coord", "serve", "--config", path, "--log-level", log_level],
@@ -202,6 +206,11 @@ def dev(servers: int, data_dir: str | None, log_level: str) -> None:
                        f"(every server has one: {', '.join(f'{h}:{p}' for h, p in dashboards)}; "
                        f"also /metrics, /health, /ready)", err=True)
         click.echo(f"export COORD_ENDPOINTS={endpoints}")
+        zk_hosts = ",".join(f"{c.zookeeper_address[0]}:{c.zookeeper_address[1]}" for c in cfgs
+                            if c.zookeeper_address is not None)
+        if zk_hosts:
+            click.echo(f"export ZOOKEEPER_HOSTS={zk_hosts}")
+            click.echo("coord dev: ZooKeeper clients (kazoo, Curator, zkCli.sh) connect to $ZOOKEEPER_HOSTS", err=True)
         click.echo("coord dev: in another terminal, after the export above:  coordctl status;  "
                    "coordctl create /hello world;  coordctl get /hello", err=True)
         click.echo("coord dev: Ctrl-C stops the ensemble", err=True)

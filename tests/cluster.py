@@ -39,7 +39,7 @@ class Cluster:
     def __init__(self, n: int, base_dir: str | os.PathLike, *, tick_ms: int = 50, election_ticks: int = 10,
                  heartbeat_ticks: int = 2, min_session_timeout_ms: int = 500, snapshot_entries: int = 10_000,
                  cluster_id: str = "test", log_level: str = "info", spare: int = 0, http: bool = False,
-                 wal_segment_bytes: int = 1 << 20, extra_config: str = ""):
+                 wal_segment_bytes: int = 1 << 20, extra_config: str = "", zookeeper: bool = False):
         """``n`` initial members (ids 1..n); ``spare`` more ids get ports and
         can be started later with a joining configuration; ``http`` gives
         every server an HTTP port (``http_ports``)."""
@@ -52,6 +52,8 @@ class Cluster:
         self.log_level = log_level
         self.wal_segment_bytes = wal_segment_bytes  # small: segments are preallocated
         self.extra_config = extra_config  # more TOML sections, appended to every server's file
+        zk_ports = free_ports(n + spare) if zookeeper else []
+        self.zk_ports = {i: zk_ports[i - 1] for i in range(1, n + spare + 1)} if zookeeper else {}
         total = n + spare
         ports = free_ports(2 * total)
         self.peer_ports = {i: ports[i - 1] for i in range(1, total + 1)}
@@ -75,6 +77,11 @@ class Cluster:
     def endpoints(self) -> str:
         """Client endpoints of the initial members."""
         return self.endpoints_of(range(1, self.n + 1))
+
+    @property
+    def zk_hosts(self) -> str:
+        """ZooKeeper connection string of the initial members (``zookeeper=True``)."""
+        return ",".join(f"{HOST}:{self.zk_ports[i]}" for i in range(1, self.n + 1))
 
     def endpoints_of(self, sids) -> str:
         return ",".join(f"{HOST}:{self.client_ports[i]}" for i in sids)
@@ -111,6 +118,8 @@ class Cluster:
         ]
         if sid in self.http_ports:
             lines.append(f'http_address = "{HOST}:{self.http_ports[sid]}"')
+        if sid in self.zk_ports:
+            lines.append(f'zookeeper_address = "{HOST}:{self.zk_ports[sid]}"')
         lines += [
             "",
             "[cluster]",

@@ -230,7 +230,8 @@ def test_read_waits_for_earlier_write():
     actions = s.receive_data(kazoo(1, kz.Create("/a", b"", OPEN_ACL_UNSAFE, 0)) + kazoo(2, kz.GetData("/a", None))
                              + kazoo(3, kz.SetData("/a", b"v", -1)))
     (w,) = calls(actions)
-    assert w.request == {"op": "create", "path": "/a", "data": b"", "eph": False, "sq": False, "parents": False}
+    assert w.request == {"op": "create", "path": "/a", "data": b"", "eph": False, "sq": False, "parents": False,
+                         "acl": [[31, "world", "anyone"]]}
     actions = s.coord_response(w.token, ok({"path": "/a", "stat": STAT}))
     (r,) = calls(actions)  # the read now, the write after it still waits
     assert r.request["op"] == "get"

@@ -75,8 +75,8 @@ def test_every_coord_error_has_a_zookeeper_code():
                                             (4, False, False)])
 def test_create_is_coords_create(flags, eph, sq):
     planned = t.plan(OpCode.CREATE, CreateRequest("/a", b"d", OPEN, flags), CTX)
-    expected = ops.create("/a", b"d", ephemeral=eph, sequential=sq)  # what the SDK sends
-    assert planned == t.Plan((expected,))
+    expected = ops.create("/a", b"d", ephemeral=eph, sequential=sq)  # what the SDK sends, plus the ACL
+    assert planned == t.Plan(({**expected, "acl": [[31, "world", "anyone"]]},))
 
 
 def test_create_replies():
@@ -94,9 +94,9 @@ def test_create_refusals():
     assert t.plan(OpCode.CREATE, CreateRequest("/a", b"", OPEN, 99), CTX).err == Code.BAD_ARGUMENTS
     assert t.plan(OpCode.CREATE, CreateRequest("/a", b"", (), 0), CTX).err == Code.INVALID_ACL
     digest = (ACL(31, Id("digest", "u:hash")),)
-    assert t.plan(OpCode.CREATE, CreateRequest("/a", b"", digest, 0), CTX).err == Code.UNIMPLEMENTED
-    read_only = (ACL(1, Id("world", "anyone")),)
-    assert t.plan(OpCode.CREATE, CreateRequest("/a", b"", read_only, 0), CTX).err == Code.UNIMPLEMENTED
+    assert t.plan(OpCode.CREATE, CreateRequest("/a", b"", digest, 0), CTX).calls[0]["acl"] == [[31, "digest", "u:hash"]]
+    sasl = (ACL(1, Id("sasl", "bob")),)
+    assert t.plan(OpCode.CREATE, CreateRequest("/a", b"", sasl, 0), CTX).err == Code.INVALID_ACL
     assert t.plan(OpCode.CREATE, CreateRequest("/zookeeper/x", b"", OPEN, 0), CTX).err == Code.NO_AUTH
     assert t.plan(OpCode.CREATE, CreateRequest(None, b"", OPEN, 0), CTX).err == Code.BAD_ARGUMENTS
 
@@ -186,9 +186,10 @@ def test_multi_success():
                          MultiOp(OpCode.SET_DATA, SetDataRequest("/a", b"2", -1)),
                          MultiOp(OpCode.DELETE, DeleteRequest("/a/d", -1))))
     planned = t.plan(OpCode.MULTI, body, CTX)
-    assert planned.calls == ({"op": "multi", "ops": [ops.check("/a", 1), ops.create("/a/b", b"1"),
-                                                     ops.create("/a/c", ephemeral=True), ops.set("/a", b"2"),
-                                                     ops.delete("/a/d")]},)
+    open_acl = {"acl": [[31, "world", "anyone"]]}
+    assert planned.calls == ({"op": "multi", "ops": [ops.check("/a", 1), {**ops.create("/a/b", b"1"), **open_acl},
+                                                     {**ops.create("/a/c", ephemeral=True), **open_acl},
+                                                     ops.set("/a", b"2"), ops.delete("/a/d")]},)
     r = t.finish(OpCode.MULTI, body, planned, (ok({"results": [{}, {"path": "/a/b", "stat": COORD_STAT},
                                                                 {"path": "/a/c", "stat": COORD_STAT},
                                                                 {"stat": COORD_STAT}, {}]}),), CTX)
@@ -224,14 +225,19 @@ def test_multi_read_answers_each_op():
     assert (r.body.results[1].type, r.body.results[1].err) == (OpCode.ERROR, Code.NO_NODE)
 
 
-def test_acls_are_open_until_coord_has_them():
-    r = run(OpCode.GET_ACL, GetACLRequest("/a"), ok({"stat": COORD_STAT}))
-    assert r.body.acl == OPEN
-    assert run(OpCode.GET_ACL, GetACLRequest("/a"), ok({"stat": None})).err == Code.NO_NODE
-    assert run(OpCode.SET_ACL, SetACLRequest("/a", OPEN, -1), ok({"stat": COORD_STAT})).err == 0
-    assert run(OpCode.SET_ACL, SetACLRequest("/a", OPEN, 5), ok({"stat": COORD_STAT})).err == Code.BAD_VERSION
+def test_acls_map_to_coords_get_acl_and_set_acl():
+    coord_acl = [[31, "digest", "u:h"], [1, "world", "anyone"]]
+    assert t.plan(OpCode.GET_ACL, GetACLRequest("/a"), CTX).calls == ({"op": "get_acl", "path": "/a", "lin": False},)
+    r = run(OpCode.GET_ACL, GetACLRequest("/a"), ok({"acl": coord_acl, "stat": COORD_STAT}))
+    assert r.body.acl == (ACL(31, Id("digest", "u:h")), ACL(1, Id("world", "anyone")))
+    assert run(OpCode.GET_ACL, GetACLRequest("/a"), fail("NoNode")).err == Code.NO_NODE
+    assert run(OpCode.GET_ACL, GetACLRequest("/a"), fail("NoAuth")).err == Code.NO_AUTH
     digest = (ACL(31, Id("digest", "u:h")),)
-    assert t.plan(OpCode.SET_ACL, SetACLRequest("/a", digest, -1), CTX).err == Code.UNIMPLEMENTED
+    planned = t.plan(OpCode.SET_ACL, SetACLRequest("/a", digest, 2), CTX)
+    assert planned.calls == ({"op": "set_acl", "path": "/a", "acl": [[31, "digest", "u:h"]], "version": 2},)
+    assert run(OpCode.SET_ACL, SetACLRequest("/a", OPEN, -1), ok({"stat": COORD_STAT})).err == 0
+    assert run(OpCode.SET_ACL, SetACLRequest("/a", OPEN, 5), fail("BadVersion")).err == Code.BAD_VERSION
+    assert t.kind_of(OpCode.SET_ACL) is t.Kind.WRITE
 
 
 def test_check_sync_and_add_watch():

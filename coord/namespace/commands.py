@@ -367,12 +367,16 @@ def _check_request_body(body: Any, limit: int) -> int:
 
 
 def parse_request(req: dict, *, sid: int, limit: int, auth: Auth | None = None,
-                  default_acl: Any = None) -> Command:
+                  default_acl: Any = None, require_seq: bool = True) -> Command:
     """A client's write request (create, set, delete, set_acl, multi) as a
     typed command of session ``sid`` on behalf of ``auth``; a create without
     an ACL gets ``default_acl``.  Raises the CoordError to answer with (a bad
-    op inside a multi: MultiError with its index)."""
-    cmd = _parse_request(req, sid, limit)
+    op inside a multi: MultiError with its index).  ``require_seq=False``
+    (ZooKeeper's protocol, which has none): a write without ``seq`` is applied
+    without exactly-once memory, as ZooKeeper applies it."""
+    if not require_seq and req.get("seq") in (None, 0):
+        req = {**req, "seq": None}
+    cmd = _parse_request(req, sid, limit, require_seq)
     cmd.auth = auth
     if default_acl is not None:
         for body in (cmd.body.ops if type(cmd.body) is Multi else (cmd.body,)):
@@ -381,10 +385,12 @@ def parse_request(req: dict, *, sid: int, limit: int, auth: Auth | None = None,
     return cmd
 
 
-def _parse_request(req: dict, sid: int, limit: int) -> Command:
+def _parse_request(req: dict, sid: int, limit: int, require_seq: bool) -> Command:
     op = req.get("op")
     seq = req.get("seq")
-    if type(seq) is not int or not 1 <= seq < 1 << 63:
+    if seq is None and not require_seq:
+        seq = 0
+    elif type(seq) is not int or not 1 <= seq < 1 << 63:
         raise BadArgumentsError("'seq' must be an integer >= 1")
     if op == "multi":
         raw = req.get("ops")

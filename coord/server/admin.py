@@ -42,9 +42,18 @@ class AdminService:
             err.wire_extra = {"leader": leader, "leader_client": addr}
             raise err
 
+    async def _leadership_settled(self) -> None:
+        """A new leader refuses changes until it has committed an entry of its
+        own term (then it knows what is committed): wait for that rather than
+        refusing an operator who asked a moment after an election."""
+        self._require_leader()
+        with trio.move_on_after(self.timeout):
+            await self.node.applied(self.node.status().last_index).wait()
+        self._require_leader()
+
     async def change(self, *, add_voters: dict[int, dict], add_learners: dict[int, dict], remove: list[int],
                      promote: list[int], version: int | None, wait: bool = True) -> None:
-        self._require_leader()
+        await self._leadership_settled()
         cur = self.node.membership
         members = cur.members()
         for sid in list(add_voters) + list(add_learners):
@@ -84,7 +93,7 @@ class AdminService:
             raise OperationTimeoutError("the membership change did not complete in time; check `status`")
 
     async def transfer(self, target: int) -> dict:
-        self._require_leader()
+        await self._leadership_settled()
         st = self.node.status()
         if target == 0:
             candidates = [v for v in st.membership.voters if v != st.node_id and v in st.progress]

@@ -23,6 +23,9 @@ async def serve_until_signal(cfg: ServerConfig) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(service.run)
             await nursery.start(serve_clients, service)
+            if cfg.zookeeper_address is not None:  # ZooKeeper's client protocol, same service
+                from coord.server.zkport import serve_zookeeper
+                await nursery.start(serve_zookeeper, service)
             if cfg.http_address is not None:  # observability: /metrics, /health, /ready, the dashboard
                 from coord.http.server import serve_http
                 await nursery.start(serve_http, service)

@@ -116,137 +116,76 @@ def _write_error(res: dict) -> CoordError:
     return err
 
 
-class ClientConnection:
-    """One client connection; also the ``Watcher`` its watches deliver to."""
+class RequestHandler:
+    """Serves one client's coord requests, whatever protocol they came in:
+    sessions, identities, reads, writes, watches, administration.  Its
+    answers and watch events go, in order, to ``_queue`` (coord's ordering
+    guarantee: every event with zxid <= Z before any response stamped Z);
+    the protocol front end (``ClientConnection`` for coord's own protocol,
+    ``zkport.ZkConnection`` for ZooKeeper's) carries them out.  It is also
+    the ``Watcher`` its watches deliver to."""
 
-    def __init__(self, service: CoordService, stream: trio.SocketStream, max_frame: int = DEFAULT_MAX_FRAME):
+    requires_seq = True  # writes carry the session's sequence number (exactly-once)
+
+    def __init__(self, service: CoordService, peer_addr: tuple | None):
         self.service = service
         self.ns = service.ns
-        self.stream = stream
-        self.framed = FramedStream(stream, max_frame)
-        self.out_send, self.out_recv = trio.open_memory_channel(OUT_QUEUE)
         self.sid = 0
         self._wids = itertools.count(1)
-        self._scope = trio.CancelScope()
         self.close_reason: str | None = None
         self.limit = service.cfg.max_data_bytes
-        try:
-            addr = stream.socket.getpeername()[:2]
-            self.peer = "%s:%s" % addr
-        except OSError:
-            addr, self.peer = None, "?"
-        # Identities of this connection (ACL.md: ip always; x509 from a
+        self.peer = "%s:%s" % peer_addr[:2] if peer_addr else "?"
+        # Identities of this connection (acl.py: ip always; x509 from a
         # verified client certificate), plus digests added with add_auth
         # before a session existed; a session's own digests are replicated.
         self.x509_subject: str | None = None
-        self._conn_ids: set[tuple[str, str]] = {("ip", str(addr[0]))} if addr else set()
+        self._conn_ids: set[tuple[str, str]] = {("ip", str(peer_addr[0]))} if peer_addr else set()
         self._auth_key: tuple | None = None
         self._auth = Auth()
 
-    # -- plumbing ---------------------------------------------------------
-    async def run(self) -> None:
-        self.service.connections.add(self)
-        try:
-            with self._scope:
-                async with trio.open_nursery() as nursery:
-                    self._nursery = nursery
-                    nursery.start_soon(self._writer)
-                    await self._reader(nursery)
-                    # EOF from the client: finish what is in flight, then stop.
-                    with trio.move_on_after(5):
-                        while self._inflight:
-                            await trio.sleep(0.01)
-                    nursery.cancel_scope.cancel()
-        finally:
-            # Callbacks may still arrive (a shared read barrier completing,
-            # a watch firing): from now on they only drop their results.
-            self._finished = True
-            self._nursery = None
-            self.service.connections.discard(self)
-            self.service.watches.remove_watcher(self)
-            with trio.CancelScope(shield=True):
-                with trio.move_on_after(1):
-                    await self.stream.aclose()
-
     _inflight = 0
     _inline_streak = 0
-    _finished = False  # run() has returned
+    _finished = False  # the connection has ended: late callbacks drop their results
     _nursery: trio.Nursery | None = None
 
-    def close(self, reason: str) -> None:
-        """Send a last event saying why, then drop the connection.  What was
-        still queued is discarded (the connection is ending anyway), and a
-        client that reads nothing gets a few seconds before the socket closes."""
-        if self.close_reason is not None or self._finished:
-            return
-        self.close_reason = reason
-        log.info("closing client connection %s (session %#x): %s", self.peer, self.sid, reason)
-        while True:
-            try:
-                self.out_recv.receive_nowait()
-            except trio.WouldBlock:
-                break
-        self.out_send.send_nowait({"ev": "closing", "reason": reason})
-        if self._nursery is not None:
-            self._nursery.start_soon(self._close_after, CLOSE_GRACE)
-
-    async def _close_after(self, seconds: float) -> None:
-        await trio.sleep(seconds)
-        self._scope.cancel()
-
-    async def _writer(self) -> None:
-        recv = self.out_recv
-        while True:
-            batch = [await recv.receive()]
-            while len(batch) < 256:
-                try:
-                    batch.append(recv.receive_nowait())
-                except trio.WouldBlock:
-                    break
-            try:
-                await self.stream.send_all(encode_frames(batch, 1 << 30))
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                self._scope.cancel()
-                return
-            if self.close_reason is not None and any(m.get("ev") == "closing" for m in batch):
-                self._scope.cancel()
-                return
-
-    async def _reader(self, nursery: trio.Nursery) -> None:
-        sem = trio.Semaphore(MAX_INFLIGHT)
-        while self.close_reason is None:
-            try:
-                req = await self.framed.receive()
-            except trio.EndOfChannel:
-                return
-            except FrameError as e:
-                self.close(f"bad frame: {e}")
-                await trio.sleep_forever()  # the writer ends the connection
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                return
-            if self._try_inline(req):
-                if self._inline_streak >= 64:  # let other tasks run now and then
-                    self._inline_streak = 0
-                    await trio.sleep(0)
-                self._inline_streak += 1
-                continue
-            await sem.acquire()
-            self._inflight += 1
-            if type(req) is dict and type(req.get("op")) is str and req["op"] in WRITE_OPS:
-                writes = self.service.writes
-                if writes.full:
-                    await writes.wait_room()  # push back: stop reading until writes drain
-                self._start_write(req, sem)
-                continue
-            nursery.start_soon(self._serve, req, sem)
-
     def _queue(self, msg: dict) -> None:
-        if self._finished:
+        raise NotImplementedError  # pragma: no cover - each front end carries messages its way
+
+    def close(self, reason: str) -> None:
+        raise NotImplementedError  # pragma: no cover
+
+    async def _queue_wait(self, msg: dict) -> None:
+        """Queue ``msg``, waiting for room (for bulk output such as snapshot chunks)."""
+        self._queue(msg)
+
+    async def _dispatch(self, req: Any, nursery: trio.Nursery, sem: trio.Semaphore) -> None:
+        """Serve one request: a read inline, a write without a task, the
+        rest in a task; at most ``MAX_INFLIGHT`` open at a time."""
+        if self._try_inline(req):
+            if self._inline_streak >= 64:  # let other tasks run now and then
+                self._inline_streak = 0
+                await trio.sleep(0)
+            self._inline_streak += 1
             return
-        try:
-            self.out_send.send_nowait(msg)
-        except trio.WouldBlock:
-            self.close("client too slow: its outbound queue is full (it is not reading responses or events)")
+        await sem.acquire()
+        self._inflight += 1
+        if type(req) is dict and type(req.get("op")) is str and req["op"] in WRITE_OPS:
+            writes = self.service.writes
+            if writes.full:
+                await writes.wait_room()  # push back: stop reading until writes drain
+            self._start_write(req, sem)
+            return
+        nursery.start_soon(self._serve, req, sem)
+
+    def _finish(self) -> None:
+        """The connection is over: callbacks may still arrive (a shared read
+        barrier completing, a watch firing); from now on they only drop
+        their results, and the connection's watches go."""
+        self._finished = True
+        self._nursery = None
+        self.service.connections.discard(self)
+        self.service.watches.remove_watcher(self)
+
 
     def deliver_event(self, wid: int, etype: str, path: str, zxid: int) -> None:
         # No events about a node this connection may not read (acl.py).
@@ -402,7 +341,7 @@ class ClientConnection:
         try:
             rid, _, _ = self._admit(req)
             data = encode(parse_request(req, sid=self.sid, limit=self.limit, auth=self.auth(),
-                                        default_acl=self.service.cfg.default_acl))
+                                        default_acl=self.service.cfg.default_acl, require_seq=self.requires_seq))
         except Exception as e:  # noqa: BLE001 - every failure is the client's answer
             self._end_request(sem)
             self._queue(resp := self._error_response(_request_id(req), req, e))
@@ -525,6 +464,8 @@ class ClientConnection:
         is kept, on the session so it survives reconnects), or ``x509``
         (the verified client certificate).  The password is never logged."""
         scheme, cred = req.get("scheme"), req.get("auth")
+        if type(cred) is bytes:  # ZooKeeper's AuthPacket carries bytes
+            cred = cred.decode("utf-8", "replace")
         if scheme == "digest":
             if type(cred) is not str:
                 raise AuthFailedError("a digest credential is user:password")
@@ -644,7 +585,7 @@ class ClientConnection:
         data = self.service.ns.snapshot(redact_secrets=True)
         rid = req["id"]
         for off in range(0, len(data), SNAPSHOT_CHUNK):
-            await self.out_send.send({"ev": "chunk", "id": rid, "data": data[off:off + SNAPSHOT_CHUNK]})
+            await self._queue_wait({"ev": "chunk", "id": rid, "data": data[off:off + SNAPSHOT_CHUNK]})
         return {"zxid": zxid, "size": len(data), "crc32": zlib.crc32(data)}
 
     async def op_unwatch(self, req: dict) -> dict:
@@ -653,15 +594,116 @@ class ClientConnection:
         return {}
 
 
-HANDLERS: dict[str, Callable[[ClientConnection, dict], Awaitable[dict]] | None] = {
-    op.value: getattr(ClientConnection, f"op_{op.value}", None) for op in Op if op is not Op.CHECK
+class ClientConnection(RequestHandler):
+    """One connection speaking coord's own protocol (length-prefixed CBOR)."""
+
+    def __init__(self, service: CoordService, stream: trio.SocketStream, max_frame: int = DEFAULT_MAX_FRAME):
+        try:
+            addr = stream.socket.getpeername()[:2]
+        except OSError:
+            addr = None
+        super().__init__(service, addr)
+        self.stream = stream
+        self.framed = FramedStream(stream, max_frame)
+        self.out_send, self.out_recv = trio.open_memory_channel(OUT_QUEUE)
+        self._scope = trio.CancelScope()
+
+    # -- plumbing ---------------------------------------------------------
+    async def run(self) -> None:
+        self.service.connections.add(self)
+        try:
+            with self._scope:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    nursery.start_soon(self._writer)
+                    await self._reader(nursery)
+                    if self.close_reason is not None:
+                        await trio.sleep_forever()  # the writer (or the close grace) ends it, after the last bytes
+                    # EOF from the client: finish what is in flight, then stop.
+                    with trio.move_on_after(5):
+                        while self._inflight:
+                            await trio.sleep(0.01)
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._finish()
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(1):
+                    await self.stream.aclose()
+
+    def close(self, reason: str) -> None:
+        """Send a last event saying why, then drop the connection.  What was
+        still queued is discarded (the connection is ending anyway), and a
+        client that reads nothing gets a few seconds before the socket closes."""
+        if self.close_reason is not None or self._finished:
+            return
+        self.close_reason = reason
+        log.info("closing client connection %s (session %#x): %s", self.peer, self.sid, reason)
+        while True:
+            try:
+                self.out_recv.receive_nowait()
+            except trio.WouldBlock:
+                break
+        self.out_send.send_nowait({"ev": "closing", "reason": reason})
+        if self._nursery is not None:
+            self._nursery.start_soon(self._close_after, CLOSE_GRACE)
+
+    async def _close_after(self, seconds: float) -> None:
+        await trio.sleep(seconds)
+        self._scope.cancel()
+
+    async def _writer(self) -> None:
+        recv = self.out_recv
+        while True:
+            batch = [await recv.receive()]
+            while len(batch) < 256:
+                try:
+                    batch.append(recv.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            try:
+                await self.stream.send_all(encode_frames(batch, 1 << 30))
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                self._scope.cancel()
+                return
+            if self.close_reason is not None and any(m.get("ev") == "closing" for m in batch):
+                self._scope.cancel()
+                return
+
+    async def _reader(self, nursery: trio.Nursery) -> None:
+        sem = trio.Semaphore(MAX_INFLIGHT)
+        while self.close_reason is None:
+            try:
+                req = await self.framed.receive()
+            except trio.EndOfChannel:
+                return
+            except FrameError as e:
+                self.close(f"bad frame: {e}")
+                await trio.sleep_forever()  # the writer ends the connection
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                return
+            await self._dispatch(req, nursery, sem)
+
+    def _queue(self, msg: dict) -> None:
+        if self._finished:
+            return
+        try:
+            self.out_send.send_nowait(msg)
+        except trio.WouldBlock:
+            self.close("client too slow: its outbound queue is full (it is not reading responses or events)")
+
+    async def _queue_wait(self, msg: dict) -> None:
+        await self.out_send.send(msg)
+
+
+HANDLERS: dict[str, Callable[[RequestHandler, dict], Awaitable[dict]] | None] = {
+    op.value: getattr(RequestHandler, f"op_{op.value}", None) for op in Op if op is not Op.CHECK
 }  # writes (None here) are served by _start_write
-INLINE_READS: dict[str, Callable[[ClientConnection, dict], dict]] = {
-    Op.GET.value: ClientConnection.read_get,
-    Op.GET_ACL.value: ClientConnection.read_get_acl,
-    Op.EXISTS.value: ClientConnection.read_exists,
-    Op.CHILDREN.value: ClientConnection.read_children,
-    Op.PING.value: ClientConnection.read_ping,  # keepalives: thousands per second with many sessions
+INLINE_READS: dict[str, Callable[[RequestHandler, dict], dict]] = {
+    Op.GET.value: RequestHandler.read_get,
+    Op.GET_ACL.value: RequestHandler.read_get_acl,
+    Op.EXISTS.value: RequestHandler.read_exists,
+    Op.CHILDREN.value: RequestHandler.read_children,
+    Op.PING.value: RequestHandler.read_ping,  # keepalives: thousands per second with many sessions
 }
 
 

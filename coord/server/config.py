@@ -85,6 +85,12 @@ class ServerConfig:
     recover_lost_log: bool = False
     # [auth]: who bypasses ACLs, who may administer, the ACL of nodes created
     # without one (None: open to everybody), and whether status needs admin.
+    # The ZooKeeper client port (None: off), and what it allows.
+    zookeeper_address: Addr | None = None
+    zk_four_letter_words: frozenset = frozenset({"srvr", "ruok", "mntr", "stat", "conf", "cons", "envi",
+                                                 "wchs", "isro"})  # ZooKeeper's 4lw.commands.whitelist
+    zk_max_buffer: int = 1 << 20  # largest ZooKeeper frame (jute.maxbuffer)
+    zk_reconfig_enabled: bool = False  # ZooKeeper's reconfig op (admins only, as membership changes)
     superusers: frozenset = frozenset()  # of (scheme, id)
     admins: frozenset = frozenset()  # of (scheme, id)
     default_acl: Any = None  # coord.namespace.acl.ACL
@@ -126,7 +132,7 @@ def _table(doc: dict, key: str) -> dict:
 
 
 def parse_config(doc: dict, *, base_dir: str = ".") -> ServerConfig:
-    known = {"server", "cluster", "raft", "limits", "auth", "health"}
+    known = {"server", "cluster", "raft", "limits", "auth", "zookeeper", "health"}
     for k in doc:
         if k not in known:
             raise ConfigError(f"{k}: unknown section (expected one of {sorted(known)})")
@@ -198,7 +204,11 @@ def parse_config(doc: dict, *, base_dir: str = ".") -> ServerConfig:
         members = {**members, sid: MemberAddrs(peer, client)} if members[sid].client is None else members
     auth = _table(doc, "auth")
     superusers, admins, default_acl, status_admin = _auth_section(auth)
+    zk_addr = _get(srv, "zookeeper_address", "server.zookeeper_address", str, None)
+    zk_addr = parse_addr(zk_addr, "server.zookeeper_address") if zk_addr is not None else None
+    words, zk_buf, zk_reconfig = _zookeeper_section(_table(doc, "zookeeper"))
     return ServerConfig(
+        zookeeper_address=zk_addr, zk_four_letter_words=words, zk_max_buffer=zk_buf, zk_reconfig_enabled=zk_reconfig,
         superusers=superusers, admins=admins, default_acl=default_acl, status_requires_admin=status_admin,
         server_id=sid, cluster_id=cluster_id, data_dir=data_dir, peer_address=peer,
         client_address=client, members=members, join=join, tick_ms=tick_ms,
@@ -250,3 +260,20 @@ def _auth_section(auth: dict) -> tuple[frozenset, frozenset, Any, bool]:
         default_acl = intern(entries)
     status_admin = _get(auth, "status_requires_admin", "auth.status_requires_admin", bool, False)
     return identities("superusers"), identities("admins"), default_acl, status_admin
+
+
+def _zookeeper_section(zk: dict) -> tuple[frozenset, int, bool]:
+    from coord.zookeeper.fourletter import parse_allow_list
+
+    for k in zk:
+        if k not in ("four_letter_words", "max_buffer", "reconfig_enabled"):
+            raise ConfigError(f"zookeeper.{k}: unknown setting (expected four_letter_words, max_buffer, "
+                              "reconfig_enabled)")
+    words = _get(zk, "four_letter_words", "zookeeper.four_letter_words", str, None)
+    allowed = parse_allow_list(words if words is not None else
+                               "srvr, ruok, mntr, stat, conf, cons, envi, wchs, isro")
+    max_buffer = _get(zk, "max_buffer", "zookeeper.max_buffer", int, 1 << 20, minimum=4096)
+    if max_buffer > 64 << 20:
+        raise ConfigError("zookeeper.max_buffer: at most 64 MiB")
+    reconfig = _get(zk, "reconfig_enabled", "zookeeper.reconfig_enabled", bool, False)
+    return allowed, max_buffer, reconfig

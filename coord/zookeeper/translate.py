@@ -39,7 +39,6 @@ from typing import Any, Callable, Mapping
 
 from coord.zookeeper.codes import CONFIG_NODE, AddWatchMode, Code, CreateMode, OpCode, Perms, WatcherType
 from coord.zookeeper.mapping import (
-    OPEN_ACL,
     connect_response,
     error_code,
     error_reply,
@@ -52,6 +51,7 @@ from coord.zookeeper.mapping import (
 from coord.zookeeper.membership import ReconfigRefused, parse_reconfig, render_config
 from coord.zookeeper.records import (
     ACL,
+    Id,
     AddWatchRequest,
     AuthPacket,
     CheckVersionRequest,
@@ -94,17 +94,30 @@ __all__ = ["Context", "Kind", "OPS", "Options", "Plan", "Reply", "WatchClass", "
 # -- helpers ----------------------------------------------------------------------------
 
 
-def _acl_ok(acl: tuple[ACL, ...] | None) -> Reply | None:
-    """None if the ACL is one coord can honour today, else the refusal.
+_ACL_SCHEMES = frozenset({"world", "digest", "ip", "x509", "auth"})
 
-    Until coord's ACL model lands every node is open to everyone, which is
-    exactly ZooKeeper's OPEN_ACL_UNSAFE; any other ACL would be a promise we
-    could not keep, so it is refused rather than ignored."""
+
+def _acl_wire(acl: tuple[ACL, ...] | None) -> list | Reply:
+    """ZooKeeper ACL records as coord's ``[[perms, scheme, id], ...]``; the
+    server checks them fully (coord/namespace/acl.py).  Schemes coord has no
+    provider for (sasl, super, ...) are refused as ZooKeeper refuses an
+    unknown scheme: InvalidACL."""
     if not acl:
         return error(Code.INVALID_ACL, "an ACL must not be empty")
-    if all(a.id == OPEN_ACL[0].id and a.perms & Perms.ALL == Perms.ALL for a in acl):
-        return None
-    return error(Code.UNIMPLEMENTED, "ACLs other than world:anyone are not supported yet")
+    out = []
+    for a in acl:
+        ident = a.id
+        scheme = ident.scheme if ident is not None else None
+        if scheme not in _ACL_SCHEMES:
+            return error(Code.INVALID_ACL, f"unsupported ACL scheme {scheme!r}"[:200])
+        out.append([int(a.perms) & int(Perms.ALL), scheme, ident.id or ""])
+    return out
+
+
+def _acl_records(wire: Any) -> tuple[ACL, ...]:
+    if not isinstance(wire, list):
+        raise ValueError("malformed ACL from coord")
+    return tuple(ACL(int(p), Id(str(sc), str(i))) for p, sc, i in wire)
 
 
 def _version_ok(version: int) -> Reply | None:
@@ -123,15 +136,15 @@ def _create_fields(op: int, rec: CreateRequest | CreateTTLRequest) -> dict | Rep
     if op == OpCode.CREATE_TTL or mode.ttl:
         # As ZooKeeper without zookeeper.extendedTypesEnabled.
         return error(Code.UNIMPLEMENTED, "TTL nodes are not supported")
-    refused = _acl_ok(rec.acl)
-    if refused is not None:
-        return refused
+    acl = _acl_wire(rec.acl)
+    if isinstance(acl, Reply):
+        return acl
     if in_subtree(rec.path):
         return error(Code.NO_AUTH, "the /zookeeper subtree is read-only")
     # Containers (op createContainer or flag 4) are created as persistent
     # nodes: same behaviour except that coord does not reap empty ones yet.
     return {"op": "create", "path": rec.path, "data": rec.data or b"", "eph": mode.ephemeral,
-            "sq": mode.sequential, "parents": False}
+            "sq": mode.sequential, "parents": False, "acl": acl}
 
 
 def _delete_fields(rec: DeleteRequest) -> dict | Reply:
@@ -242,7 +255,7 @@ def _plan_read(op: int, rec: Any, ctx: Context) -> Plan | Reply:
         # right after (same connection, reads in order, no write between).
         return Plan((_read("children", path, watch, stats=False), _read("exists", path)))
     if op == OpCode.GET_ACL:
-        return Plan((_read("exists", path),))
+        return Plan(({"op": "get_acl", "path": path, "lin": False},))
     return error(Code.UNIMPLEMENTED, f"op {op}")
 
 
@@ -265,9 +278,7 @@ def _finish_read(op: int, rec: Any, calls: tuple, resps: tuple, ctx: Context) ->
                                           root_plus(stat(r.get("stat")), path, ctx)),
                      add_watches=_adds(WatchKey(WatchClass.DATA, path), r))
     if op == OpCode.GET_ACL:
-        if r.get("stat") is None:
-            return error(Code.NO_NODE, path)
-        return Reply(body=GetACLResponse(OPEN_ACL, root_plus(stat(r["stat"]), path, ctx)))
+        return Reply(body=GetACLResponse(_acl_records(r.get("acl")), root_plus(stat(r.get("stat")), path, ctx)))
     kids = r.get("children")
     kids = tuple(k for k in kids if isinstance(k, str)) if isinstance(kids, list) else ()
     if path == "/" and ctx.options.zookeeper_subtree and "zookeeper" not in kids:
@@ -402,19 +413,16 @@ def _plan_set_acl(op: int, rec: SetACLRequest, ctx: Context) -> Plan | Reply:
         return path
     if in_subtree(path):
         return error(Code.NO_AUTH, "the /zookeeper subtree is read-only")
-    return _acl_ok(rec.acl) or Plan((_read("exists", path),))
+    acl = _acl_wire(rec.acl)
+    if isinstance(acl, Reply):
+        return acl
+    return _version_ok(rec.version) or Plan(({"op": "set_acl", "path": path, "acl": acl, "version": rec.version},))
 
 
 def _finish_set_acl(op: int, rec: SetACLRequest, calls: tuple, resps: tuple, ctx: Context) -> Reply:
-    # Setting the open ACL on an open node changes nothing, as in
-    # ZooKeeper only the ACL version would move; coord keeps none yet.
     r = result_of(resps[0])
     if r is None:
         return error_reply(resps[0])
-    if r.get("stat") is None:
-        return error(Code.NO_NODE, rec.path)
-    if rec.version not in (-1, 0):
-        return error(Code.BAD_VERSION, rec.path)
     return Reply(body=SetACLResponse(stat(r["stat"])))
 
 
@@ -606,10 +614,10 @@ OPS: Mapping[int, tuple[Planner, Finisher | None]] = MappingProxyType({
 
 
 _READS = frozenset({OpCode.EXISTS, OpCode.GET_DATA, OpCode.GET_CHILDREN, OpCode.GET_CHILDREN2, OpCode.GET_ACL,
-                    OpCode.SET_ACL, OpCode.CHECK, OpCode.MULTI_READ, OpCode.PING, OpCode.ADD_WATCH,
+                    OpCode.CHECK, OpCode.MULTI_READ, OpCode.PING, OpCode.ADD_WATCH,
                     OpCode.SET_WATCHES, OpCode.SET_WATCHES2})
 _WRITES = frozenset({OpCode.CREATE, OpCode.CREATE2, OpCode.CREATE_CONTAINER, OpCode.CREATE_TTL, OpCode.DELETE,
-                     OpCode.SET_DATA, OpCode.MULTI, OpCode.SYNC})
+                     OpCode.SET_DATA, OpCode.SET_ACL, OpCode.MULTI, OpCode.SYNC})
 
 
 def kind_of(op: int) -> Kind:
