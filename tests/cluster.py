@@ -39,7 +39,8 @@ class Cluster:
     def __init__(self, n: int, base_dir: str | os.PathLike, *, tick_ms: int = 50, election_ticks: int = 10,
                  heartbeat_ticks: int = 2, min_session_timeout_ms: int = 500, snapshot_entries: int = 10_000,
                  cluster_id: str = "test", log_level: str = "info", spare: int = 0, http: bool = False,
-                 wal_segment_bytes: int = 1 << 20, extra_config: str = "", zookeeper: bool = False):
+                 wal_segment_bytes: int = 1 << 20, extra_config: str = "", zookeeper: bool = False,
+                 limits: dict | None = None):
         """``n`` initial members (ids 1..n); ``spare`` more ids get ports and
         can be started later with a joining configuration; ``http`` gives
         every server an HTTP port (``http_ports``)."""
@@ -52,6 +53,7 @@ class Cluster:
         self.log_level = log_level
         self.wal_segment_bytes = wal_segment_bytes  # small: segments are preallocated
         self.extra_config = extra_config  # more TOML sections, appended to every server's file
+        self.limits = {"max_connections_per_ip": 0, **(limits or {})}  # every test client comes from 127.0.0.1
         zk_ports = free_ports(n + spare) if zookeeper else []
         self.zk_ports = {i: zk_ports[i - 1] for i in range(1, n + spare + 1)} if zookeeper else {}
         total = n + spare
@@ -141,6 +143,7 @@ class Cluster:
             "",
             "[limits]",
             f"min_session_timeout_ms = {self.min_session_timeout_ms}",
+            *(f"{k} = {v}" for k, v in self.limits.items()),
             "",
             self.extra_config,
         ]

@@ -397,3 +397,23 @@ def test_codec_mutated_field_raises_only_value_error(pos, value):
     except ValueError:
         return
     assert isinstance(m, Message)
+
+
+def test_item_budget_stops_hostile_frames_before_decoding():
+    from coordclient.wire import FrameDecoder, TooManyItems, check_item_budget
+
+    ok = cbor2.dumps({"op": "multi", "ops": [{"op": "create", "path": f"/n{i}", "data": b"x" * 50} for i in range(100)]})
+    check_item_budget(ok, 1000)  # ~700 items
+    with pytest.raises(TooManyItems):
+        check_item_budget(ok, 100)
+    hostile = bytes([0x9a]) + (10**6).to_bytes(4, "big") + b"\x80" * 10**6
+    with pytest.raises(TooManyItems):
+        check_item_budget(hostile, 5000)
+    indefinite = b"\x9f" + b"\x80" * 200 + b"\xff"
+    with pytest.raises(TooManyItems):
+        check_item_budget(indefinite, 100)
+    big_string = cbor2.dumps([b"y" * (1 << 20)])
+    check_item_budget(big_string, 3)  # strings are skipped, not counted per byte
+    dec = FrameDecoder(max_items=100)
+    with pytest.raises(TooManyItems):
+        dec.feed(struct.pack(">I", len(hostile)) + hostile)

@@ -104,6 +104,13 @@ class InvalidACLError(CoordError):
     code = Err.INVALID_ACL
 
 
+class LimitExceededError(CoordError):
+    """A server limit was reached (sessions, watches per connection, ...);
+    nothing was changed.  The message names the limit."""
+
+    code = Err.LIMIT_EXCEEDED
+
+
 class ConfChangeError(CoordError):
     code = Err.CONF_CHANGE
 

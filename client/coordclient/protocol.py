@@ -94,6 +94,7 @@ class Err(str, enum.Enum):
     AUTH_FAILED = "AuthFailed"
     NO_AUTH = "NoAuth"  # the ACL (or the admin rule) does not allow it
     INVALID_ACL = "InvalidACL"
+    LIMIT_EXCEEDED = "LimitExceeded"  # a server limit ([limits]): too many sessions, watches, ...
     SYSTEM_ERROR = "SystemError"
     CONF_CHANGE = "ConfChange"  # membership change refused
 

@@ -4,6 +4,7 @@ stops cleanly on SIGTERM/SIGINT."""
 from __future__ import annotations
 
 import logging
+import resource
 import signal
 import sys
 
@@ -38,7 +39,19 @@ async def serve_until_signal(cfg: ServerConfig) -> None:
                 break
 
 
+def _raise_fd_limit() -> None:
+    """Use every file descriptor the hard limit allows: client connections
+    are counted against it (with a reserve), so more means more clients."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 1 << 20), hard))
+        except (ValueError, OSError):
+            pass
+
+
 def run_app(cfg: ServerConfig) -> None:
+    _raise_fd_limit()
     # The disk thread needs the GIL for a moment after every fsync to report
     # it; with the default 5 ms switch interval a busy event loop made it
     # wait that long, which is write latency.  0.5 ms keeps the handoff short.

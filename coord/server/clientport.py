@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import itertools
 import logging
+from contextlib import asynccontextmanager
 import time
 import zlib
-from typing import Any, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import trio
 
@@ -40,6 +41,7 @@ from coordclient.errors import (
     ConnectionLossError,
     CoordError,
     InvalidPathError,
+    LimitExceededError,
     NoAuthError,
     SessionExpiredError,
     UnimplementedError,
@@ -48,6 +50,22 @@ from coordclient.protocol import SESSIONLESS_OPS, SNAPSHOT_CHUNK, Err, Op, valid
 from coordclient.wire import DEFAULT_MAX_FRAME, FrameError, FramedStream, encode_frames
 
 log = logging.getLogger("coord.clientport")
+
+_DRAINED = 4 << 20  # bytes queued below which bulk output may add more
+
+
+def _size(msg: dict) -> int:
+    """A cheap estimate of a message's encoded size (for the per-connection bound)."""
+    r = msg.get("r") if "r" in msg else msg
+    if type(r) is dict:
+        data = r.get("data")
+        if type(data) is bytes:
+            return 64 + len(data)
+        kids = r.get("children")
+        if type(kids) is list:
+            return 64 + 24 * len(kids)
+    return 64
+
 
 class _RateLimit:
     """At most ``n`` per ``period`` seconds (for log lines a client can trigger)."""
@@ -64,6 +82,7 @@ class _RateLimit:
 
 
 _DENIED_LOG = _RateLimit(20, 10.0)
+_REFUSED_LOG = _RateLimit(10, 10.0)
 
 MAX_INFLIGHT = 512  # requests being served per connection
 OUT_QUEUE = 8192  # responses + events queued per connection before it counts as too slow
@@ -145,6 +164,7 @@ class RequestHandler:
 
     _inflight = 0
     _inline_streak = 0
+    session_timeout_ms = 0
     _finished = False  # the connection has ended: late callbacks drop their results
     _nursery: trio.Nursery | None = None
 
@@ -162,10 +182,13 @@ class RequestHandler:
         """Serve one request: a read inline, a write without a task, the
         rest in a task; at most ``MAX_INFLIGHT`` open at a time."""
         if self._try_inline(req):
-            if self._inline_streak >= 64:  # let other tasks run now and then
+            # Let other tasks (heartbeats, other clients) run now and then;
+            # a big answer counts for more (_finish_read), so a client asking
+            # for a 100k-child listing again and again stalls nobody.
+            self._inline_streak += 1
+            if self._inline_streak >= 64:
                 self._inline_streak = 0
                 await trio.sleep(0)
-            self._inline_streak += 1
             return
         await sem.acquire()
         self._inflight += 1
@@ -313,6 +336,7 @@ class RequestHandler:
             if barrier_error is not None:
                 raise barrier_error
             resp = {"id": rid, "ok": True, "zxid": self.service.applied, "r": reader(self, req)}
+            self._inline_streak += _size(resp) >> 12  # ~1 per 4 KB of answer
         except Exception as e:  # noqa: BLE001 - every failure is the client's answer
             resp = self._error_response(rid, req, e)
         self._queue(resp)
@@ -376,6 +400,9 @@ class RequestHandler:
         sid = arg_int(req, "sid", 0, lo=0)
         last = arg_int(req, "last_zxid", 0, lo=0)
         if sid == 0:
+            limit = self.service.cfg.max_sessions
+            if self.ns.session_count >= limit:
+                raise LimitExceededError(f"this ensemble holds its limit of {limit} sessions")
             sid, secret, timeout_ms = await self.service.open_session(timeout_ms)
         else:
             secret = req.get("secret")
@@ -390,6 +417,7 @@ class RequestHandler:
                 raise AuthFailedError(f"wrong secret for session {sid:#x}")
             timeout_ms = known[0]
         self.sid = sid
+        self.session_timeout_ms = timeout_ms
         self.service.touch(sid)
         return {"sid": sid, "secret": secret, "timeout_ms": timeout_ms,
                 "server_id": self.service.server_id, "zxid": self.service.applied}
@@ -413,7 +441,13 @@ class RequestHandler:
         if arg_bool(req, "lin"):
             await self.service.read_barrier()
 
+    def _check_watch_room(self) -> None:
+        limit = self.service.cfg.max_watches_per_connection
+        if self.service.watches.count_of(self) >= limit:
+            raise LimitExceededError(f"this connection holds its limit of {limit} watches")
+
     def _watch_now(self, path: str, kind: str) -> int:
+        self._check_watch_room()
         wid = next(self._wids)
         self.service.watches.add(self, wid, path, kind)
         return wid
@@ -514,6 +548,7 @@ class RequestHandler:
         recursive = arg_bool(req, "recursive")
         if recursive and kind != "persistent":
             raise _bad("only persistent watches can be recursive")
+        self._check_watch_room()
         frm = req.get("from")
         if frm is None:  # "from now": nothing to replay
             wid = next(self._wids)
@@ -581,6 +616,12 @@ class RequestHandler:
         Admin only; session secrets are left out (they never leave the server
         except to their own session)."""
         self._require_admin("a snapshot")
+        if self.service.snapshot_streams.locked():
+            raise LimitExceededError("another snapshot is being streamed from this server; retry later")
+        async with self.service.snapshot_streams:
+            return await self._stream_snapshot(req)
+
+    async def _stream_snapshot(self, req: dict) -> dict:
         zxid = self.service.applied
         data = self.service.ns.snapshot(redact_secrets=True)
         rid = req["id"]
@@ -604,9 +645,11 @@ class ClientConnection(RequestHandler):
             addr = None
         super().__init__(service, addr)
         self.stream = stream
-        self.framed = FramedStream(stream, max_frame)
+        self.framed = FramedStream(stream, max_frame, max_items=service.cfg.max_items_per_request)
         self.out_send, self.out_recv = trio.open_memory_channel(OUT_QUEUE)
         self._scope = trio.CancelScope()
+        self._queued_bytes = 0  # estimated size of what waits for the writer
+        self._drained = trio.Event()
 
     # -- plumbing ---------------------------------------------------------
     async def run(self) -> None:
@@ -665,6 +708,9 @@ class ClientConnection(RequestHandler):
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 self._scope.cancel()
                 return
+            self._queued_bytes -= sum(map(_size, batch))
+            if self._queued_bytes < _DRAINED:
+                self._drained.set()
             if self.close_reason is not None and any(m.get("ev") == "closing" for m in batch):
                 self._scope.cancel()
                 return
@@ -672,8 +718,16 @@ class ClientConnection(RequestHandler):
     async def _reader(self, nursery: trio.Nursery) -> None:
         sem = trio.Semaphore(MAX_INFLIGHT)
         while self.close_reason is None:
+            # A connection must say hello in time, and a session's client
+            # speaks at least every session timeout (pings): a request that
+            # takes longer to arrive (a byte a second) is not a client's.
+            timeout = (self.session_timeout_ms if self.sid else self.service.cfg.handshake_timeout_ms) / 1000
             try:
-                req = await self.framed.receive()
+                with trio.fail_after(timeout):
+                    req = await self.framed.receive()
+            except trio.TooSlowError:
+                self.close(f"no complete request within {timeout:g} s")
+                await trio.sleep_forever()  # the writer ends the connection
             except trio.EndOfChannel:
                 return
             except FrameError as e:
@@ -686,13 +740,23 @@ class ClientConnection(RequestHandler):
     def _queue(self, msg: dict) -> None:
         if self._finished:
             return
+        size = _size(msg)
+        if self._queued_bytes + size > self.service.cfg.max_queued_bytes_per_connection:
+            self.close(f"client too slow: {self._queued_bytes} bytes of answers wait for it to read them")
+            return
         try:
             self.out_send.send_nowait(msg)
         except trio.WouldBlock:
             self.close("client too slow: its outbound queue is full (it is not reading responses or events)")
+            return
+        self._queued_bytes += size
 
     async def _queue_wait(self, msg: dict) -> None:
-        await self.out_send.send(msg)
+        """Bulk output: queued only once what is queued has mostly gone out."""
+        while self._queued_bytes >= _DRAINED and not self._finished:
+            self._drained = trio.Event()
+            await self._drained.wait()
+        self._queue(msg)
 
 
 HANDLERS: dict[str, Callable[[RequestHandler, dict], Awaitable[dict]] | None] = {
@@ -707,12 +771,35 @@ INLINE_READS: dict[str, Callable[[RequestHandler, dict], dict]] = {
 }
 
 
+@asynccontextmanager
+async def admitted(service: CoordService, stream: trio.SocketStream) -> AsyncIterator[bool]:
+    """Count a connection against [limits] max_connections(_per_ip); a
+    refused one is closed at once with the reason logged (rate-limited)."""
+    try:
+        ip = str(stream.socket.getpeername()[0])
+    except OSError:
+        ip = "?"
+    refusal = service.admit_connection(ip)
+    if refusal is not None:
+        if _REFUSED_LOG.allow():
+            log.warning("refused a client connection from %s: %s", ip, refusal)
+        with trio.move_on_after(1):
+            await stream.aclose()
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        service.release_connection(ip)
+
+
 async def serve_clients(service: CoordService, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
     host, port = service.cfg.client_address
 
     async def handler(stream: trio.SocketStream) -> None:
-        conn = ClientConnection(service, stream)
-        await conn.run()
+        async with admitted(service, stream) as ok:
+            if ok:
+                await ClientConnection(service, stream).run()
 
     listeners = await trio.open_tcp_listeners(port, host=host or None)
     log.info("server %d: serving clients on %s", service.server_id,

@@ -78,6 +78,15 @@ class ServerConfig:
     max_data_bytes: int = 1 << 20
     min_session_timeout_ms: int = 1000
     max_session_timeout_ms: int = 60_000
+    # What one client may cost the server ([limits]; every one refuses with a
+    # clear error or a closed connection, never by growing).
+    max_connections: int = 0  # client connections in all (0: what the fd limit allows, see clientport)
+    max_connections_per_ip: int = 100  # ZooKeeper's maxClientCnxns (0: no limit)
+    max_sessions: int = 100_000
+    max_watches_per_connection: int = 100_000
+    max_queued_bytes_per_connection: int = 64 << 20  # answers a client has not read yet
+    max_items_per_request: int = 50_000  # CBOR items: the decoding cost of one frame
+    handshake_timeout_ms: int = 10_000  # a connection without a session must say hello (and TLS) by then
     fsync: bool = True
     wal_segment_bytes: int = 64 << 20
     # Set by ``coord serve --recover-lost-log``, never by the file: the
@@ -199,6 +208,24 @@ def parse_config(doc: dict, *, base_dir: str = ".") -> ServerConfig:
         raise ConfigError("limits.max_data_bytes: at most 3 MiB (a client frame is 4 MiB)")
     min_st = _get(lim, "min_session_timeout_ms", "limits.min_session_timeout_ms", int, 1000, minimum=100)
     max_st = _get(lim, "max_session_timeout_ms", "limits.max_session_timeout_ms", int, 60_000, minimum=min_st)
+    limits = {
+        "max_connections": _get(lim, "max_connections", "limits.max_connections", int, 0, minimum=0),
+        "max_connections_per_ip": _get(lim, "max_connections_per_ip", "limits.max_connections_per_ip", int, 100,
+                                       minimum=0),
+        "max_sessions": _get(lim, "max_sessions", "limits.max_sessions", int, 100_000, minimum=1),
+        "max_watches_per_connection": _get(lim, "max_watches_per_connection", "limits.max_watches_per_connection",
+                                           int, 100_000, minimum=1),
+        "max_queued_bytes_per_connection": _get(lim, "max_queued_bytes_per_connection",
+                                                "limits.max_queued_bytes_per_connection", int, 64 << 20,
+                                                minimum=1 << 20),
+        "max_items_per_request": _get(lim, "max_items_per_request", "limits.max_items_per_request", int, 50_000,
+                                      minimum=1000),
+        "handshake_timeout_ms": _get(lim, "handshake_timeout_ms", "limits.handshake_timeout_ms", int, 10_000,
+                                     minimum=100),
+    }
+    for k in lim:
+        if k not in limits and k not in ("max_data_bytes", "min_session_timeout_ms", "max_session_timeout_ms"):
+            raise ConfigError(f"limits.{k}: unknown setting")
 
     if not join:
         members = {**members, sid: MemberAddrs(peer, client)} if members[sid].client is None else members
@@ -214,7 +241,7 @@ def parse_config(doc: dict, *, base_dir: str = ".") -> ServerConfig:
         client_address=client, members=members, join=join, tick_ms=tick_ms,
         election_ticks=election_ticks, heartbeat_ticks=heartbeat_ticks,
         snapshot_entries=snapshot_entries, max_data_bytes=max_data, fsync=fsync,
-        min_session_timeout_ms=min_st, max_session_timeout_ms=max_st, wal_segment_bytes=wal_segment_bytes,
+        min_session_timeout_ms=min_st, max_session_timeout_ms=max_st, wal_segment_bytes=wal_segment_bytes, **limits,
         http_address=http, ready_max_lag=ready_lag, ready_read_timeout_ms=ready_timeout,
     )
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 from typing import Any, Callable
 
 import trio
@@ -39,6 +40,8 @@ from coordclient.errors import CoordError, OperationTimeoutError
 log = logging.getLogger("coord.service")
 
 __all__ = ["CoordService", "ServiceStateMachine"]
+
+FD_RESERVE = 256  # descriptors kept free of client connections
 
 
 class ServiceStateMachine:
@@ -85,6 +88,8 @@ class CoordService:
             drop_session_clients=self._drop_session_clients)
         self.admin = AdminService(self.node, timeout=self.write_timeout, leader_client_addr=self._client_addr_of)
         self.connections: set = set()  # client connections (ClientConnection), for dropping them
+        self.connections_by_ip: dict[str, int] = {}  # for [limits] max_connections_per_ip
+        self.snapshot_streams = trio.Lock()  # one snapshot streamed at a time: each holds a copy of the tree
         self._leader = 0
         self._lin_batch: list[Callable[[Exception | None], None]] = []  # waiting for the next read barrier
         self._parked_reads: list[tuple[list, float]] = []  # barriers waiting for a leader, with deadlines
@@ -93,6 +98,35 @@ class CoordService:
 
     def _send(self, msg: Any) -> None:
         self.server.transport.send(msg)
+
+    # ------------------------------------------------------------------
+    # client connections: how many, from where ([limits])
+    # ------------------------------------------------------------------
+    def max_connections(self) -> int:
+        """The configured limit, or what the file-descriptor limit allows
+        while keeping a reserve for the log, snapshots, peers and the HTTP
+        port (running out of descriptors must never stop the server)."""
+        if self.cfg.max_connections:
+            return self.cfg.max_connections
+        return max(16, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - FD_RESERVE)
+
+    def admit_connection(self, ip: str) -> str | None:
+        """Count a new client connection from ``ip``; the reason to refuse it, if any."""
+        total = sum(self.connections_by_ip.values())
+        if total >= self.max_connections():
+            return f"this server holds its limit of {self.max_connections()} client connections"
+        per_ip = self.cfg.max_connections_per_ip
+        if per_ip and self.connections_by_ip.get(ip, 0) >= per_ip:
+            return f"too many connections from {ip} (limit {per_ip})"
+        self.connections_by_ip[ip] = self.connections_by_ip.get(ip, 0) + 1
+        return None
+
+    def release_connection(self, ip: str) -> None:
+        n = self.connections_by_ip.get(ip, 0) - 1
+        if n > 0:
+            self.connections_by_ip[ip] = n
+        else:
+            self.connections_by_ip.pop(ip, None)
 
     # ------------------------------------------------------------------
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:

@@ -28,7 +28,7 @@ import math
 import time
 import trio
 
-from coord.server.clientport import CLOSE_GRACE, MAX_INFLIGHT, OUT_QUEUE, RequestHandler
+from coord.server.clientport import CLOSE_GRACE, MAX_INFLIGHT, OUT_QUEUE, RequestHandler, admitted
 from coord.server.service import CoordService
 from coord.zookeeper.fourletter import render
 from coord.zookeeper.session import CloseConnection, CoordCall, FourLetterWord, Limits, SendBytes, ZkSession
@@ -204,7 +204,9 @@ async def serve_zookeeper(service: CoordService, *, task_status=trio.TASK_STATUS
     host, port = service.cfg.zookeeper_address
 
     async def handler(stream: trio.SocketStream) -> None:
-        await ZkConnection(service, stream).run()
+        async with admitted(service, stream) as ok:
+            if ok:
+                await ZkConnection(service, stream).run()
 
     listeners = await trio.open_tcp_listeners(port, host=host or None)
     log.info("server %d: serving ZooKeeper clients on %s", service.server_id,

@@ -37,6 +37,7 @@ ERROR_CODES: Mapping[str, int] = MappingProxyType({
     "ConfChange": Code.RECONFIG_IN_PROGRESS,
     "NoAuth": Code.NO_AUTH,
     "InvalidACL": Code.INVALID_ACL,
+    "LimitExceeded": Code.BAD_ARGUMENTS,
 })
 
 
