@@ -16,6 +16,15 @@ the server buffer without bound.
 
 Bad input never changes state: malformed frames close only that connection;
 a malformed request gets an error response naming the problem.
+
+With ``[tls]`` the port speaks only TLS (1.2+).  Each connection's TLS
+handshake runs in that connection's own task, bounded by
+``tls.handshake_timeout_ms``, so a plain-TCP client, one that stalls in the
+handshake or one with a bad certificate is dropped in that time and holds
+up nobody else; at most ``MAX_HANDSHAKES`` handshakes run at once.  What
+the transport proved about the client (its address, its verified
+certificate's subject) is ``ClientConnection.transport_info``, a
+``coord.security.tls.TransportInfo``, for authentication to use.
 """
 
 from __future__ import annotations
@@ -29,6 +38,8 @@ from typing import Any, Awaitable, Callable
 import trio
 
 from coord.namespace.commands import encode, parse_request
+from coord.security.ratelog import RateLimitedLog
+from coord.security.tls import TransportInfo, connection_info
 from coord.server.config import ConfigError, MemberAddrs, parse_addr
 from coord.server.future import Future
 from coord.server.service import CoordService
@@ -50,6 +61,7 @@ log = logging.getLogger("coord.clientport")
 MAX_INFLIGHT = 512  # requests being served per connection
 OUT_QUEUE = 8192  # responses + events queued per connection before it counts as too slow
 CLOSE_GRACE = 5.0  # seconds a closing connection gets to take its last frames
+MAX_HANDSHAKES = 256  # TLS handshakes in progress on the port; more connections are closed at once
 WRITE_OPS = frozenset({Op.CREATE.value, Op.SET.value, Op.DELETE.value, Op.MULTI.value})
 
 _INT_MAX = (1 << 63) - 1
@@ -99,9 +111,17 @@ def _write_error(res: dict) -> CoordError:
 
 
 class ClientConnection:
-    """One client connection; also the ``Watcher`` its watches deliver to."""
+    """One client connection; also the ``Watcher`` its watches deliver to.
 
-    def __init__(self, service: CoordService, stream: trio.SocketStream, max_frame: int = DEFAULT_MAX_FRAME):
+    ``transport_info`` (``TransportInfo``, immutable) is what the transport
+    proved about the client: its IP address and port, whether the
+    connection is TLS, and the RFC 4514 subject of its verified client
+    certificate (or None).  ``stream`` is a socket stream or, with TLS, an
+    ``SSLStream`` whose handshake is done.
+    """
+
+    def __init__(self, service: CoordService, stream: trio.abc.Stream, max_frame: int = DEFAULT_MAX_FRAME,
+                 *, transport_info: TransportInfo | None = None):
         self.service = service
         self.ns = service.ns
         self.stream = stream
@@ -112,10 +132,8 @@ class ClientConnection:
         self._scope = trio.CancelScope()
         self.close_reason: str | None = None
         self.limit = service.cfg.max_data_bytes
-        try:
-            self.peer = "%s:%s" % stream.socket.getpeername()[:2]
-        except OSError:
-            self.peer = "?"
+        self.transport_info = transport_info if transport_info is not None else connection_info(stream)
+        self.peer = self.transport_info.peer
 
     # -- plumbing ---------------------------------------------------------
     async def run(self) -> None:
@@ -557,15 +575,68 @@ INLINE_READS: dict[str, Callable[[ClientConnection, dict], dict]] = {
 }
 
 
+_handshake_log = RateLimitedLog(log)
+
+
+class _Handshakes:
+    """TLS handshakes in progress on one client port (bounded)."""
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.failed = 0  # connections dropped before their handshake was done
+
+
+async def _tls_accept(service: CoordService, stream: trio.SocketStream, ctx, hs: _Handshakes) -> trio.SSLStream | None:
+    """Run a client's TLS handshake within the timeout; None (and the
+    socket closed) if it does not finish, fails, or too many are running."""
+    raw = connection_info(stream)
+    if hs.active >= MAX_HANDSHAKES:
+        hs.failed += 1
+        _handshake_log.warning("busy", "client %s dropped: %d TLS handshakes already in progress",
+                               raw.peer, hs.active)
+        await trio.aclose_forcefully(stream)
+        return None
+    timeout = service.server.credentials.handshake_timeout
+    tls = trio.SSLStream(stream, ctx, server_side=True)
+    hs.active += 1
+    why = None
+    try:
+        with trio.move_on_after(timeout) as scope:
+            try:
+                await tls.do_handshake()
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+                cause = e.__cause__
+                why = getattr(cause, "reason", None) or getattr(cause, "strerror", None) or type(cause).__name__
+        if scope.cancelled_caught:
+            why = f"no TLS handshake within {timeout:g}s"
+    finally:
+        hs.active -= 1
+    if why is None:
+        return tls
+    hs.failed += 1
+    _handshake_log.info("handshake", "client %s dropped: %s", raw.peer, why)
+    await trio.aclose_forcefully(stream)
+    return None
+
+
 async def serve_clients(service: CoordService, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
     host, port = service.cfg.client_address
+    handshakes = _Handshakes()
 
     async def handler(stream: trio.SocketStream) -> None:
-        conn = ClientConnection(service, stream)
+        ctx = service.server.credentials.client_ssl  # read per connection: SIGHUP swaps it
+        conn_stream: trio.abc.Stream = stream
+        if ctx is not None:
+            tls = await _tls_accept(service, stream, ctx, handshakes)
+            if tls is None:
+                return
+            conn_stream = tls
+        conn = ClientConnection(service, conn_stream)
         await conn.run()
 
     listeners = await trio.open_tcp_listeners(port, host=host or None)
-    log.info("server %d: serving clients on %s", service.server_id,
-             [lst.socket.getsockname()[:2] for lst in listeners])
+    log.info("server %d: serving clients on %s%s", service.server_id,
+             [lst.socket.getsockname()[:2] for lst in listeners],
+             " (TLS)" if service.server.credentials.client_ssl is not None else "")
     task_status.started(listeners[0].socket.getsockname()[1])
     await trio.serve_listeners(handler, listeners)
