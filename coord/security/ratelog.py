@@ -44,7 +44,7 @@ class RateLimitedLog:
             self.suppressed_total += 1
             return False
         w[1] += 1
-        self.logger.log(level, msg, *args)
+        self.logger.log(level, msg, *args, stacklevel=3)
         return True
 
     def warning(self, key: str, msg: str, *args: Any) -> bool:
