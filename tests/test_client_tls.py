@@ -190,16 +190,23 @@ async def test_reload_serves_new_certificate_to_new_connections(served):
         await c.aclose()
 
 
-async def test_https_port_uses_the_same_certificate(served):
-    ctx = served.material.client_context()
+async def https_get(port: int, path: str, ctx: ssl.SSLContext) -> bytes:
     with trio.fail_after(10):
-        raw = await trio.open_tcp_stream("127.0.0.1", served.http_port)
+        raw = await trio.open_tcp_stream("127.0.0.1", port)
         stream = trio.SSLStream(raw, ctx, server_hostname="127.0.0.1", https_compatible=True)
-        await stream.send_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        await stream.send_all(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode())
         buf = b""
         while chunk := await stream.receive_some(65536):
             buf += chunk
+    return buf
+
+
+async def test_https_port_uses_the_same_certificate(served):
+    ctx = served.material.client_context()
+    buf = await https_get(served.http_port, "/health", ctx)
     assert buf.startswith(b"HTTP/1.0 200") or buf.startswith(b"HTTP/1.1 200"), buf[:200]
+    metrics = await https_get(served.http_port, "/metrics", ctx)
+    assert b"\ncoord_peer_handshakes_refused_total 0.0\n" in metrics
     plain = await trio.open_tcp_stream("127.0.0.1", served.http_port)
     await plain.send_all(b"GET /health HTTP/1.0\r\n\r\n")
     with trio.fail_after(10):  # no plain HTTP on a TLS port

@@ -329,3 +329,18 @@ def test_proofs_bind_every_field():
     assert "secret" not in repr(PeerSecurity(secret=SECRET)).replace("trusted_network", "")
     with pytest.raises(ValueError):
         PeerSecurity()  # no credential and no explicit trust: refused
+
+
+def test_refusal_logging_is_rate_limited(caplog):
+    from coord.security.ratelog import RateLimitedLog
+
+    now = [0.0]
+    rl = RateLimitedLog(logging.getLogger("coord.test.ratelog"), burst=2, period=10.0, clock=lambda: now[0])
+    caplog.set_level(logging.INFO, logger="coord.test.ratelog")
+    logged = [rl.warning("secret", "refused %d", i) for i in range(5)]
+    assert logged == [True, True, False, False, False]
+    assert rl.warning("member", "other kind") is True  # each kind has its own budget
+    now[0] = 10.0
+    assert rl.warning("secret", "refused %d", 5) is True
+    assert caplog.messages == ["refused 0", "refused 1", "other kind", "refused 5 (3 similar lines suppressed)"]
+    assert rl.suppressed_total == 3
