@@ -12,16 +12,19 @@ servers for their status over the client protocol, the way any tool would.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 import trio
 
 from coord.cli import free_ports, probe_status as status
+from coord.security.peerauth import write_secret
 
 HOST = "127.0.0.1"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,10 +43,16 @@ class Cluster:
                  heartbeat_ticks: int = 2, min_session_timeout_ms: int = 500, snapshot_entries: int = 10_000,
                  cluster_id: str = "test", log_level: str = "info", spare: int = 0, http: bool = False,
                  wal_segment_bytes: int = 1 << 20, extra_config: str = "", zookeeper: bool = False,
-                 limits: dict | None = None):
+                 limits: dict | None = None, peer_secret: bool = True,
+                 tls: Callable[[int], dict[str, Any]] | None = None, client_ssl: ssl.SSLContext | None = None):
         """``n`` initial members (ids 1..n); ``spare`` more ids get ports and
         can be started later with a joining configuration; ``http`` gives
-        every server an HTTP port (``http_ports``)."""
+        every server an HTTP port (``http_ports``).
+
+        Peers authenticate with a cluster secret (``peer_secret``, written
+        to ``peer.secret``) and/or mutual TLS: ``tls(sid)`` returns server
+        ``sid``'s ``[tls]`` table (cert, key, ca, ...), and the harness
+        then talks TLS to the client ports with ``client_ssl``."""
         self.n = n
         self.base = os.fspath(base_dir)
         self.tick_ms, self.election_ticks, self.heartbeat_ticks = tick_ms, election_ticks, heartbeat_ticks
@@ -64,6 +73,15 @@ class Cluster:
         self.http_ports = {i: http_ports[i - 1] for i in range(1, total + 1)} if http else {}
         self.procs: dict[int, subprocess.Popen] = {}
         self._logs: dict[int, Any] = {}
+        self.peer_secret = peer_secret
+        self.tls = tls
+        self.client_ssl = client_ssl
+        if tls is not None and client_ssl is None:
+            raise ValueError("a TLS cluster needs client_ssl for the harness's status probes")
+
+    @property
+    def secret_path(self) -> str:
+        return os.path.join(self.base, "peer.secret")
 
     # -- configuration ----------------------------------------------------
     def config_path(self, sid: int) -> str:
@@ -118,6 +136,13 @@ class Cluster:
             f'client_address = "{HOST}:{self.client_ports[sid]}"',
             f"wal_segment_bytes = {self.wal_segment_bytes}",
         ]
+        if self.peer_secret:
+            if not os.path.exists(self.secret_path):
+                os.makedirs(self.base, exist_ok=True)
+                write_secret(self.secret_path)
+            lines.append(f'peer_secret_file = "{self.secret_path}"')
+        elif self.tls is None:
+            lines.append("insecure_peer_network = true")
         if sid in self.http_ports:
             lines.append(f'http_address = "{HOST}:{self.http_ports[sid]}"')
         if sid in self.zk_ports:
@@ -147,6 +172,10 @@ class Cluster:
             "",
             self.extra_config,
         ]
+        if self.tls is not None:
+            lines += ["", "[tls]"]
+            for k, v in self.tls(sid).items():
+                lines.append(f"{k} = {json.dumps(v)}")  # a JSON string or int is a TOML one
         with open(self.config_path(sid), "w") as f:
             f.write("\n".join(lines) + "\n")
 
@@ -222,7 +251,7 @@ class Cluster:
         out: dict[int, dict] = {}
 
         async def one(sid: int) -> None:
-            st = await status(self.client_addr(sid), timeout=1.0)
+            st = await status(self.client_addr(sid), timeout=1.0, ssl_context=self.client_ssl)
             if st is not None:
                 out[sid] = st
 

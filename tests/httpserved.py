@@ -31,7 +31,8 @@ class Served:
 def single_config(tmp_path, **health):
     doc = {
         "server": {"id": 1, "cluster_id": "t", "data_dir": str(tmp_path / "data"), "peer_address": "127.0.0.1:0",
-                   "client_address": "127.0.0.1:0", "http_address": "127.0.0.1:0", "fsync": False},
+                   "client_address": "127.0.0.1:0", "http_address": "127.0.0.1:0", "fsync": False,
+                   "insecure_peer_network": True},  # one server: no peer ever connects
         "cluster": {"members": {"1": "127.0.0.1:0"}},
         "raft": {"tick_ms": 10, "election_ticks": 4, "heartbeat_ticks": 1},
         "limits": {"min_session_timeout_ms": 1000},

@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def base(**over):
     doc = {
         "server": {"id": 1, "cluster_id": "c", "data_dir": "/tmp/x", "peer_address": "127.0.0.1:1",
-                   "client_address": "127.0.0.1:2"},
+                   "client_address": "127.0.0.1:2", "insecure_peer_network": True},
         "cluster": {"members": {"1": "127.0.0.1:1", "2": "127.0.0.1:3"}},
     }
     for section, fields in over.items():

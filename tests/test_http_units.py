@@ -173,7 +173,7 @@ def test_children_page_is_ordered_and_cursor_based():
 
 def base_doc(**server):
     return {"server": {"id": 1, "cluster_id": "c", "data_dir": "/tmp/x", "peer_address": "127.0.0.1:1",
-                       "client_address": "127.0.0.1:2", **server},
+                       "client_address": "127.0.0.1:2", "insecure_peer_network": True, **server},
             "cluster": {"members": {"1": "127.0.0.1:1"}}}
 
 

@@ -6,12 +6,14 @@ import struct
 import trio
 
 from coord.raft.types import Entry, Message, MsgType
+from coord.security.peerauth import PeerSecurity
 from coord.transport.codec import message_to_wire
 from coord.transport.peer import PeerTransport
-from coordclient.wire import encode_frame
+from coordclient.wire import FramedStream, encode_frame
 
 HOST = "127.0.0.1"
 FAST = dict(backoff_min=0.01, backoff_max=0.1, connect_timeout=1.0, handshake_timeout=1.0)
+OPEN = PeerSecurity(trusted_network=True)  # these tests are about the transport, not authentication
 
 
 class Node:
@@ -19,7 +21,8 @@ class Node:
 
     def __init__(self, node_id, cluster="test", port=0, **kw):
         self.got: list[Message] = []
-        self.t = PeerTransport(node_id, cluster, (HOST, port), {}, self.got.append, **{**FAST, **kw})
+        self.t = PeerTransport(node_id, cluster, (HOST, port), {}, self.got.append,
+                               **{**FAST, "security": OPEN, **kw})
         self.scope = trio.CancelScope()
         self.addr = None
 
@@ -60,8 +63,15 @@ async def free_port():
 
 
 async def raw_peer(node, frm, cluster="test"):
+    """A hand-made peer connection to ``node`` (no credentials: ``node`` is open),
+    handshake done; write message frames to it."""
     stream = await trio.open_tcp_stream(*node.addr)
-    await stream.send_all(encode_frame({"cluster": cluster, "from": frm, "to": node.t.node_id}))
+    framed = FramedStream(stream)
+    await framed.send({"cluster": cluster, "from": frm, "to": node.t.node_id})
+    challenge = await framed.receive()
+    assert set(challenge) == {"v", "nonce"}
+    await framed.send({})  # no proof: there is no secret
+    assert (await framed.receive())["ok"] is True
     return stream
 
 
@@ -117,7 +127,8 @@ async def test_wrong_cluster_refused(caplog):
             b.t.update_peers({1: a.addr})
             b.t.send(hb(2, 1, 0))
             # Refused, reconnected, refused again: the refusal has happened at least once.
-            await wait_until(lambda: b.t.peer_stats[1].connects >= 2)
+            await wait_until(lambda: a.t.refused >= 2)
+            assert b.t.peer_stats[1].connects == 0  # a refused handshake is not a connection
             b.t.send(hb(2, 1, 1))
             await trio.sleep(0.2)
             assert a.got == []
@@ -133,15 +144,15 @@ async def test_unknown_node_refused_unless_accepted(caplog):
             b = await Node(2).start(n)
             b.t.update_peers({1: a.addr})
             b.t.send(hb(2, 1, 0))
-            await wait_until(lambda: b.t.peer_stats[1].connects >= 2)
-            await trio.sleep(0.1)
+            await wait_until(lambda: a.t.refused >= 2)
             assert a.got == []
-            assert "node 2 is not a known peer" in caplog.text
+            assert "node 2 is not a member of the configuration" in caplog.text
             # Once a knows b, b's next connection is accepted.
             a.t.update_peers({2: b.addr})
             await wait_until(lambda: a.t.snapshot()["peers"].get(2, {}).get("inbound"))
             b.t.send(hb(2, 1, 1))
-            await wait_until(lambda: a.seqs(2) == [1])
+            # Nothing is written before the handshake is accepted: the refused one's message was kept.
+            await wait_until(lambda: a.seqs(2) == [0, 1])
             n.cancel_scope.cancel()
 
 

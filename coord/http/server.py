@@ -5,6 +5,10 @@ Trio run: no second event loop, no thread per request, and HTTP parsing,
 keep-alive and limits by a maintained server rather than by us.  The
 observer task (event-loop lag, index clock, the dashboard's ring) runs
 beside it.
+
+With ``[tls]`` the port serves HTTPS with the server's certificate and the
+same client-certificate policy as the client port; the context is the one
+``Server.reload_credentials`` reloads in place on SIGHUP.
 """
 
 from __future__ import annotations
@@ -23,8 +27,23 @@ from coord.server.config import format_addr
 log = logging.getLogger("coord.http")
 
 
-def hypercorn_config(address: tuple[str, int]) -> Config:
-    cfg = Config()
+class _TLSConfig(Config):
+    """Hypercorn builds its SSL context from file names once; ours is built
+    (and reloaded) by ``coord.security``, so hand that one over instead."""
+
+    def __init__(self, ssl_context: Any, handshake_timeout: float):
+        super().__init__()
+        self._coord_ssl = ssl_context
+        self.certfile = self.keyfile = "<coord.security>"  # only makes ``ssl_enabled`` true
+        self.ssl_handshake_timeout = handshake_timeout
+
+    def create_ssl_context(self) -> Any:
+        return self._coord_ssl
+
+
+def hypercorn_config(address: tuple[str, int], ssl_context: Any = None, handshake_timeout: float = 5.0) -> Config:
+    """Hypercorn's configuration for the HTTP port; HTTPS with ``ssl_context``."""
+    cfg = Config() if ssl_context is None else _TLSConfig(ssl_context, handshake_timeout)
     cfg.bind = [format_addr(address)]
     cfg.accesslog = None
     cfg.errorlog = logging.getLogger("coord.http.hypercorn")
@@ -41,8 +60,9 @@ async def serve_http(service: Any, *, task_status: Any = trio.TASK_STATUS_IGNORE
     app = App(service, observer)
     async with trio.open_nursery() as nursery:
         await nursery.start(observer.run)
-        binds = await nursery.start(lambda task_status: serve(app, hypercorn_config(service.cfg.http_address),
-                                                              task_status=task_status, mode="asgi"))
+        creds = service.server.credentials
+        config = hypercorn_config(service.cfg.http_address, creds.http_ssl, creds.handshake_timeout)
+        binds = await nursery.start(lambda task_status: serve(app, config, task_status=task_status, mode="asgi"))
         port = int(binds[0].rsplit(":", 1)[1])
         log.info("server %d: HTTP port (dashboard, /metrics, /health, /ready) on %s", service.server_id, binds)
         task_status.started(port)

@@ -166,6 +166,9 @@ class CoordCollector(Collector):
             connected.add_metric([str(pid)], int(bool(p.get("connected"))))
         yield from fams.values()
         yield connected
+        yield _counter("coord_peer_handshakes_refused_total",
+                       "Inbound peer connections refused (authentication, not a member, bad handshake)",
+                       snap.get("refused", 0))
 
     def _service(self) -> Iterator[Any]:
         s = self.s

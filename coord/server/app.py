@@ -1,5 +1,6 @@
 """Process entry point of a server: builds the service, serves clients,
-stops cleanly on SIGTERM/SIGINT."""
+stops cleanly on SIGTERM/SIGINT, re-reads its certificates, keys and peer
+secret on SIGHUP (new connections use them; see ``Server.reload_credentials``)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ log = logging.getLogger("coord.server")
 
 
 async def serve_until_signal(cfg: ServerConfig) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         service = CoordService(cfg)
         async with trio.open_nursery() as nursery:
             await nursery.start(service.run)
@@ -33,6 +34,10 @@ async def serve_until_signal(cfg: ServerConfig) -> None:
             log.info("server %d ready (cluster %r, data in %s)", cfg.server_id, cfg.cluster_id, cfg.data_dir)
             notify(f"READY=1\nSTATUS=serving clients on {cfg.client_address[0]}:{cfg.client_address[1]}")
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    log.info("server %d: SIGHUP, reloading credentials", cfg.server_id)
+                    service.server.reload_credentials()
+                    continue
                 log.info("server %d: signal %d, stopping", cfg.server_id, signum)
                 notify("STOPPING=1")
                 nursery.cancel_scope.cancel()

@@ -31,6 +31,8 @@ import trio
 
 from coord.namespace.acl import Auth, digest_id
 from coord.namespace.commands import AddAuth, Command, encode, parse_request
+from coord.security.ratelog import RateLimitedLog
+from coord.security.tls import TransportInfo, connection_info
 from coord.server.config import ConfigError, MemberAddrs, parse_addr
 from coord.server.future import Future
 from coord.server.service import CoordService
@@ -87,6 +89,7 @@ _REFUSED_LOG = _RateLimit(10, 10.0)
 MAX_INFLIGHT = 512  # requests being served per connection
 OUT_QUEUE = 8192  # responses + events queued per connection before it counts as too slow
 CLOSE_GRACE = 5.0  # seconds a closing connection gets to take its last frames
+MAX_HANDSHAKES = 256  # TLS handshakes in progress on the port; more connections are closed at once
 WRITE_OPS = frozenset({Op.CREATE.value, Op.SET.value, Op.DELETE.value, Op.MULTI.value, Op.SET_ACL.value})
 
 _INT_MAX = (1 << 63) - 1
@@ -146,19 +149,22 @@ class RequestHandler:
 
     requires_seq = True  # writes carry the session's sequence number (exactly-once)
 
-    def __init__(self, service: CoordService, peer_addr: tuple | None):
+    def __init__(self, service: CoordService, transport_info: TransportInfo):
         self.service = service
         self.ns = service.ns
         self.sid = 0
         self._wids = itertools.count(1)
         self.close_reason: str | None = None
         self.limit = service.cfg.max_data_bytes
-        self.peer = "%s:%s" % peer_addr[:2] if peer_addr else "?"
-        # Identities of this connection (acl.py: ip always; x509 from a
-        # verified client certificate), plus digests added with add_auth
-        # before a session existed; a session's own digests are replicated.
-        self.x509_subject: str | None = None
-        self._conn_ids: set[tuple[str, str]] = {("ip", str(peer_addr[0]))} if peer_addr else set()
+        # What the transport proved about the client (address; with TLS the
+        # verified certificate's subject): the connection's identities
+        # (acl.py: ip always, x509 from the certificate), plus digests added
+        # with add_auth before a session existed; a session's own digests
+        # are replicated.
+        self.transport_info = transport_info
+        self.peer = transport_info.peer
+        self.x509_subject: str | None = transport_info.cert_subject
+        self._conn_ids: set[tuple[str, str]] = {("ip", transport_info.address)} if transport_info.address else set()
         self._auth_key: tuple | None = None
         self._auth = Auth()
 
@@ -638,12 +644,10 @@ class RequestHandler:
 class ClientConnection(RequestHandler):
     """One connection speaking coord's own protocol (length-prefixed CBOR)."""
 
-    def __init__(self, service: CoordService, stream: trio.SocketStream, max_frame: int = DEFAULT_MAX_FRAME):
-        try:
-            addr = stream.socket.getpeername()[:2]
-        except OSError:
-            addr = None
-        super().__init__(service, addr)
+    def __init__(self, service: CoordService, stream: trio.abc.Stream, max_frame: int = DEFAULT_MAX_FRAME,
+                 *, transport_info: TransportInfo | None = None):
+        """``stream``: a socket stream or, with TLS, an ``SSLStream`` whose handshake is done."""
+        super().__init__(service, transport_info if transport_info is not None else connection_info(stream))
         self.stream = stream
         self.framed = FramedStream(stream, max_frame, max_items=service.cfg.max_items_per_request)
         self.out_send, self.out_recv = trio.open_memory_channel(OUT_QUEUE)
@@ -793,16 +797,77 @@ async def admitted(service: CoordService, stream: trio.SocketStream) -> AsyncIte
         service.release_connection(ip)
 
 
+_handshake_log = RateLimitedLog(log)
+
+
+class _Handshakes:
+    """TLS handshakes in progress on one client port (bounded)."""
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.failed = 0  # connections dropped before their handshake was done
+
+
+async def tls_accept(service: CoordService, stream: trio.SocketStream, ctx, hs: _Handshakes) -> trio.SSLStream | None:
+    """Run a client's TLS handshake within the timeout; None (and the
+    socket closed) if it does not finish, fails, or too many are running."""
+    raw = connection_info(stream)
+    if hs.active >= MAX_HANDSHAKES:
+        hs.failed += 1
+        _handshake_log.warning("busy", "client %s dropped: %d TLS handshakes already in progress",
+                               raw.peer, hs.active)
+        await trio.aclose_forcefully(stream)
+        return None
+    timeout = service.server.credentials.handshake_timeout
+    tls = trio.SSLStream(stream, ctx, server_side=True)
+    hs.active += 1
+    why = None
+    try:
+        with trio.move_on_after(timeout) as scope:
+            try:
+                await tls.do_handshake()
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+                cause = e.__cause__
+                why = getattr(cause, "reason", None) or getattr(cause, "strerror", None) or type(cause).__name__
+        if scope.cancelled_caught:
+            why = f"no TLS handshake within {timeout:g}s"
+    finally:
+        hs.active -= 1
+    if why is None:
+        return tls
+    hs.failed += 1
+    _handshake_log.info("handshake", "client %s dropped: %s", raw.peer, why)
+    await trio.aclose_forcefully(stream)
+    return None
+
+
+async def accept(service: CoordService, stream: trio.SocketStream, handshakes: _Handshakes,
+                 connection: Callable[[CoordService, trio.abc.Stream], Any]) -> None:
+    """One accepted client socket on a client port (coord's or ZooKeeper's):
+    counted against the limits, TLS when [tls] is set, then served."""
+    async with admitted(service, stream) as ok:
+        if not ok:
+            return
+        ctx = service.server.credentials.client_ssl  # read per connection: SIGHUP swaps it
+        conn_stream: trio.abc.Stream = stream
+        if ctx is not None:
+            tls = await tls_accept(service, stream, ctx, handshakes)
+            if tls is None:
+                return
+            conn_stream = tls
+        await connection(service, conn_stream).run()
+
+
 async def serve_clients(service: CoordService, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
     host, port = service.cfg.client_address
+    handshakes = _Handshakes()
 
     async def handler(stream: trio.SocketStream) -> None:
-        async with admitted(service, stream) as ok:
-            if ok:
-                await ClientConnection(service, stream).run()
+        await accept(service, stream, handshakes, ClientConnection)
 
     listeners = await trio.open_tcp_listeners(port, host=host or None)
-    log.info("server %d: serving clients on %s", service.server_id,
-             [lst.socket.getsockname()[:2] for lst in listeners])
+    log.info("server %d: serving clients on %s%s", service.server_id,
+             [lst.socket.getsockname()[:2] for lst in listeners],
+             " (TLS)" if service.server.credentials.client_ssl is not None else "")
     task_status.started(listeners[0].socket.getsockname()[1])
     await trio.serve_listeners(handler, listeners)

@@ -62,6 +62,26 @@ class MemberAddrs:
         return cls(parse_addr(d, "peer"))
 
 
+CLIENT_AUTH_MODES = ("none", "request", "require")
+
+
+@dataclass(slots=True, frozen=True)
+class TLSConfig:
+    """The ``[tls]`` table: where the certificates are, not what is in them
+    (``coord.security`` loads and checks the files, at start and on SIGHUP).
+
+    ``cert``/``key`` serve the client port (and the HTTP port) and identify
+    this server to its peers; ``ca`` is the cluster CA that every peer's
+    certificate, and every client certificate, must be signed by.
+    """
+
+    cert: str
+    key: str
+    ca: str
+    client_auth: str = "none"  # "none" | "request" | "require"
+    handshake_timeout_ms: int = 5000  # a TLS handshake not done by then is dropped
+
+
 @dataclass(slots=True, frozen=True)
 class ServerConfig:
     server_id: int
@@ -114,6 +134,12 @@ class ServerConfig:
     http_address: Addr | None = None
     ready_max_lag: int = 1000  # entries between this server's applied index and the leader's commit
     ready_read_timeout_ms: int = 1000  # a linearizable read must be confirmed within this
+    # Transport security (coord.security).  The peer port always needs a
+    # credential -- mutual TLS (``tls``), a cluster secret, or both -- unless
+    # the operator says the peer network is trusted.
+    tls: TLSConfig | None = None
+    peer_secret_file: str | None = None
+    insecure_peer_network: bool = False
 
 
 def _get(d: dict, key: str, name: str, kind: type, default: Any = ..., minimum: int | None = None) -> Any:
@@ -140,8 +166,38 @@ def _table(doc: dict, key: str) -> dict:
     return v
 
 
+def _path(d: dict, key: str, name: str, base_dir: str, default: Any = ...) -> Any:
+    v = _get(d, key, name, str, default)
+    if v is None:
+        return None
+    if not v:
+        raise ConfigError(f"{name}: must not be empty")
+    return os.path.normpath(os.path.join(base_dir, os.path.expanduser(v)))
+
+
+def _parse_tls(doc: dict, base_dir: str) -> TLSConfig | None:
+    if "tls" not in doc:
+        return None
+    tls = _table(doc, "tls")
+    allowed = ("cert", "key", "ca", "client_auth", "handshake_timeout_ms")
+    for k in tls:
+        if k not in allowed:
+            raise ConfigError(f"tls.{k}: unknown setting (expected one of {list(allowed)})")
+    cert = _path(tls, "cert", "tls.cert", base_dir)
+    key = _path(tls, "key", "tls.key", base_dir)
+    ca = _path(tls, "ca", "tls.ca", base_dir)
+    client_auth = _get(tls, "client_auth", "tls.client_auth", str, "none")
+    if client_auth not in CLIENT_AUTH_MODES:
+        raise ConfigError(f"tls.client_auth: must be one of {list(CLIENT_AUTH_MODES)}, got {client_auth!r}")
+    timeout = _get(tls, "handshake_timeout_ms", "tls.handshake_timeout_ms", int, 5000, minimum=10)
+    return TLSConfig(cert, key, ca, client_auth, timeout)
+
+
+SECTIONS = frozenset({"server", "cluster", "raft", "limits", "health", "tls", "auth", "zookeeper"})  # the tables a file may have
+
+
 def parse_config(doc: dict, *, base_dir: str = ".") -> ServerConfig:
-    known = {"server", "cluster", "raft", "limits", "auth", "zookeeper", "health"}
+    known = SECTIONS
     for k in doc:
         if k not in known:
             raise ConfigError(f"{k}: unknown section (expected one of {sorted(known)})")
@@ -158,6 +214,14 @@ def parse_config(doc: dict, *, base_dir: str = ".") -> ServerConfig:
     wal_segment_bytes = _get(srv, "wal_segment_bytes", "server.wal_segment_bytes", int, 64 << 20, minimum=64 << 10)
     http = _get(srv, "http_address", "server.http_address", str, None)
     http = parse_addr(http, "server.http_address") if http is not None else None
+    tls = _parse_tls(doc, base_dir)
+    peer_secret_file = _path(srv, "peer_secret_file", "server.peer_secret_file", base_dir, None)
+    insecure_peers = _get(srv, "insecure_peer_network", "server.insecure_peer_network", bool, False)
+    if tls is None and peer_secret_file is None and not insecure_peers:
+        raise ConfigError(
+            "server.peer_secret_file: the peer port needs a credential: set [tls] (mutual TLS between "
+            "servers) or server.peer_secret_file (a cluster secret, e.g. from `coord certs secret`), or, "
+            "only if nobody untrusted can reach the peer port, server.insecure_peer_network = true")
     health = _table(doc, "health")
     for k in health:
         if k not in ("max_applied_lag", "read_timeout_ms"):
@@ -243,6 +307,7 @@ def parse_config(doc: dict, *, base_dir: str = ".") -> ServerConfig:
         snapshot_entries=snapshot_entries, max_data_bytes=max_data, fsync=fsync,
         min_session_timeout_ms=min_st, max_session_timeout_ms=max_st, wal_segment_bytes=wal_segment_bytes, **limits,
         http_address=http, ready_max_lag=ready_lag, ready_read_timeout_ms=ready_timeout,
+        tls=tls, peer_secret_file=peer_secret_file, insecure_peer_network=insecure_peers,
     )
 
 

@@ -4,10 +4,18 @@
 the Raft driver, and keeps the transport's peer list in step with the
 configuration in the log (a configuration entry carries every member's
 addresses, so a membership change tells each server whom to connect to).
+The same configuration decides whom the transport accepts messages from:
+its members only, or any authenticated peer while this server is joining
+and has no configuration yet.
+
+Transport credentials (``coord.security.credentials``) are loaded here,
+before the data directory is opened (a bad file is a ``ConfigError``), and
+again by ``reload_credentials`` on SIGHUP.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Callable
 
@@ -15,6 +23,7 @@ import trio
 
 from coord.raft.config import RaftConfig
 from coord.raft.types import Membership, Message, SoftState
+from coord.security.credentials import Credentials
 from coord.server.config import MemberAddrs, ServerConfig
 from coord.server.raftnode import NodeOptions, RaftNode, StateMachine
 from coord.storage.disk import DiskStorage
@@ -50,6 +59,8 @@ class Server:
                  on_service_message: Callable[[ServiceMessage], None] | None = None,
                  on_soft_state: Callable[[SoftState], None] | None = None):
         self.cfg = cfg
+        self.credentials = Credentials.load(cfg)
+        log.info("server %d: %s", cfg.server_id, self.credentials.describe())
         self._addr_book: dict[int, tuple[str, int]] = {}
         self.storage = DiskStorage(cfg.data_dir, fsync=cfg.fsync, segment_bytes=cfg.wal_segment_bytes)
         rec = self.storage.open(allow_log_loss=cfg.recover_lost_log)
@@ -79,9 +90,33 @@ class Server:
         self._addr_book.update(peer_addrs(self.node.membership))
         self.transport = PeerTransport(
             cfg.server_id, cfg.cluster_id, cfg.peer_address,
-            dict(self._addr_book), self._deliver,
+            {sid: a for sid, a in self._addr_book.items() if sid in self.node.recent_members()}, self._deliver,
+            security=self.credentials.peer,
+            accept_unknown=not self.node.recent_members(),
             on_unreachable=self.node.peer_unreachable,
         )
+
+    def reload_credentials(self) -> bool:
+        """Re-read certificates, keys and the peer secret (SIGHUP): new
+        connections use them.  Bad files change nothing (logged); False then."""
+        from coord.security.tls import reload_in_place
+        from coord.server.config import ConfigError
+
+        try:
+            new = Credentials.load(self.cfg)
+            old_http = self.credentials.http_ssl
+            if old_http is not None and self.cfg.tls is not None:
+                # The HTTP server holds on to its context: load the new files into it.
+                reload_in_place(old_http, self.cfg.tls)
+                new = dataclasses.replace(new, http_ssl=old_http)
+        except ConfigError as e:
+            log.error("server %d: credentials not reloaded, keeping the current ones: %s", self.cfg.server_id, e)
+            return False
+        self.credentials = new
+        if self.transport is not None:
+            self.transport.set_security(new.peer)
+        log.info("server %d: credentials reloaded (%s)", self.cfg.server_id, new.describe())
+        return True
 
     def _deliver(self, msg: Message | ServiceMessage) -> None:
         if type(msg) is Message:
@@ -108,6 +143,7 @@ class Server:
         self._addr_book.update(peer_addrs(m))
         if self.transport is not None:
             wanted = self.node.recent_members()
+            self.transport.accept_unknown = not wanted  # joining: no configuration yet
             self.transport.update_peers({sid: a for sid, a in self._addr_book.items() if sid in wanted})
         log.info("server %d: configuration voters=%s outgoing=%s learners=%s", self.cfg.server_id,
                  sorted(m.voters), sorted(m.outgoing), sorted(m.learners))

@@ -28,7 +28,8 @@ import math
 import time
 import trio
 
-from coord.server.clientport import CLOSE_GRACE, MAX_INFLIGHT, OUT_QUEUE, RequestHandler, admitted
+from coord.security.tls import connection_info
+from coord.server.clientport import CLOSE_GRACE, MAX_INFLIGHT, OUT_QUEUE, RequestHandler, _Handshakes, accept
 from coord.server.service import CoordService
 from coord.zookeeper.fourletter import render
 from coord.zookeeper.session import CloseConnection, CoordCall, FourLetterWord, Limits, SendBytes, ZkSession
@@ -44,15 +45,12 @@ VERSION = "coord-0.1.0"
 class ZkConnection(RequestHandler):
     requires_seq = False
 
-    def __init__(self, service: CoordService, stream: trio.SocketStream):
-        try:
-            addr = stream.socket.getpeername()[:2]
-        except OSError:
-            addr = None
-        super().__init__(service, addr)
+    def __init__(self, service: CoordService, stream: trio.abc.Stream):
+        info = connection_info(stream)
+        super().__init__(service, info)
         self.stream = stream
         cfg = service.cfg
-        self.zk = ZkSession(peer_ip=str(addr[0]) if addr else "",
+        self.zk = ZkSession(peer_ip=info.address,
                             options=Options(reconfig_enabled=cfg.zk_reconfig_enabled),
                             limits=Limits(max_buffer=cfg.zk_max_buffer))
         self.out_send, self.out_recv = trio.open_memory_channel(OUT_QUEUE)
@@ -203,10 +201,10 @@ async def serve_zookeeper(service: CoordService, *, task_status=trio.TASK_STATUS
     """Serve ZooKeeper's client protocol on ``zookeeper_address``."""
     host, port = service.cfg.zookeeper_address
 
+    handshakes = _Handshakes()
+
     async def handler(stream: trio.SocketStream) -> None:
-        async with admitted(service, stream) as ok:
-            if ok:
-                await ZkConnection(service, stream).run()
+        await accept(service, stream, handshakes, ZkConnection)  # TLS too, with [tls] (ZooKeeper clients' TLS mode)
 
     listeners = await trio.open_tcp_listeners(port, host=host or None)
     log.info("server %d: serving ZooKeeper clients on %s", service.server_id,

@@ -10,15 +10,28 @@ queue.  Service messages (``envelope``: forwarded writes, session
 keepalives) share the links but are never dropped for a full queue: the
 service bounds how many it has outstanding.
 
-Outbound, per peer: connect (jittered exponential backoff between
-attempts), send a handshake ``{"cluster", "from", "to"}``, then repeatedly
-take everything queued and write it as one ``send_all``.  A task also reads
-from the socket, only to notice at once when the peer closes it (instead of
-on the next write, whose data would be lost).
+Every connection starts with an authenticated handshake
+(``coord.transport.handshake``): mutual TLS with certificates binding
+server ids, and/or an HMAC challenge-response over a cluster secret, as
+``PeerSecurity`` says.  Until it is done the acceptor reads nothing but
+the few-KiB handshake, and after it only from a sender that proved who it
+is and that ``admits`` (a member of the configuration, or anyone while
+this server is still joining and knows no configuration).  A refused
+handshake is logged (rate-limited) with its reason.  ``set_security``
+swaps the credentials for new connections (SIGHUP); connections up keep
+theirs.
 
-Inbound: check the handshake (cluster id, addressee, sender id), then
-decode frames and hand each message to ``on_message``.  A malformed frame or
-message closes that connection only; other peers are unaffected.
+Outbound, per peer: connect (jittered exponential backoff between
+attempts), run the handshake, then repeatedly take everything queued and
+write it as one ``send_all``.  A task also reads from the connection, only
+to notice at once when the peer closes it (instead of on the next write,
+whose data would be lost).
+
+Inbound: handshake (within ``handshake_timeout``; at most
+``max_handshakes`` at a time), then decode frames and hand each message to
+``on_message``.  A malformed frame or message closes that connection only;
+other peers are unaffected.  A message whose sender is not the
+authenticated peer is dropped and counted.
 """
 
 from __future__ import annotations
@@ -30,11 +43,14 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable, Mapping
 
 import trio
-from coordclient.wire import FrameError, FramedStream, encode_frame
+from coordclient.wire import FramedStream, encode_frame
 
 from coord.raft.types import Message
+from coord.security.peerauth import PeerSecurity
+from coord.security.ratelog import RateLimitedLog
 from coord.transport.codec import message_from_wire, message_to_wire
 from coord.transport.envelope import ServiceMessage, service_from_wire, service_to_wire
+from coord.transport.handshake import HandshakeRefused, accept, dial
 
 __all__ = ["PEER_MAX_FRAME", "PeerStats", "PeerTransport"]
 
@@ -54,7 +70,7 @@ class PeerStats:
     dropped: int = 0  # outbound messages lost: queue full, unencodable, or in a failed write
     received: int = 0  # inbound messages handed to on_message
     rejected: int = 0  # inbound messages whose sender differs from the handshake's
-    connects: int = 0  # outbound connections established (handshake written)
+    connects: int = 0  # outbound connections established (handshake accepted)
 
 
 class _Outbound:
@@ -107,6 +123,7 @@ class PeerTransport:
         peers: Mapping[int, Addr],
         on_message: Callable[[Message | ServiceMessage], None],
         *,
+        security: PeerSecurity,
         max_frame: int = PEER_MAX_FRAME,
         queue_limit: int = 4096,
         connect_timeout: float = 2.0,
@@ -116,6 +133,7 @@ class PeerTransport:
         batch_bytes: int = 4 << 20,
         accept_unknown: bool = True,
         on_unreachable: Callable[[int], None] | None = None,
+        max_handshakes: int = 64,
     ):
         self.node_id = node_id
         self.cluster_id = cluster_id
@@ -129,6 +147,11 @@ class PeerTransport:
         self.backoff_max = backoff_max
         self.batch_bytes = batch_bytes
         self.accept_unknown = accept_unknown
+        self.security = security
+        self.max_handshakes = max_handshakes  # inbound handshakes in progress; more are closed at once
+        self.refused = 0  # inbound connections refused (bad handshake, authentication, not a member)
+        self._handshaking = 0
+        self._refusals = RateLimitedLog(log)
         self.on_unreachable = on_unreachable  # called with a peer id whose port refused us (process gone)
         self.port: int | None = None  # bound port, once run() has started
         self.peer_stats: dict[int, PeerStats] = {}
@@ -190,6 +213,9 @@ class PeerTransport:
             if not self.accept_unknown and pid in self._inbound:
                 self._inbound[pid].cancel()
             log.info("node %d: peer %d removed", self.node_id, pid)
+        if not self.accept_unknown:
+            for pid in [pid for pid in self._inbound if pid not in wanted]:
+                self._inbound[pid].cancel()  # admitted while joining, not a member now
         for pid, addr in wanted.items():
             out = self._out.get(pid)
             if out is None:
@@ -200,6 +226,14 @@ class PeerTransport:
                 log.info("node %d: peer %d moved from %s to %s", self.node_id, pid, out.addr, addr)
                 out.addr = addr
                 out.conn_scope.cancel()
+
+    def set_security(self, security: PeerSecurity) -> None:
+        """Use ``security`` for connections from now on (established ones keep theirs)."""
+        self.security = security
+
+    def admits(self, peer_id: int) -> bool:
+        """Whether an authenticated ``peer_id`` may send to us."""
+        return peer_id in self._out or self.accept_unknown
 
     @property
     def peers(self) -> dict[int, Addr]:
@@ -216,7 +250,7 @@ class PeerTransport:
                 "connected": bool(out and out.connected),
                 "inbound": pid in self._inbound,
             }
-        return {"peers": peers, "dropped_unknown": self.dropped_unknown}
+        return {"peers": peers, "dropped_unknown": self.dropped_unknown, "refused": self.refused}
 
     # ------------------------------------------------------------- outbound
 
@@ -268,12 +302,15 @@ class PeerTransport:
             return f"connect failed: {exc}"
         reason = "connection closed"
         async with stream:
-            hello = {"cluster": self.cluster_id, "from": self.node_id, "to": out.peer_id,
-                     "port": self.port or self.listen[1]}
             try:
-                await stream.send_all(encode_frame(hello, self.max_frame))
-            except _NET_ERRORS as exc:
-                return f"handshake failed: {exc!r}"
+                with trio.fail_after(self.handshake_timeout):
+                    conn, framed = await dial(stream, security=self.security, cluster_id=self.cluster_id,
+                                              node_id=self.node_id, to=out.peer_id,
+                                              port=self.port or self.listen[1])
+            except trio.TooSlowError:
+                return "handshake timed out"
+            except HandshakeRefused as exc:
+                return f"handshake failed: {exc.reason}"
             out.connected = True
             out.stats.connects += 1
             log.debug("node %d -> peer %d at %s:%s: connected", self.node_id, out.peer_id, host, port)
@@ -281,24 +318,26 @@ class PeerTransport:
                 async with trio.open_nursery() as nursery:
 
                     async def watch_close() -> None:
-                        # The peer never writes on this connection: any read
-                        # result means it is gone (or misbehaving).
+                        # The peer never writes after the handshake: any
+                        # read result means it is gone (or misbehaving).
                         nonlocal reason
                         try:
-                            data = await stream.receive_some(4096)
-                            reason = "peer closed the connection" if not data else "peer sent unexpected data"
-                        except _NET_ERRORS as exc:
+                            await framed.receive()
+                            reason = "peer sent unexpected data"
+                        except trio.EndOfChannel:
+                            reason = "peer closed the connection"
+                        except (ValueError, *_NET_ERRORS) as exc:
                             reason = f"read failed: {exc!r}"
                         nursery.cancel_scope.cancel()
 
                     nursery.start_soon(watch_close)
-                    reason = await self._pump(out, stream)
+                    reason = await self._pump(out, conn)
                     nursery.cancel_scope.cancel()
             finally:
                 out.connected = False
         return reason
 
-    async def _pump(self, out: _Outbound, stream: trio.SocketStream) -> str:
+    async def _pump(self, out: _Outbound, stream: trio.abc.Stream) -> str:
         """Write queued messages in batches until a write fails."""
         q = out.queue
         stats = out.stats
@@ -336,30 +375,31 @@ class PeerTransport:
         except OSError:
             remote = "?"
         async with stream:
-            framed = FramedStream(stream, self.max_frame)
-            hello: Any = None
-            with trio.move_on_after(self.handshake_timeout) as timeout:
-                try:
-                    hello = await framed.receive()
-                except trio.EndOfChannel:
-                    log.info("node %d: connection from %s closed before its handshake", self.node_id, remote)
-                    return
-                except (FrameError, *_NET_ERRORS) as exc:
-                    log.warning("node %d: refused connection from %s: bad handshake: %s", self.node_id, remote, exc)
-                    return
+            if self._handshaking >= self.max_handshakes:
+                self.refused += 1
+                self._refusals.warning("busy", "node %d: refused connection from %s: %d handshakes already "
+                                       "in progress", self.node_id, remote, self._handshaking)
+                return
+            self._handshaking += 1
+            try:
+                with trio.move_on_after(self.handshake_timeout) as timeout:
+                    try:
+                        acc = await accept(stream, security=self.security, cluster_id=self.cluster_id,
+                                           node_id=self.node_id, admits=self.admits, max_frame=self.max_frame)
+                    except HandshakeRefused as exc:
+                        self.refused += 1
+                        self._refusals.warning(exc.kind, "node %d: refused connection from %s: %s",
+                                               self.node_id, remote, exc.reason)
+                        return
+            finally:
+                self._handshaking -= 1
             if timeout.cancelled_caught:
-                log.warning(
-                    "node %d: refused connection from %s: no handshake within %ss",
-                    self.node_id,
-                    remote,
-                    self.handshake_timeout,
-                )
+                self.refused += 1
+                self._refusals.warning("timeout", "node %d: refused connection from %s: no handshake within %ss",
+                                       self.node_id, remote, self.handshake_timeout)
                 return
-            peer_id, refusal = self._check_hello(hello)
-            if refusal:
-                log.warning("node %d: refused connection from %s: %s", self.node_id, remote, refusal)
-                return
-            self._learn_return_path(peer_id, hello, stream)
+            peer_id = acc.peer_id
+            self._learn_return_path(peer_id, acc.hello, stream)
             old = self._inbound.get(peer_id)
             if old is not None:
                 log.info("node %d: new connection from peer %d replaces the old one", self.node_id, peer_id)
@@ -367,7 +407,7 @@ class PeerTransport:
             scope = self._inbound[peer_id] = trio.CancelScope()
             try:
                 with scope:
-                    await self._receive_loop(peer_id, framed, remote)
+                    await self._receive_loop(peer_id, acc.framed, remote)
             finally:
                 if self._inbound.get(peer_id) is scope:
                     del self._inbound[peer_id]
@@ -388,24 +428,6 @@ class PeerTransport:
         out = self._out[peer_id] = _Outbound(peer_id, (host, port), self._stats_for(peer_id))
         if self._nursery is not None:
             self._nursery.start_soon(self._sender, out)
-
-    def _check_hello(self, hello: Any) -> tuple[int, str]:
-        """Return (peer id, "") for an acceptable handshake, else (0, reason)."""
-        if type(hello) is not dict:
-            return 0, "handshake is not a map"
-        cluster = hello.get("cluster")
-        if type(cluster) is not str or cluster != self.cluster_id:
-            shown = repr(cluster[:100]) if type(cluster) is str else type(cluster).__name__
-            return 0, f"cluster id {shown} is not ours ({self.cluster_id!r})"
-        to = hello.get("to")
-        if type(to) is not int or to != self.node_id:
-            return 0, f"handshake is addressed to node {to if type(to) is int else '?'}, this is node {self.node_id}"
-        frm = hello.get("from")
-        if type(frm) is not int or not 0 < frm < 1 << 63 or frm == self.node_id:
-            return 0, "handshake has an invalid sender id"
-        if frm not in self._out and not self.accept_unknown:
-            return 0, f"node {frm} is not a known peer"
-        return frm, ""
 
     async def _receive_loop(self, peer_id: int, framed: FramedStream, remote: str) -> None:
         stats = self._stats_for(peer_id)
