@@ -20,7 +20,9 @@ from typing import Any, Callable, Iterable
 
 import trio
 
-from coordclient.client import DEFAULT_WATCH_BUFFER, Client, ConnState, Stat, WatchCallback, WatchEvent, WatchStream
+from coordclient.client import Client
+from coordclient.types import ConnState, Stat, WatchCallback, WatchEvent
+from coordclient.watches import DEFAULT_WATCH_BUFFER, WatchStream
 from coordclient.errors import ConnectionLossError
 
 __all__ = ["SyncClient", "SyncWatch"]
@@ -106,7 +108,8 @@ class SyncClient:
 
     def _thread_main(self, ready: threading.Event) -> None:
         try:
-            trio.run(self._main, ready)
+            import anyio
+            anyio.run(self._main, ready, backend="trio")
         except BaseException as exc:  # noqa: BLE001 - handed to the owning thread
             self._error = exc
         finally:
@@ -182,7 +185,7 @@ class SyncClient:
         """Block until the state is one of ``states``; ``TimeoutError`` after ``timeout``."""
         try:
             return self._run(self.client.wait_state, *states, timeout=timeout)
-        except trio.TooSlowError:
+        except TimeoutError:
             raise TimeoutError(f"state still {self.state.value} after {timeout}s") from None
 
     # -- the API (see Client for semantics) -------------------------------
@@ -254,7 +257,7 @@ class SyncWatch:
         """The next event; None once the watch has ended; ``TimeoutError``
         if nothing arrived within ``timeout`` seconds.  Starts the watch if
         ``with`` did not (then ``close()`` it when done)."""
-        if not self._stream._started:
+        if not self._stream.started:
             self._owner._run(self._stream.start)
         result = self._owner._run(_next_event, self._stream, timeout)
         if result is _TIMEOUT:
