@@ -64,14 +64,33 @@ class WatchHandler(Protocol):
 Claim = Callable[["Connection", int], "WatchHandler | None"]
 
 
-class _Pending:
-    __slots__ = ("done", "response", "claim", "abandoned")
+# callback(response frame, or None when the connection ended first).
+Callback = Callable[["dict | None"], None]
 
-    def __init__(self, claim: Claim | None):
-        self.done = anyio.Event()
+
+class _Pending:
+    """One request awaiting its response: a waiting task (``done``) or, for
+    ``submit``, a callback run by the reader."""
+
+    __slots__ = ("done", "response", "claim", "abandoned", "callback")
+
+    def __init__(self, claim: Claim | None, callback: Callback | None = None):
+        self.done = anyio.Event() if callback is None else None
         self.response: dict | None = None
         self.claim = claim
         self.abandoned = False
+        self.callback = callback
+
+    def settle(self, frame: dict | None) -> None:
+        self.response = frame
+        if self.callback is not None:
+            callback, self.callback = self.callback, None
+            try:
+                callback(frame)
+            except Exception:  # noqa: BLE001 - a callback bug must not kill the connection
+                log.exception("response callback failed")
+        elif self.done is not None:
+            self.done.set()
 
 
 class Connection:
@@ -141,7 +160,7 @@ class Connection:
         self._send_rx.close()
         pending, self._pending = self._pending, {}
         for p in pending.values():
-            p.done.set()  # response None: ConnectionClosed
+            p.settle(None)  # ConnectionClosed
         self._wids.clear()
         self._unclaimed.clear()
         self._claims_pending = 0
@@ -186,6 +205,40 @@ class Connection:
         if pending.response is None:
             raise ConnectionClosed(self.close_reason)
         return pending.response
+
+    def submit(self, msg: dict, callback: Callback, *, claim: Claim | None = None) -> int | None:
+        """Send ``msg`` without a task: ``callback(frame)`` runs in the
+        reader when the response arrives (``callback(None)`` if the
+        connection ends first).  Returns the request id, or None when the
+        request could not be queued at once (closed, or the send queue is
+        full): the caller then takes the task-based path.  ``claim`` works
+        as for ``request``."""
+        if self.closed:
+            return None
+        rid = next(self._ids)
+        try:
+            frame = encode_frame({**msg, "id": rid}, self._max_frame)
+        except FrameTooLarge as exc:
+            raise TooLargeError(str(exc), path=msg.get("path")) from None
+        try:
+            self._send_ch.send_nowait(frame)
+        except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            return None
+        self._pending[rid] = _Pending(claim, callback)
+        if claim is not None:
+            self._claims_pending += 1
+        return rid
+
+    def abandon(self, rid: int) -> None:
+        """The submitter of ``rid`` gave up: its callback will not run (a
+        watch it registers is then removed, as for a cancelled ``request``)."""
+        pending = self._pending.get(rid)
+        if pending is None:
+            return
+        pending.callback = None
+        pending.abandoned = True
+        if pending.claim is None:
+            del self._pending[rid]
 
     def forget(self, wid: int) -> None:
         """Stop routing events for ``wid`` (before an explicit unwatch)."""
@@ -261,8 +314,7 @@ class Connection:
         if pending.claim is not None:
             self._claims_pending -= 1
             self._settle_claim(pending, frame)
-        pending.response = frame
-        pending.done.set()
+        pending.settle(frame)
 
     def _settle_claim(self, pending: _Pending, frame: dict) -> None:
         wid = None

@@ -1,7 +1,7 @@
 """The recipes for blocking code: thin wrappers that run the async recipe
 objects in a ``SyncClient``'s loop thread.
 
-A thread cannot be cancelled the way a Trio body is, so a blocking holder
+A thread cannot be cancelled the way an async body is, so a blocking holder
 learns of a lost lock by asking (``lock.lost``, ``lock.wait_lost()``), by a
 fenced write failing with ``LockLostError``, or when leaving ``with lock:``
 (which raises ``LockLostError`` if the lock was lost meanwhile).  Guard every
@@ -16,14 +16,16 @@ from __future__ import annotations
 import functools
 import math
 import threading
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
-import trio
+import anyio
 
 from coordclient.recipes._core import Participant
 from coordclient.recipes.election import Campaign, Election, Leader, LeaderObserver
 from coordclient.recipes.locks import Lock, ReadWriteLock, Semaphore
-from coordclient.sync import SyncClient
+
+if TYPE_CHECKING:
+    from coordclient.sync import SyncClient
 
 __all__ = ["SyncCampaign", "SyncElection", "SyncLeaderObserver", "SyncLock", "SyncReadWriteLock", "SyncSemaphore"]
 
@@ -31,7 +33,7 @@ _END = object()
 _TIMEOUT = object()
 
 
-def _make(client: SyncClient, cls: type, *args: Any, **kwargs: Any) -> Any:
+def _make(client: "SyncClient", cls: type, *args: Any, **kwargs: Any) -> Any:
     """Build an async recipe object in the loop thread (it owns Trio state)."""
     return client._run_sync(functools.partial(cls, client.client, *args, **kwargs))
 
@@ -43,15 +45,15 @@ class SyncLock:
             lock.fenced([ops.set("/reports/today", data)])
     """
 
-    def __init__(self, client: SyncClient, path: str, *, suspend_margin: float | None = None):
+    def __init__(self, client: "SyncClient", path: str, *, suspend_margin: float | None = None):
         self._init(client, _make(client, Lock, path, suspend_margin=suspend_margin))
 
-    def _init(self, client: SyncClient, participant: Participant) -> None:
+    def _init(self, client: "SyncClient", participant: Participant) -> None:
         self._sync = client
         self._p = participant
 
     @classmethod
-    def _wrap(cls, client: SyncClient, participant: Participant) -> Any:
+    def _wrap(cls, client: "SyncClient", participant: Participant) -> Any:
         self = cls.__new__(cls)
         self._init(client, participant)
         return self
@@ -114,7 +116,7 @@ class SyncLock:
 
 
 async def _wait_lost(p: Participant, timeout: float | None) -> str | None:
-    with trio.move_on_after(math.inf if timeout is None else timeout):
+    with anyio.move_on_after(math.inf if timeout is None else timeout):
         return await p.wait_lost()
     return None
 
@@ -122,14 +124,14 @@ async def _wait_lost(p: Participant, timeout: float | None) -> str | None:
 class SyncSemaphore(SyncLock):
     """A ``Semaphore`` (one permit of ``permits``) for blocking code."""
 
-    def __init__(self, client: SyncClient, path: str, permits: int, *, suspend_margin: float | None = None):
+    def __init__(self, client: "SyncClient", path: str, permits: int, *, suspend_margin: float | None = None):
         self._init(client, _make(client, Semaphore, path, permits, suspend_margin=suspend_margin))
 
 
 class SyncReadWriteLock:
     """A ``ReadWriteLock`` for blocking code: ``with rw.read_lock: ...``."""
 
-    def __init__(self, client: SyncClient, path: str, *, suspend_margin: float | None = None):
+    def __init__(self, client: "SyncClient", path: str, *, suspend_margin: float | None = None):
         rw = _make(client, ReadWriteLock, path, suspend_margin=suspend_margin)
         self.path = path
         self.read_lock = SyncLock._wrap(client, rw.read_lock)
@@ -152,7 +154,7 @@ class SyncElection:
             run(term.fencing_token)      # poll term.lost, or use term.fenced(...)
     """
 
-    def __init__(self, client: SyncClient, path: str, identity: str, *, suspend_margin: float | None = None):
+    def __init__(self, client: "SyncClient", path: str, identity: str, *, suspend_margin: float | None = None):
         self._sync = client
         self._e: Election = _make(client, Election, path, identity, suspend_margin=suspend_margin)
 
@@ -185,7 +187,7 @@ class SyncLeaderObserver:
     """Blocking view of ``LeaderObserver``: iterate, or ``get(timeout)``;
     use it as a context manager (or call ``close()``)."""
 
-    def __init__(self, client: SyncClient, observer: LeaderObserver):
+    def __init__(self, client: "SyncClient", observer: LeaderObserver):
         self._sync = client
         self._o = observer
 
@@ -216,7 +218,7 @@ class SyncLeaderObserver:
 
 
 async def _next_leader(observer: LeaderObserver, timeout: float | None) -> object:
-    with trio.move_on_after(math.inf if timeout is None else timeout):
+    with anyio.move_on_after(math.inf if timeout is None else timeout):
         try:
             return await observer.__anext__()
         except StopAsyncIteration:
