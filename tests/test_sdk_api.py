@@ -50,18 +50,24 @@ def test_recipe_factories_return_their_real_types():
 
 
 def _runtime_imports(path: pathlib.Path) -> set[str]:
-    """coordclient modules imported at module level, outside ``if TYPE_CHECKING``."""
-    tree = ast.parse(path.read_text())
+    """coordclient modules a module imports anywhere (functions included:
+    a deferred import is still a cycle), except under ``if TYPE_CHECKING``."""
     found = set()
-    for node in tree.body:
+
+    def walk(node):
         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            continue
-        for sub in ast.walk(node) if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) else ():
-            if isinstance(sub, ast.ImportFrom) and sub.module and sub.module.startswith("coordclient"):
-                found.add(sub.module)
-                found.update(f"{sub.module}.{a.name}" for a in sub.names)
-            elif isinstance(sub, ast.Import):
-                found.update(a.name for a in sub.names if a.name.startswith("coordclient"))
+            for sub in node.orelse:
+                walk(sub)
+            return
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("coordclient"):
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("coordclient"))
+        for child in ast.iter_child_nodes(node):
+            walk(child)
+
+    walk(ast.parse(path.read_text()))
     return found
 
 
