@@ -44,6 +44,7 @@ import anyio.from_thread
 import anyio.lowlevel
 from anyio.abc import SocketAttribute
 
+from coordclient._compat import sole_exception
 from coordclient.client import Client
 from coordclient.protocol import DEFAULT_MAX_DATA, Err, parent_of, validate_path
 from coordclient.wire import FrameDecoder, FrameError, encode_frame
@@ -801,12 +802,18 @@ class FakeCluster:
 @asynccontextmanager
 async def open_cluster(n: int = 3, **state_kwargs: Any) -> AsyncIterator[FakeCluster]:
     state = FakeState(**state_kwargs)
-    async with anyio.create_task_group() as tg:
-        cluster = FakeCluster(state, [FakeServer(state, i, tg) for i in range(1, n + 1)])
-        try:
-            yield cluster
-        finally:
-            tg.cancel_scope.cancel()
+    try:
+        async with anyio.create_task_group() as tg:
+            cluster = FakeCluster(state, [FakeServer(state, i, tg) for i in range(1, n + 1)])
+            try:
+                yield cluster
+            finally:
+                tg.cancel_scope.cancel()
+    except BaseExceptionGroup as group:  # the test's own failure, not a group of one
+        inner = sole_exception(group)
+        if inner is None:
+            raise
+        raise inner from None
 
 
 class ThreadedFakeCluster:

@@ -241,6 +241,10 @@ class EventBuffer:
         if waiter is not None:
             waiter.set()
 
+    def get_nowait(self) -> WatchEvent | None:
+        """The next buffered event, or None if none is buffered."""
+        return self._items.popleft() if self._items else None
+
     async def get(self) -> WatchEvent:
         while not self._items:
             if self.closed:
