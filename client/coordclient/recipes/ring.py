@@ -295,13 +295,13 @@ class RingMember:
     async def _run_loop(self) -> None:
         try:
             while not self._leaving:
-                self._wake = anyio.Event()
+                wake = self._wake = anyio.Event()
                 snapshot = self.members
                 self.ring = HashRing({m.id: int(m.payload.get("vnodes", 1)) for m in snapshot}, self.partitions)
                 await self._reconcile()
                 self._notify_settled()
                 with anyio.move_on_after(self.client.request_timeout):
-                    await self._wake.wait()
+                    await wake.wait()
         except SessionExpiredError:
             for s in self._slices.values():
                 s.hold.lose("session expired")
