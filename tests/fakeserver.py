@@ -813,6 +813,7 @@ async def open_cluster(n: int = 3, **state_kwargs: Any) -> AsyncIterator[FakeClu
         inner = sole_exception(group)
         if inner is None:
             raise
+        group.__context__ = None
         raise inner from None
 
 

@@ -27,7 +27,6 @@ import inspect
 import logging
 import math
 import random
-from contextlib import AsyncExitStack
 from typing import Any, Callable, Iterable
 
 import anyio
@@ -132,7 +131,7 @@ class Client:
         self._conn_changed: anyio.Event | None = None
         self._closing = False
         self._tg: anyio.abc.TaskGroup | None = None
-        self._exit_stack: AsyncExitStack | None = None
+        self._opened = False
 
         self._seq = 0
         self._inflight: dict[int, None] = {}  # seqs in flight, oldest first
@@ -218,11 +217,16 @@ class Client:
     # -- open / close -----------------------------------------------------
 
     async def __aenter__(self) -> "Client":
-        if self._exit_stack is not None or self._closing:
+        if self._opened or self._closing:
             raise RuntimeError("a Client can be opened only once")
         self._state_changed, self._conn_changed, self._slot_freed = anyio.Event(), anyio.Event(), anyio.Event()
-        self._exit_stack = AsyncExitStack()
-        self._tg = await self._exit_stack.enter_async_context(anyio.create_task_group())
+        self._opened = True
+        # The task group is entered and left directly (not through an
+        # AsyncExitStack: re-raising a cancellation through one can make the
+        # exception its own __context__, which AnyIO then walks forever).
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
         try:
             budget = max(self.session_timeout, self.connect_timeout)
             conn, result = await self._establish(anyio.current_time() + budget)
@@ -230,31 +234,33 @@ class Client:
             self._tg.start_soon(self._supervise)
         except BaseException:
             self._finish()
-            stack, self._exit_stack = self._exit_stack, None
-            await stack.aclose()
+            await tg.__aexit__(None, None, None)
             raise
         return self
 
     async def __aexit__(self, *exc_info: object) -> bool | None:
-        stack, self._exit_stack = self._exit_stack, None
-        assert stack is not None
+        tg = self._tg
+        assert tg is not None and self._opened
         try:
             await self._shutdown()
         finally:
             try:
-                suppress = await stack.__aexit__(*exc_info)
+                suppress = await tg.__aexit__(*exc_info)  # type: ignore[arg-type]
             except BaseExceptionGroup as group:
                 # A task group wraps the body's own exception in a group on its
                 # way through: give the caller back what it raised.
                 inner = sole_exception(group)
                 if inner is None:
                     raise
+                if inner is exc_info[1]:
+                    return False  # it propagates as it was (re-raising it here could loop its context)
+                group.__context__ = None
                 raise inner from None
         return suppress
 
     async def aclose(self) -> None:
         """Close the session (what leaving ``async with`` does)."""
-        if self._exit_stack is not None:
+        if self._opened and not self._closing:
             await self.__aexit__(None, None, None)
 
     async def _shutdown(self) -> None:
