@@ -298,3 +298,62 @@ async def test_lease_body_is_cancelled_at_expiry_unless_renewed():
                 reached.append("not reached")
         assert reached == ["renewed"]
         assert not cl.state.nodes["/lease"].children  # released on the way out
+
+
+# -- the blocking forms ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_blocking_recipes(backend):
+    import threading
+
+    from coordclient.sync import SyncClient
+    from tests.fakeserver import ThreadedFakeCluster
+
+    with ThreadedFakeCluster(1) as fake, SyncClient(fake.endpoints, session_timeout=3, backend=backend) as a, \
+            SyncClient(fake.endpoints, session_timeout=3, backend=backend) as b:
+        counter = a.counter("/s/count")
+        assert counter.add(2) == 2 and b.counter("/s/count").add(3) == 5 and counter.get() == 5
+
+        barrier = a.barrier("/s/barrier")
+        assert barrier.create() and not b.barrier("/s/barrier").wait(timeout=0.1)
+        threading.Timer(0.1, barrier.remove).start()
+        assert b.barrier("/s/barrier").wait(timeout=5)
+
+        q = a.queue("/s/q")
+        q.put(b"1")
+        q.put(b"2")
+        assert b.queue("/s/q").get(timeout=1) == b"1" and q.get(timeout=1) == b"2" and q.get(timeout=0.05) is None
+
+        lq = a.locking_queue("/s/lq")
+        lq.put(b"job")
+        with b.locking_queue("/s/lq").take(timeout=1) as item:
+            assert item.data == b"job" and item.fencing_token > 0 and not item.lost
+            assert lq.get(timeout=0.05) is None  # taken
+        assert lq.length() == 0  # consumed
+
+        group = a.group("/s/g")
+        with group.view() as view:
+            with b.group("/s/g").join("b", {"port": 1}) as reg:
+                assert reg.member.port == 1
+                deadline = 50
+                while view.snapshot().ids != ("b",) and deadline:
+                    view.changed(timeout=1)
+                    deadline -= 1
+                assert view.snapshot().ids == ("b",)
+            assert group.members().ids == ()
+
+        with a.tree_cache("/s") as cache:
+            cache.wait_initialized(timeout=5)
+            assert cache.get("/s/count").data == b"5" and "g" in cache.children("/s")
+
+        lease = a.lease("/s/lease", duration=5, clock_margin=0.05)
+        with lease.acquire(timeout=1) as grant:
+            assert grant.fencing_token > 0 and grant.expires_in > 4
+            assert b.lease("/s/lease", duration=5).try_acquire() is None
+            assert grant.fenced([ops.create("/s/leased", b"")]) == ["/s/leased"]
+        assert b.lease("/s/lease", duration=5).try_acquire() is not None
+
+        with a.ring("/s/ring", "a", partitions=8, vnodes=4) as ring:
+            ring.settled(timeout=10)
+            assert len(ring.owned()) == 8 and ring.owns("any key") and ring.owner("any key") == "a"

@@ -34,8 +34,35 @@ def test_every_async_call_has_a_blocking_twin_with_its_signature():
 
 
 def test_sync_methods_share_the_async_parameters():
-    for name in ("watch", "add_listener", "remove_listener", "lock", "rwlock", "semaphore", "election"):
+    for name in RECIPE_FACTORIES + ("watch", "add_listener", "remove_listener"):
         assert params(getattr(SyncClient, name)) == params(getattr(Client, name)), name
+
+
+RECIPE_FACTORIES = ("lock", "rwlock", "semaphore", "election", "barrier", "double_barrier", "counter", "queue",
+                    "locking_queue", "group", "lease", "tree_cache", "node_cache", "ring")
+
+
+def test_every_recipe_has_a_blocking_twin_with_the_same_calls():
+    from coordclient import recipes
+    from coordclient.recipes import blocking
+
+    pairs = {recipes.Lock: blocking.SyncLock, recipes.Semaphore: blocking.SyncSemaphore,
+             recipes.Election: blocking.SyncElection, recipes.Barrier: blocking.SyncBarrier,
+             recipes.DoubleBarrier: blocking.SyncDoubleBarrier, recipes.Counter: blocking.SyncCounter,
+             recipes.Queue: blocking.SyncQueue, recipes.LockingQueue: blocking.SyncLockingQueue,
+             recipes.Group: blocking.SyncGroup, recipes.Lease: blocking.SyncLease,
+             recipes.TreeCache: blocking.SyncTreeCache, recipes.RingMember: blocking.SyncRingMember}
+    for async_cls, sync_cls in pairs.items():
+        for name, fn in inspect.getmembers(async_cls, inspect.iscoroutinefunction):
+            if name.startswith("_") or name in ("aclose", "initialized", "wait_changed", "resign"):
+                continue
+            twin = getattr(sync_cls, name, None)
+            assert twin is not None, f"{sync_cls.__name__} lacks {name}"
+            assert params(twin)[: len(params(fn))] == params(fn), f"{sync_cls.__name__}.{name}"
+    # every factory of Client has the blocking twin of what it returns
+    for name in RECIPE_FACTORIES:
+        returned = inspect.signature(getattr(Client, name)).return_annotation
+        assert inspect.signature(getattr(SyncClient, name)).return_annotation == f"Sync{returned}", name
 
 
 def test_recipe_factories_return_their_real_types():

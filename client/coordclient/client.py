@@ -39,8 +39,15 @@ from coordclient.endpoints import Endpoints, parse_endpoints
 from coordclient.errors import ConnectionLossError, CoordError, OperationTimeoutError, SessionExpiredError
 from coordclient.messages import ops
 from coordclient.protocol import Err
+from coordclient.recipes.barrier import Barrier, DoubleBarrier
+from coordclient.recipes.cache import NodeCache, TreeCache
+from coordclient.recipes.counter import Counter
 from coordclient.recipes.election import Election
+from coordclient.recipes.group import Group
+from coordclient.recipes.lease import Lease
 from coordclient.recipes.locks import Lock, ReadWriteLock, Semaphore
+from coordclient.recipes.queue import LockingQueue, Queue
+from coordclient.recipes.ring import RingMember
 from coordclient.streams import ConnectStream, as_byte_stream, connect_tcp
 from coordclient.types import RESYNC, ConnState, Stat, WatchCallback, WatchEvent
 from coordclient.watches import (
@@ -154,6 +161,48 @@ class Client:
     def election(self, path: str, identity: str, *, suspend_margin: float | None = None) -> Election:
         """Leader election: ``async with c.election(path, me).campaign() as term:``."""
         return Election(self, path, identity, suspend_margin=suspend_margin)
+
+    def barrier(self, path: str) -> Barrier:
+        """A barrier: ``create()``, ``remove()``, ``await wait(timeout)``."""
+        return Barrier(self, path)
+
+    def double_barrier(self, path: str, num: int, identifier: str | None = None) -> DoubleBarrier:
+        """``num`` participants enter and leave together."""
+        return DoubleBarrier(self, path, num, identifier)
+
+    def counter(self, path: str, default: int | float = 0) -> Counter:
+        """An int (or float) counter with atomic ``add``."""
+        return Counter(self, path, default)
+
+    def queue(self, path: str) -> Queue:
+        """A FIFO queue."""
+        return Queue(self, path)
+
+    def locking_queue(self, path: str, *, suspend_margin: float | None = None) -> LockingQueue:
+        """A queue whose taken items come back if their taker dies."""
+        return LockingQueue(self, path, suspend_margin=suspend_margin)
+
+    def group(self, path: str) -> Group:
+        """Group membership / service discovery."""
+        return Group(self, path)
+
+    def lease(self, path: str, *, duration: float, max_holders: int = 1, clock_margin: float = 1.0,
+              suspend_margin: float | None = None) -> Lease:
+        """Time-bound grants to at most ``max_holders`` holders."""
+        return Lease(self, path, duration=duration, max_holders=max_holders, clock_margin=clock_margin,
+                     suspend_margin=suspend_margin)
+
+    def tree_cache(self, path: str, *, max_depth: int | None = None) -> TreeCache:
+        """A local mirror of a subtree (``async with``)."""
+        return TreeCache(self, path, max_depth=max_depth)
+
+    def node_cache(self, path: str) -> NodeCache:
+        """A local mirror of one node (``async with``)."""
+        return NodeCache(self, path)
+
+    def ring(self, path: str, member_id: str, **kwargs: Any) -> RingMember:
+        """Membership of a consistent-hash ring partitioner (``async with``); see ``RingMember``."""
+        return RingMember(self, path, member_id, **kwargs)
 
     def __repr__(self) -> str:
         return f"<Client sid={self.session_id:#x} {self._state.value} server={self.server_id}>"

@@ -47,7 +47,22 @@ from coordclient.client import BACKOFF_MAX, BACKOFF_MIN, Client
 from coordclient.connection import Claim, Connection
 from coordclient.errors import ConnectionLossError, CoordError
 from coordclient.protocol import Err
-from coordclient.recipes.blocking import SyncElection, SyncLock, SyncReadWriteLock, SyncSemaphore
+from coordclient.recipes.blocking import (
+    SyncBarrier,
+    SyncCounter,
+    SyncDoubleBarrier,
+    SyncElection,
+    SyncGroup,
+    SyncLease,
+    SyncLock,
+    SyncLockingQueue,
+    SyncNodeCache,
+    SyncQueue,
+    SyncReadWriteLock,
+    SyncRingMember,
+    SyncSemaphore,
+    SyncTreeCache,
+)
 from coordclient.types import ConnState, WatchEvent
 from coordclient.watches import DEFAULT_WATCH_BUFFER, WatchStream
 
@@ -308,6 +323,38 @@ class SyncClient:
 
     def election(self, path: str, identity: str, *, suspend_margin: float | None = None) -> SyncElection:
         return SyncElection(self, path, identity, suspend_margin=suspend_margin)
+
+    def barrier(self, path: str) -> SyncBarrier:
+        return SyncBarrier(self, path)
+
+    def double_barrier(self, path: str, num: int, identifier: str | None = None) -> SyncDoubleBarrier:
+        return SyncDoubleBarrier(self, path, num, identifier)
+
+    def counter(self, path: str, default: int | float = 0) -> SyncCounter:
+        return SyncCounter(self, path, default)
+
+    def queue(self, path: str) -> SyncQueue:
+        return SyncQueue(self, path)
+
+    def locking_queue(self, path: str, *, suspend_margin: float | None = None) -> SyncLockingQueue:
+        return SyncLockingQueue(self, path, suspend_margin=suspend_margin)
+
+    def group(self, path: str) -> SyncGroup:
+        return SyncGroup(self, path)
+
+    def lease(self, path: str, *, duration: float, max_holders: int = 1, clock_margin: float = 1.0,
+              suspend_margin: float | None = None) -> SyncLease:
+        return SyncLease(self, path, duration=duration, max_holders=max_holders, clock_margin=clock_margin,
+                         suspend_margin=suspend_margin)
+
+    def tree_cache(self, path: str, *, max_depth: int | None = None) -> SyncTreeCache:
+        return SyncTreeCache(self, path, max_depth=max_depth)
+
+    def node_cache(self, path: str) -> SyncNodeCache:
+        return SyncNodeCache(self, path)
+
+    def ring(self, path: str, member_id: str, **kwargs: Any) -> SyncRingMember:
+        return SyncRingMember(self, path, member_id, **kwargs)
 
     # -- lifecycle --------------------------------------------------------
 
