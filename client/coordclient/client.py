@@ -690,7 +690,7 @@ class _AttemptFailed(Exception):
 async def _run_callback(callback: WatchCallback, event: WatchEvent) -> None:
     try:
         result = callback(event)
-        if inspect.isawaitable(result):
+        if inspect.iscoroutine(result):  # not any awaitable: a task handle returned by start_soon is one
             await result
     except Exception:  # noqa: BLE001 - an application bug must not kill the client
         log.exception("watch callback %r failed", callback)

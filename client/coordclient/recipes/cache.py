@@ -255,7 +255,7 @@ class TreeCache:
             for callback in list(self._listeners):
                 try:
                     result = callback(event)
-                    if inspect.isawaitable(result):
+                    if inspect.iscoroutine(result):  # (a returned task handle is not awaited)
                         await result
                 except Exception:  # noqa: BLE001 - a listener bug must not stop the mirror
                     log.exception("cache listener %r failed", callback)

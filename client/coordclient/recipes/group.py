@@ -12,6 +12,7 @@ moves on, and numbered, so two snapshots can be compared cheaply.
 
 from __future__ import annotations
 
+import inspect
 import json
 import secrets
 from dataclasses import dataclass, field
@@ -229,5 +230,5 @@ class GroupView:
         self._snapshot = Membership(members, self._snapshot.version + 1)
         for callback in list(self._listeners):
             result = callback(self._snapshot)
-            if result is not None and hasattr(result, "__await__"):
+            if inspect.iscoroutine(result):
                 await result

@@ -132,7 +132,7 @@ async def _call(callback: Callback | None, *args: Any) -> None:
     if callback is None:
         return
     result = callback(*args)
-    if inspect.isawaitable(result):
+    if inspect.iscoroutine(result):  # a task handle returned by start_soon is awaitable too: not awaited
         await result
 
 
