@@ -30,3 +30,33 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     setattr(item, f"rep_{report.when}", report)
+
+
+# -- AnyIO: the SDK's tests run on asyncio and on Trio ---------------------------
+#
+# SDK test modules set ``pytestmark = pytest.mark.anyio`` and run once per
+# backend.  Tests that need virtual time use ``tests.backends.VIRTUAL_TIME``
+# (Trio with an autojump MockClock); the rest of the suite stays in
+# pytest-trio's trio mode.
+
+
+def _backend(name):
+    if name == "trio-autojump":
+        from trio.testing import MockClock
+
+        return ("trio", {"clock": MockClock(autojump_threshold=0)})
+    return name
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request):
+    return _backend(request.param)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """pytest-trio's trio mode marks every async test for Trio; AnyIO tests
+    are run by the anyio plugin instead, on the backend they are given."""
+    for item in items:
+        if item.get_closest_marker("anyio") is not None:
+            item.own_markers[:] = [m for m in item.own_markers if m.name != "trio"]

@@ -4,8 +4,10 @@ One ``FakeState`` is "the ensemble": the tree, sessions, the change history
 and the counters tests assert on.  Several ``FakeServer``s can share it, so
 a client can fail over to "another server" and resume its session there.
 Servers are reachable through an in-memory network (``FakeCluster.connect``,
-pure Trio, so ``MockClock`` autojump works) or on real TCP ports
+no sockets, so Trio's ``MockClock`` autojump works) or on real TCP ports
 (``FakeServer.listen_tcp``, ``ThreadedFakeCluster`` for blocking clients).
+It is written against AnyIO, so it runs under asyncio and Trio alike, in the
+test's own loop.
 
 What it implements (PROTOCOL.md): hello/ping/close, sessions with secrets,
 exactly-once writes by (sid, seq) with a bounded result window and waiting
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import math
 import os
 import random
 import threading
@@ -35,14 +38,18 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable
 
-import trio
-import trio.testing
+import anyio
+import anyio.abc
+import anyio.from_thread
+import anyio.lowlevel
+from anyio.abc import SocketAttribute
 
+from coordclient._compat import sole_exception
 from coordclient.client import Client
 from coordclient.protocol import DEFAULT_MAX_DATA, Err, parent_of, validate_path
-from coordclient.wire import FramedStream, FrameError
+from coordclient.wire import FrameDecoder, FrameError, encode_frame
 
-STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, FrameError, OSError)
+STREAM_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, FrameError, OSError)
 OUT_QUEUE = 20_000  # frames queued per connection before "client too slow"
 RESULT_WINDOW = 1000  # write results kept per session (PROTOCOL.md: < 1000 in flight)
 WRITES = frozenset({"create", "delete", "set", "multi"})
@@ -90,7 +97,7 @@ class Session:
     timeout_ms: int
     last_seen: float
     results: dict[int, tuple] = field(default_factory=dict)  # seq -> ("ok", r) | ("err", FakeError)
-    inflight: dict[int, trio.Event] = field(default_factory=dict)
+    inflight: dict[int, anyio.Event] = field(default_factory=dict)
     expired: bool = False
 
 
@@ -180,11 +187,11 @@ class FakeState:
     async def reap_sessions(self, interval: float = 0.05) -> None:
         """Expire sessions idle for longer than their timeout (run it as a task)."""
         while True:
-            now = trio.current_time()
+            now = anyio.current_time()
             for s in list(self.sessions.values()):
                 if now - s.last_seen > s.timeout_ms / 1000:
                     self.expire_session(s.sid)
-            await trio.sleep(interval)
+            await anyio.sleep(interval)
 
     # -- inspection -------------------------------------------------------
 
@@ -203,7 +210,7 @@ class FakeState:
         self.hellos.append({"server": server.server_id, "sid": sid, "last_zxid": msg.get("last_zxid")})
         if sid == 0:
             self._next_sid += 1
-            session = Session(self._next_sid, os.urandom(16), timeout_ms, trio.current_time())
+            session = Session(self._next_sid, os.urandom(16), timeout_ms, anyio.current_time())
             self.sessions[session.sid] = session
         else:
             session = self.sessions.get(sid)
@@ -212,7 +219,7 @@ class FakeState:
             if msg.get("secret") != session.secret:
                 raise FakeError(Err.AUTH_FAILED, "wrong session secret")
             session.timeout_ms = timeout_ms
-        session.last_seen = trio.current_time()
+        session.last_seen = anyio.current_time()
         return session, {"sid": session.sid, "secret": session.secret, "timeout_ms": session.timeout_ms,
                          "server_id": server.server_id, "zxid": self.zxid}
 
@@ -246,11 +253,11 @@ class FakeState:
             if seq not in session.results:
                 raise FakeError(Err.SESSION_EXPIRED, "session expired")
             return session.results[seq]
-        done = session.inflight[seq] = trio.Event()
+        done = session.inflight[seq] = anyio.Event()
         self.max_inflight_writes = max(self.max_inflight_writes, len(session.inflight))
         try:
             if self.delay_apply:
-                await trio.sleep(self.delay_apply)
+                await anyio.sleep(self.delay_apply)
             if session.expired:
                 raise FakeError(Err.SESSION_EXPIRED, "session expired")
             outcome = self.apply(session, msg)
@@ -455,17 +462,74 @@ class FakeState:
                 "learners": [], "outgoing": [], "members": {i: {"peer": "", "client": ""} for i in ids}}
 
 
+class MemoryByteStream(anyio.abc.ByteStream):
+    """One end of an in-memory, unbounded byte pipe (see ``memory_stream_pair``)."""
+
+    def __init__(self, send: Any, receive: Any):
+        self._send, self._receive = send, receive
+        self._buf = b""
+
+    async def send(self, item: bytes) -> None:
+        try:
+            self._send.send_nowait(bytes(item))
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            raise anyio.BrokenResourceError from None
+        await anyio.lowlevel.checkpoint()
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        if not self._buf:
+            try:
+                self._buf = await self._receive.receive()
+            except anyio.ClosedResourceError:
+                raise anyio.ClosedResourceError from None
+        data, self._buf = self._buf[:max_bytes], self._buf[max_bytes:]
+        return data
+
+    async def send_eof(self) -> None:
+        self._send.close()
+
+    async def aclose(self) -> None:
+        self._send.close()
+        self._receive.close()
+        await anyio.lowlevel.checkpoint()
+
+
+def memory_stream_pair() -> tuple[MemoryByteStream, MemoryByteStream]:
+    a_send, b_recv = anyio.create_memory_object_stream[bytes](math.inf)
+    b_send, a_recv = anyio.create_memory_object_stream[bytes](math.inf)
+    return MemoryByteStream(a_send, a_recv), MemoryByteStream(b_send, b_recv)
+
+
+class Framed:
+    """Whole CBOR frames over an AnyIO byte stream."""
+
+    def __init__(self, stream: anyio.abc.ByteStream):
+        self.stream = stream
+        self._decoder = FrameDecoder()
+        self._pending: collections.deque = collections.deque()
+
+    async def send(self, obj: Any) -> None:
+        await self.stream.send(encode_frame(obj))
+
+    async def receive(self) -> Any:
+        while not self._pending:
+            if self._decoder.error is not None:
+                raise self._decoder.error
+            self._pending.extend(self._decoder.feed(await self.stream.receive(256 << 10)))
+        return self._pending.popleft()
+
+
 class FakeConn:
     """The server end of one client connection."""
 
-    def __init__(self, server: "FakeServer", stream: trio.abc.Stream):
+    def __init__(self, server: "FakeServer", stream: anyio.abc.ByteStream):
         self.server = server
         self.state = server.state
-        self.framed = FramedStream(stream)
-        self.out_send, self.out_recv = trio.open_memory_channel[dict](OUT_QUEUE)
+        self.framed = Framed(stream)
+        self.out_send, self.out_recv = anyio.create_memory_object_stream[dict](OUT_QUEUE)
         self.session: Session | None = None
         self.watches: dict[int, FWatch] = {}
-        self.scope = trio.CancelScope()
+        self.scope = anyio.CancelScope()
         self.alive = True
 
     async def run(self) -> None:
@@ -473,14 +537,16 @@ class FakeConn:
         self.server.conns.add(self)
         try:
             with self.scope:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._writer)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._writer)
                     await self._reader()
-                    nursery.cancel_scope.cancel()
+                    tg.cancel_scope.cancel()
         finally:
             self._detach()
-            with trio.CancelScope(shield=True):
-                await trio.aclose_forcefully(self.framed.stream)
+            self.out_send.close()
+            self.out_recv.close()
+            with anyio.CancelScope(shield=True):
+                await anyio.aclose_forcefully(self.framed.stream)
 
     def _detach(self) -> None:
         self.alive = False
@@ -500,7 +566,7 @@ class FakeConn:
         if reason:
             try:
                 self.out_send.send_nowait({"ev": "closing", "reason": reason})
-            except trio.WouldBlock:
+            except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
                 pass
         self._detach()
         self.out_send.close()
@@ -510,8 +576,10 @@ class FakeConn:
             return
         try:
             self.out_send.send_nowait(frame)
-        except trio.WouldBlock:
+        except anyio.WouldBlock:
             self.close("client too slow")
+            return
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             return
         if frame.get("ev") == "watch" and self.server.close_after_events is not None:
             self.server.close_after_events -= 1
@@ -544,7 +612,8 @@ class FakeConn:
 
     async def _reader(self) -> None:
         try:
-            async for msg in self.framed:
+            while True:
+                msg = await self.framed.receive()
                 if not self.alive:
                     return
                 if self.server.blackhole:
@@ -554,7 +623,7 @@ class FakeConn:
                 elif msg.get("op") == "hello":
                     self._hello(msg)  # inline: nothing may overtake the session's start
                 else:
-                    self.server.nursery.start_soon(self.server.handle, self, msg)
+                    self.server.tg.start_soon(self.server.handle, self, msg)
         except STREAM_ERRORS:
             pass
 
@@ -572,18 +641,18 @@ class FakeConn:
 class FakeServer:
     """One server of the fake ensemble (all share ``state``)."""
 
-    def __init__(self, state: FakeState, server_id: int, nursery: trio.Nursery):
+    def __init__(self, state: FakeState, server_id: int, tg: anyio.abc.TaskGroup):
         self.state = state
         self.server_id = server_id
-        self.nursery = nursery
+        self.tg = tg
         self.conns: set[FakeConn] = set()
         self.listening = True
         self.blackhole = False  # accept and read, never answer: a hung server
         self.close_after_events: int | None = None  # close a connection after sending this many more events
         self.host = f"fake{server_id}"
         self.port = server_id
-        self._tcp_scope: trio.CancelScope | None = None
-        self._tcp_closed = trio.Event()
+        self._tcp_scope: anyio.CancelScope | None = None
+        self._tcp_closed: anyio.Event | None = None
 
     def __repr__(self) -> str:
         return f"<FakeServer {self.server_id}>"
@@ -603,40 +672,40 @@ class FakeServer:
 
     async def start(self) -> None:
         if self._tcp_scope is not None:
+            assert self._tcp_closed is not None
             await self._tcp_closed.wait()
             await self.listen_tcp(self.host, self.port)
         self.listening = True
 
     # -- transports ---------------------------------------------------------
 
-    async def connect(self) -> trio.abc.Stream:
+    async def connect(self) -> anyio.abc.ByteStream:
         """An in-memory connection (the client's end)."""
         if not self.listening:
             raise ConnectionRefusedError(errno.ECONNREFUSED, f"{self.host}:{self.port} refused")
-        client_end, server_end = trio.testing.memory_stream_pair()
-        self.nursery.start_soon(self.serve, server_end)
+        client_end, server_end = memory_stream_pair()
+        self.tg.start_soon(self.serve, server_end)
         return client_end
 
     async def listen_tcp(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        listeners = await trio.open_tcp_listeners(port, host=host)
-        self.host, self.port = host, listeners[0].socket.getsockname()[1]
-        self._tcp_scope = trio.CancelScope()
-        self._tcp_closed = trio.Event()
-        self.nursery.start_soon(self._accept, listeners, self._tcp_scope, self._tcp_closed)
+        listener = await anyio.create_tcp_listener(local_host=host, local_port=port, reuse_port=False)
+        self.host, self.port = host, listener.extra(SocketAttribute.local_port)
+        self._tcp_scope = anyio.CancelScope()
+        self._tcp_closed = anyio.Event()
+        self.tg.start_soon(self._accept, listener, self._tcp_scope, self._tcp_closed)
         self.listening = True
         return self.port
 
-    async def _accept(self, listeners: list, scope: trio.CancelScope, closed: trio.Event) -> None:
+    async def _accept(self, listener: Any, scope: anyio.CancelScope, closed: anyio.Event) -> None:
         try:
             with scope:
-                await trio.serve_listeners(self.serve, listeners, handler_nursery=self.nursery)
+                await listener.serve(self.serve, task_group=self.tg)
         finally:
-            for listener in listeners:
-                with trio.CancelScope(shield=True):
-                    await trio.aclose_forcefully(listener)
+            with anyio.CancelScope(shield=True):
+                await anyio.aclose_forcefully(listener)
             closed.set()
 
-    async def serve(self, stream: trio.abc.Stream) -> None:
+    async def serve(self, stream: anyio.abc.ByteStream) -> None:
         await FakeConn(self, stream).run()
 
     # -- requests -------------------------------------------------------------
@@ -658,14 +727,14 @@ class FakeServer:
             session = conn.session
             if session is None or session.expired:
                 raise FakeError(Err.SESSION_EXPIRED, "no session")
-            session.last_seen = trio.current_time()
+            session.last_seen = anyio.current_time()
             err = st.take_fault(op)
             if err is not None:
                 raise FakeError(err, "injected fault")
             if op in WRITES:
                 outcome = await st.write(session, msg)
                 if st.delay_reply:
-                    await trio.sleep(st.delay_reply)
+                    await anyio.sleep(st.delay_reply)
                 conn.reply(rid, outcome)
             elif op == "ping" or op == "sync":
                 conn.reply(rid, ("ok", {}))
@@ -716,7 +785,7 @@ class FakeCluster:
     def server(self, server_id: int) -> FakeServer:
         return next(s for s in self.servers if s.server_id == server_id)
 
-    async def connect(self, host: str, port: int) -> trio.abc.Stream:
+    async def connect(self, host: str, port: int) -> anyio.abc.ByteStream:
         for server in self.servers:
             if (server.host, server.port) == (host, port):
                 return await server.connect()
@@ -733,71 +802,78 @@ class FakeCluster:
 @asynccontextmanager
 async def open_cluster(n: int = 3, **state_kwargs: Any) -> AsyncIterator[FakeCluster]:
     state = FakeState(**state_kwargs)
-    async with trio.open_nursery() as nursery:
-        cluster = FakeCluster(state, [FakeServer(state, i, nursery) for i in range(1, n + 1)])
-        try:
-            yield cluster
-        finally:
-            nursery.cancel_scope.cancel()
+    try:
+        async with anyio.create_task_group() as tg:
+            cluster = FakeCluster(state, [FakeServer(state, i, tg) for i in range(1, n + 1)])
+            try:
+                yield cluster
+            finally:
+                tg.cancel_scope.cancel()
+    except BaseExceptionGroup as group:  # the test's own failure, not a group of one
+        inner = sole_exception(group)
+        if inner is None:
+            raise
+        group.__context__ = None
+        raise inner from None
 
 
 class ThreadedFakeCluster:
-    """Fake servers on real loopback TCP ports, run by a Trio loop in a
-    background thread: for blocking clients (SyncClient, coordctl).
+    """Fake servers on real loopback TCP ports, run by an event loop in a
+    background thread (an AnyIO blocking portal): for blocking clients
+    (SyncClient, coordctl).
 
     ``call(fn, *args)`` runs ``fn`` in the loop thread (to inspect or change
     the state safely) and returns its result.
     """
 
-    def __init__(self, n: int = 1, **state_kwargs: Any):
+    def __init__(self, n: int = 1, *, backend: str = "trio", **state_kwargs: Any):
         self.n = n
+        self.backend = backend
         self.state = FakeState(**state_kwargs)
         self.servers: list[FakeServer] = []
-        self._token: trio.lowlevel.TrioToken | None = None
-        self._stop: trio.Event | None = None
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
+        self._portal_cm: Any = None
+        self._portal: anyio.from_thread.BlockingPortal | None = None
+        self._stop: anyio.Event | None = None
+        self._done: Any = None
 
     @property
     def endpoints(self) -> str:
         return ",".join(f"127.0.0.1:{s.port}" for s in self.servers)
 
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return trio.from_thread.run_sync(fn, *args, trio_token=self._token)
+        assert self._portal is not None
+        return self._portal.call(fn, *args)
 
     def __enter__(self) -> "ThreadedFakeCluster":
+        self._portal_cm = anyio.from_thread.start_blocking_portal(self.backend, name="fake-coord")
+        self._portal = self._portal_cm.__enter__()
         ready = threading.Event()
-
-        def main() -> None:
-            try:
-                trio.run(self._main, ready)
-            except BaseException as exc:  # noqa: BLE001 - reported by __enter__/__exit__
-                self._error = exc
-            finally:
-                ready.set()
-
-        self._thread = threading.Thread(target=main, name="fake-coord", daemon=True)
-        self._thread.start()
-        if not ready.wait(10) or self._token is None:
-            raise RuntimeError(f"fake servers did not start: {self._error!r}")
+        self._done = self._portal.start_task_soon(self._main, ready)
+        if not ready.wait(10):
+            raise RuntimeError("fake servers did not start")
+        if self._done.done():
+            self._done.result()  # raises what went wrong
         return self
 
     async def _main(self, ready: threading.Event) -> None:
-        self._stop = trio.Event()
-        async with trio.open_nursery() as nursery:
-            for i in range(1, self.n + 1):
-                server = FakeServer(self.state, i, nursery)
-                await server.listen_tcp()
-                self.servers.append(server)
-            self._token = trio.lowlevel.current_trio_token()
+        self._stop = anyio.Event()
+        try:
+            async with anyio.create_task_group() as tg:
+                for i in range(1, self.n + 1):
+                    server = FakeServer(self.state, i, tg)
+                    await server.listen_tcp()
+                    self.servers.append(server)
+                ready.set()
+                await self._stop.wait()
+                tg.cancel_scope.cancel()
+        finally:
             ready.set()
-            await self._stop.wait()
-            nursery.cancel_scope.cancel()
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._token is not None and self._stop is not None:
-            trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
-        if self._thread is not None:
-            self._thread.join(10)
-        if self._error is not None:
-            raise self._error
+        try:
+            if self._portal is not None and self._stop is not None:
+                self._portal.call(self._stop.set)
+            if self._done is not None:
+                self._done.result(10)
+        finally:
+            self._portal_cm.__exit__(None, None, None)

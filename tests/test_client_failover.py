@@ -1,24 +1,28 @@
 """Failover, exactly-once retries, watch resumption, session expiry and
 keepalive, against several fake servers sharing one state.
 
-Time-based tests use the autojump MockClock (pytest-trio's
-``autojump_clock`` fixture): the fake network is in-memory, so nothing
-waits on the kernel and virtual time is safe.
+Every test runs on asyncio and Trio, except those that wait out timeouts:
+they run on Trio's autojump MockClock (``tests.backends.VIRTUAL_TIME``); the
+fake network is in-memory, so nothing waits on the kernel and virtual time
+is safe.
 """
 
+import anyio
 import pytest
-import trio
 
 from coordclient import RESYNC, ConnState, WatchOverflowError, ops
 from coordclient.errors import ConnectionLossError, OperationTimeoutError, SessionExpiredError
 from coordclient.protocol import Err
+from tests.backends import VIRTUAL_OR_REAL, VIRTUAL_TIME
 from tests.fakeserver import FWatch, open_cluster
+
+pytestmark = pytest.mark.anyio
 
 
 async def wait_until(pred, timeout=10.0):
-    with trio.fail_after(timeout):
+    with anyio.fail_after(timeout):
         while not pred():
-            await trio.sleep(0.01)
+            await anyio.sleep(0.01)
 
 
 def expected_events(state, watch, after):
@@ -26,7 +30,8 @@ def expected_events(state, watch, after):
 
 
 @pytest.mark.parametrize("hold", ["delay_apply", "delay_reply"])
-async def test_writes_in_flight_during_failover_apply_exactly_once(autojump_clock, hold):
+@VIRTUAL_OR_REAL
+async def test_writes_in_flight_during_failover_apply_exactly_once(hold):
     """delay_reply: applied, response lost; delay_apply: still being applied when
     the retry arrives (the fake makes the retry wait for the original)."""
     async with open_cluster(3) as cl, cl.client() as c:
@@ -39,7 +44,7 @@ async def test_writes_in_flight_during_failover_apply_exactly_once(autojump_cloc
         async def write(i):
             results[i] = await c.create(f"/x{i}", str(i).encode())
 
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             for i in range(50):
                 nursery.start_soon(write, i)
             await wait_until(lambda: cl.state.op_counts["create"] == 50)
@@ -53,25 +58,27 @@ async def test_writes_in_flight_during_failover_apply_exactly_once(autojump_cloc
         assert resume["sid"] == c.session_id and resume["server"] == c.server_id
 
 
-async def test_reads_are_retried_after_connection_loss(autojump_clock):
+@VIRTUAL_OR_REAL
+async def test_reads_are_retried_after_connection_loss():
     async with open_cluster(2) as cl, cl.client() as c:
         await c.create("/r", b"v")
         cl.state.delay_reply = 0.0
         first = c.server_id
 
         async def drop_soon():
-            await trio.sleep(0.5)
+            await anyio.sleep(0.5)
             cl.server(first).drop_connections()
 
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             nursery.start_soon(drop_soon)
             for _ in range(20):  # keep reading across the drop
                 assert (await c.get("/r"))[0] == b"v"
-                await trio.sleep(0.05)
+                await anyio.sleep(0.05)
         assert c.connected
 
 
-async def test_retryable_error_responses_are_retried_with_the_same_seq(autojump_clock):
+@VIRTUAL_OR_REAL
+async def test_retryable_error_responses_are_retried_with_the_same_seq():
     async with open_cluster(1) as cl, cl.client() as c:
         await c.create("/n", b"0")
         cl.state.fail_next(3, Err.NOT_LEADER, {"set"})
@@ -84,18 +91,20 @@ async def test_retryable_error_responses_are_retried_with_the_same_seq(autojump_
 
 @pytest.mark.parametrize("err, exc", [(Err.NOT_LEADER, ConnectionLossError),
                                       (Err.OPERATION_TIMEOUT, OperationTimeoutError)])
-async def test_retries_stop_at_the_call_deadline(autojump_clock, err, exc):
+@VIRTUAL_TIME
+async def test_retries_stop_at_the_call_deadline(err, exc):
     async with open_cluster(1) as cl, cl.client(request_timeout=2.0) as c:
         cl.state.fail_next(10**6, err, {"set"})
-        start = trio.current_time()
+        start = anyio.current_time()
         with pytest.raises(exc):
             await c.set("/", b"x")
-        assert 2.0 <= trio.current_time() - start < 2.1
+        assert 2.0 <= anyio.current_time() - start < 2.1
         assert 3 < cl.state.op_counts["set"] < 40  # backed off, not spinning
         assert c.connected
 
 
-async def test_calls_wait_for_reconnection_until_their_deadline(autojump_clock):
+@VIRTUAL_OR_REAL
+async def test_calls_wait_for_reconnection_until_their_deadline():
     async with open_cluster(2) as cl, cl.client(session_timeout=10, request_timeout=1.0) as c:
         for s in cl.servers:
             s.stop()
@@ -108,17 +117,19 @@ async def test_calls_wait_for_reconnection_until_their_deadline(autojump_clock):
         assert await c.children("/") == []
 
 
-async def test_inflight_writes_are_capped(autojump_clock):
+@VIRTUAL_TIME
+async def test_inflight_writes_are_capped():
     async with open_cluster(1) as cl, cl.client(request_timeout=60) as c:
         cl.state.delay_apply = 1.0
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             for i in range(700):
                 nursery.start_soon(c.create, f"/cap{i}")
         assert len(cl.state.apply_counts) == 700
         assert 500 <= cl.state.max_inflight_writes <= 512
 
 
-async def test_persistent_watch_resumes_without_gap_or_duplicate(autojump_clock):
+@VIRTUAL_OR_REAL
+async def test_persistent_watch_resumes_without_gap_or_duplicate():
     async with open_cluster(3) as cl:
         async with cl.client(servers=[1, 2], seed=1) as watcher, cl.client(servers=[3]) as writer:
             await writer.create("/w")
@@ -143,7 +154,7 @@ async def test_persistent_watch_resumes_without_gap_or_duplicate(autojump_clock)
                     await watcher.wait_state(ConnState.RECONNECTED, timeout=5)
                 await writer.create("/w/last")
                 want = expected_events(cl.state, FWatch("persistent", "/w", True), start)
-                with trio.fail_after(5):
+                with anyio.fail_after(5):
                     async for ev in events:
                         got.append((ev.zxid, ev.type, ev.path))
                         if len(got) == len(want):
@@ -152,7 +163,8 @@ async def test_persistent_watch_resumes_without_gap_or_duplicate(autojump_clock)
                 assert len(cl.state.hellos) >= 5  # really reconnected each round
 
 
-async def test_connection_lost_between_events_of_one_transaction(autojump_clock):
+@VIRTUAL_OR_REAL
+async def test_connection_lost_between_events_of_one_transaction():
     """A multi's events share one zxid; losing the connection after some of
     them must neither skip the rest nor repeat the delivered ones."""
     async with open_cluster(3) as cl:
@@ -163,7 +175,7 @@ async def test_connection_lost_between_events_of_one_transaction(autojump_clock)
                 await writer.multi([ops.create(f"/m/{i}") for i in range(5)])
                 await writer.set("/m/0", b"after")
                 got = []
-                with trio.fail_after(5):
+                with anyio.fail_after(5):
                     async for ev in events:
                         got.append((ev.type, ev.path))
                         if len(got) == 6:
@@ -172,7 +184,8 @@ async def test_connection_lost_between_events_of_one_transaction(autojump_clock)
             assert len(cl.state.hellos) == 3  # the watcher did reconnect in between
 
 
-async def test_one_shot_watches_are_rearmed_after_reconnect(autojump_clock):
+@VIRTUAL_OR_REAL
+async def test_one_shot_watches_are_rearmed_after_reconnect():
     async with open_cluster(3) as cl:
         async with cl.client(servers=[1, 2]) as watcher, cl.client(servers=[3]) as writer:
             await writer.create("/o", b"0")
@@ -197,7 +210,8 @@ async def test_one_shot_watches_are_rearmed_after_reconnect(autojump_clock):
             assert [e.type for e in fired["quiet"]] == ["changed"]
 
 
-async def test_resync_when_history_is_gone(autojump_clock):
+@VIRTUAL_OR_REAL
+async def test_resync_when_history_is_gone():
     async with open_cluster(3) as cl:
         async with cl.client(servers=[1, 2]) as watcher, cl.client(servers=[3]) as writer:
             await writer.create("/r", b"0")
@@ -211,18 +225,19 @@ async def test_resync_when_history_is_gone(autojump_clock):
                 cl.state.trim_history()
                 await cl.server(2).start()
                 await watcher.wait_state(ConnState.RECONNECTED, timeout=5)
-                with trio.fail_after(5):
+                with anyio.fail_after(5):
                     ev = await events.__anext__()
                 assert (ev.type, ev.path, ev.zxid) == (RESYNC, "/r", cl.state.zxid)
                 await writer.set("/r", b"after")  # live again after the resync
-                with trio.fail_after(5):
+                with anyio.fail_after(5):
                     ev = await events.__anext__()
                 assert (ev.type, ev.zxid) == ("changed", cl.state.zxid)
             await wait_until(lambda: oneshot)
             assert [e.type for e in oneshot] == [RESYNC]
 
 
-async def test_unconsumed_watch_stream_is_dropped_not_buffered(autojump_clock):
+@VIRTUAL_OR_REAL
+async def test_unconsumed_watch_stream_is_dropped_not_buffered():
     async with open_cluster(1) as cl, cl.client() as c:
         await c.create("/b")
         async with c.watch("/b", buffer=4) as events:
@@ -237,7 +252,8 @@ async def test_unconsumed_watch_stream_is_dropped_not_buffered(autojump_clock):
             assert c.connected
 
 
-async def test_session_expiry_is_final(autojump_clock):
+@VIRTUAL_OR_REAL
+async def test_session_expiry_is_final():
     async with open_cluster(2) as cl:
         c = cl.client()
         states = []
@@ -261,7 +277,7 @@ async def test_session_expiry_is_final(autojump_clock):
                 except SessionExpiredError as exc:
                     outcome["watch"] = exc
 
-            async with trio.open_nursery() as nursery:
+            async with anyio.create_task_group() as nursery:
                 nursery.start_soon(pending_write)
                 nursery.start_soon(watching)
                 await wait_until(lambda: cl.state.op_counts["create"] == 2 and cl.state.op_counts["watch"] == 1)
@@ -275,51 +291,56 @@ async def test_session_expiry_is_final(autojump_clock):
         assert c.state is ConnState.EXPIRED and cl.state.op_counts["close"] == 0
 
 
-async def test_wrong_secret_on_resume_is_final(autojump_clock):
+@VIRTUAL_OR_REAL
+async def test_wrong_secret_on_resume_is_final():
     async with open_cluster(2) as cl, cl.client() as c:
         cl.state.sessions[c.session_id].secret = b"changed"
         cl.server(c.server_id).drop_connections()
         await c.wait_state(ConnState.EXPIRED, timeout=5)
 
 
-async def test_no_server_within_session_timeout_means_expired(autojump_clock):
+@VIRTUAL_OR_REAL
+async def test_no_server_within_session_timeout_means_expired():
     async with open_cluster(3) as cl, cl.client(session_timeout=3) as c:
         for s in cl.servers:
             s.stop()
-        lost = trio.current_time()
+        lost = anyio.current_time()
         await c.wait_state(ConnState.SUSPENDED, timeout=1)
         await c.wait_state(ConnState.EXPIRED, timeout=10)
-        assert 2.5 <= trio.current_time() - lost <= 3.2
+        assert 2.5 <= anyio.current_time() - lost <= 3.2
         with pytest.raises(SessionExpiredError):
             await c.create("/x")
         assert cl.state.hellos[0]["sid"] == 0 and all(h["sid"] == c.session_id for h in cl.state.hellos[1:])
 
 
-async def test_pings_keep_an_idle_session_alive(autojump_clock):
+@VIRTUAL_TIME
+async def test_pings_keep_an_idle_session_alive():
     async with open_cluster(1) as cl:
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             nursery.start_soon(cl.state.reap_sessions)
             async with cl.client(session_timeout=1.0) as c:
-                await trio.sleep(30)
+                await anyio.sleep(30)
                 assert c.state is ConnState.CONNECTED and c.session_id in cl.state.sessions
                 assert 60 <= cl.state.op_counts["ping"] <= 100  # about every third of the timeout
             nursery.cancel_scope.cancel()
 
 
-async def test_silent_server_is_abandoned_after_two_thirds_of_the_timeout(autojump_clock):
+@VIRTUAL_OR_REAL
+async def test_silent_server_is_abandoned_after_two_thirds_of_the_timeout():
     async with open_cluster(3) as cl, cl.client(session_timeout=3.0) as c:
         first, sid = c.server_id, c.session_id
         await c.create("/alive")
         cl.server(first).blackhole = True
-        hung = trio.current_time()
+        hung = anyio.current_time()
         await c.wait_state(ConnState.SUSPENDED, timeout=5)
-        assert 1.9 <= trio.current_time() - hung <= 2.1
+        assert 1.9 <= anyio.current_time() - hung <= 2.1
         await c.wait_state(ConnState.RECONNECTED, timeout=5)
         assert c.server_id != first and c.session_id == sid
         assert (await c.get("/alive"))[0] == b""
 
 
-async def test_resume_waits_from_last_zxid(autojump_clock):
+@VIRTUAL_OR_REAL
+async def test_resume_waits_from_last_zxid():
     async with open_cluster(2) as cl, cl.client() as c:
         for i in range(5):
             await c.create(f"/z{i}")

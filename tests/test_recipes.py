@@ -1,5 +1,6 @@
 """Recipes (locks, read/write locks, semaphores, elections) against the
-in-process fake ensemble, in virtual time (pytest-trio's autojump clock).
+in-process fake ensemble.  Tests that wait out timeouts or count requests
+run in virtual time (Trio's autojump clock), the others on asyncio too.
 
 The end-to-end versions against real servers are in test_recipes_e2e.py;
 here each promise is checked in isolation, with faults injected exactly.
@@ -8,8 +9,7 @@ here each promise is checked in isolation, with faults injected exactly.
 import random
 
 import pytest
-import trio
-import trio.testing
+import anyio
 
 from coordclient import ConnState, ops
 from coordclient.errors import MultiError, NoNodeError, SessionExpiredError
@@ -25,13 +25,16 @@ from coordclient.recipes import (
 )
 from coordclient.recipes.blocking import SyncElection, SyncLock, SyncReadWriteLock, SyncSemaphore
 from coordclient.sync import SyncClient
+from tests.backends import VIRTUAL_OR_REAL, VIRTUAL_TIME
 from tests.fakeserver import ThreadedFakeCluster, open_cluster
+
+pytestmark = pytest.mark.anyio
 
 
 async def wait_until(pred, timeout=30.0):
-    with trio.fail_after(timeout):
+    with anyio.fail_after(timeout):
         while not pred():
-            await trio.sleep(0.01)
+            await anyio.sleep(0.01)
 
 
 def lock_nodes(state, path):
@@ -56,7 +59,8 @@ def assert_exclusive(sections):
 # -- locks ----------------------------------------------------------------
 
 
-async def test_lock_excludes_and_tokens_increase_across_failovers(autojump_clock):
+@VIRTUAL_OR_REAL
+async def test_lock_excludes_and_tokens_increase_across_failovers():
     rng = random.Random(7)
     sections = []
     async with open_cluster(3) as cl:
@@ -65,18 +69,18 @@ async def test_lock_excludes_and_tokens_increase_across_failovers(autojump_clock
                 lock = Lock(c, "/app/lock")
                 for _ in range(12):
                     async with lock:
-                        start = trio.current_time()
+                        start = anyio.current_time()
                         await lock.fenced([ops.create("/app/log-", b"%d" % lock.fencing_token, sequential=True,
                                                       make_parents=True)])
-                        await trio.sleep(rng.random() / 50)
-                        sections.append((lock.fencing_token, start, trio.current_time()))
+                        await anyio.sleep(rng.random() / 50)
+                        sections.append((lock.fencing_token, start, anyio.current_time()))
 
         async def chaos():
             for _ in range(30):
-                await trio.sleep(0.05)
+                await anyio.sleep(0.05)
                 rng.choice(cl.servers).drop_connections()
 
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             nursery.start_soon(chaos)
             for k in range(6):
                 nursery.start_soon(worker, k)
@@ -88,16 +92,17 @@ async def test_lock_excludes_and_tokens_increase_across_failovers(autojump_clock
         assert lock_nodes(cl.state, "/app/lock") == []  # every release confirmed
 
 
-async def test_try_acquire_timeout_and_idempotent_release(autojump_clock):
+@VIRTUAL_TIME
+async def test_try_acquire_timeout_and_idempotent_release():
     async with open_cluster(1) as cl, cl.client(seed=1) as a, cl.client(seed=2) as b:
         held, other = Lock(a, "/l"), Lock(b, "/l")
         await other.release()  # never acquired: nothing to do
         assert await held.try_acquire() and held.held and held.fencing_token > 0
         assert held.node.startswith(f"/l/lock-{a.session_id:x}-")
         assert not await other.try_acquire()
-        t0 = trio.current_time()
+        t0 = anyio.current_time()
         assert not await other.acquire(timeout=2)
-        assert trio.current_time() - t0 == pytest.approx(2, abs=0.1)
+        assert anyio.current_time() - t0 == pytest.approx(2, abs=0.1)
         assert lock_nodes(cl.state, "/l") == [held.node.rsplit("/", 1)[1]]  # failed attempts left nothing
         token = held.fencing_token
         await held.release()
@@ -108,32 +113,35 @@ async def test_try_acquire_timeout_and_idempotent_release(autojump_clock):
         assert lock_nodes(cl.state, "/l") == []
 
 
-async def test_release_during_the_body_ends_it_quietly(autojump_clock):
+@VIRTUAL_OR_REAL
+async def test_release_during_the_body_ends_it_quietly():
     async with open_cluster(1) as cl, cl.client(seed=1) as c:
         steps = []
         async with Lock(c, "/l") as lock:
             await lock.release()  # from the body itself: returns, then the body is cancelled
             steps.append("released")
-            await trio.sleep(10)
+            await anyio.sleep(10)
             steps.append("not reached")
         assert steps == ["released"] and lock_nodes(cl.state, "/l") == []
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             async with lock:
                 nursery.start_soon(lock.release)  # from another task
-                await trio.sleep(10)
+                await anyio.sleep(10)
                 steps.append("not reached")
         assert steps == ["released"] and not lock.held and lock_nodes(cl.state, "/l") == []
 
 
-async def test_cancelled_acquire_leaves_no_node(autojump_clock):
+@VIRTUAL_OR_REAL
+async def test_cancelled_acquire_leaves_no_node():
     async with open_cluster(1) as cl, cl.client(seed=1) as a, cl.client(seed=2) as b:
         async with Lock(a, "/l"):
-            with trio.move_on_after(1):
+            with anyio.move_on_after(1):
                 await Lock(b, "/l").acquire()
             assert len(lock_nodes(cl.state, "/l")) == 1
 
 
-async def test_not_reentrant_misuse_raises(autojump_clock):
+@VIRTUAL_OR_REAL
+async def test_not_reentrant_misuse_raises():
     async with open_cluster(1) as cl, cl.client() as c:
         lock = Lock(c, "/l")
         async with lock:
@@ -150,7 +158,7 @@ async def test_not_reentrant_misuse_raises(autojump_clock):
             async def contender():
                 other_task["got"] = await Lock(c, "/l").acquire(timeout=1)
 
-            async with trio.open_nursery() as nursery:  # another task may contend through the same client
+            async with anyio.create_task_group() as nursery:  # another task may contend through the same client
                 nursery.start_soon(contender)
         assert other_task == {"got": False}
         with pytest.raises(RecipeUsageError):
@@ -160,12 +168,13 @@ async def test_not_reentrant_misuse_raises(autojump_clock):
             lock.fence()
 
 
-async def test_one_release_wakes_one_waiter(autojump_clock):
+@VIRTUAL_TIME
+async def test_one_release_wakes_one_waiter():
     """20 waiters: a release costs one delete and one re-listing (by the
     next holder), nothing else: the other 19 are not woken."""
     async with open_cluster(3) as cl:
         holder = cl.client(seed=99)
-        async with holder, trio.open_nursery() as nursery:
+        async with holder, anyio.create_task_group() as nursery:
             first = Lock(holder, "/herd")
             await first.acquire()
             acquired = []
@@ -175,26 +184,27 @@ async def test_one_release_wakes_one_waiter(autojump_clock):
                     lock = Lock(c, "/herd")
                     await lock.acquire()
                     acquired.append(k)
-                    await trio.sleep_forever()
+                    await anyio.sleep_forever()
 
             for k in range(20):
                 nursery.start_soon(waiter, k)
             await wait_until(lambda: len(lock_nodes(cl.state, "/herd")) == 21)
-            await trio.testing.wait_all_tasks_blocked()
+            await anyio.wait_all_tasks_blocked()
             before = cl.state.op_counts.copy()
             await first.release()
             await wait_until(lambda: acquired)
-            await trio.testing.wait_all_tasks_blocked()
+            await anyio.wait_all_tasks_blocked()
             assert op_diff(before, cl.state.op_counts) == {"delete": 1, "children": 1}
             assert len(acquired) == 1
             nursery.cancel_scope.cancel()
 
 
-async def test_waiter_whose_node_is_deleted_queues_again(autojump_clock):
+@VIRTUAL_OR_REAL
+async def test_waiter_whose_node_is_deleted_queues_again():
     async with open_cluster(1) as cl, cl.client(seed=1) as a, cl.client(seed=2) as b:
         holder, waiter = Lock(a, "/l"), Lock(b, "/l")
         await holder.acquire()
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             nursery.start_soon(waiter.acquire)
             await wait_until(lambda: len(lock_nodes(cl.state, "/l")) == 2)
             first = waiter.node
@@ -205,11 +215,12 @@ async def test_waiter_whose_node_is_deleted_queues_again(autojump_clock):
         await waiter.release()
 
 
-async def test_lock_lost_when_suspended_past_margin_before_session_expires(autojump_clock):
+@VIRTUAL_TIME
+async def test_lock_lost_when_suspended_past_margin_before_session_expires():
     """The holder is cut off (its only server stops answering): its body is
     cancelled after SUSPENDED + margin, before the ensemble expires the
     session and lets the next holder in; its late fenced write is rejected."""
-    async with open_cluster(3) as cl, trio.open_nursery() as nursery:
+    async with open_cluster(3) as cl, anyio.create_task_group() as nursery:
         nursery.start_soon(cl.state.reap_sessions)
         holder = cl.client(seed=1, servers=[1], session_timeout=3)
         other = cl.client(seed=2, servers=[2, 3], session_timeout=3)
@@ -221,16 +232,16 @@ async def test_lock_lost_when_suspended_past_margin_before_session_expires(autoj
                     node, token = lock.node, lock.fencing_token
                     assert lock.suspend_margin == pytest.approx(0.5)
                     cl.server(1).blackhole = True
-                    cut = trio.current_time()
+                    cut = anyio.current_time()
                     try:
-                        await trio.sleep(60)
+                        await anyio.sleep(60)
                     finally:
-                        times["cancelled"] = trio.current_time() - cut
+                        times["cancelled"] = anyio.current_time() - cut
             assert info.value.code is Err.SESSION_EXPIRED and "no connection" in str(info.value)
             assert 2.0 <= times["cancelled"] <= 2.6  # dead connection noticed at 2/3 T, then the 1/6 T margin
             contender = Lock(other, "/l")
             assert await contender.acquire(timeout=10)
-            assert trio.current_time() - cut >= 3.0  # only once the session expired
+            assert anyio.current_time() - cut >= 3.0  # only once the session expired
             assert contender.fencing_token > token
             with pytest.raises(MultiError) as stale:  # the old holder's write, arriving late
                 await other.multi([ops.check(node, -1), ops.create("/l-data", b"stale")])
@@ -240,24 +251,26 @@ async def test_lock_lost_when_suspended_past_margin_before_session_expires(autoj
             nursery.cancel_scope.cancel()
 
 
-async def test_lock_lost_when_node_deleted_or_session_expires(autojump_clock):
+@VIRTUAL_OR_REAL
+async def test_lock_lost_when_node_deleted_or_session_expires():
     async with open_cluster(1) as cl, cl.client(seed=1) as c, cl.client(seed=2) as admin:
         with pytest.raises(LockLostError) as info:
             async with Lock(c, "/l") as lock:
                 await admin.delete(lock.node)
-                await trio.sleep(10)
+                await anyio.sleep(10)
         assert info.value.code is Err.NO_NODE
         lock = Lock(c, "/l")
         with pytest.raises(LockLostError):
             async with lock:
                 cl.state.expire_session(c.session_id)
-                await trio.sleep(10)
+                await anyio.sleep(10)
         assert not lock.held and lock.node is None
         with pytest.raises(SessionExpiredError):
             await lock.acquire()
 
 
-async def test_fenced_write_after_loss_raises_without_sending(autojump_clock):
+@VIRTUAL_TIME
+async def test_fenced_write_after_loss_raises_without_sending():
     async with open_cluster(2) as cl, cl.client(seed=1, servers=[1], session_timeout=3) as c:
         lock = Lock(c, "/l")
         await lock.acquire()
@@ -272,7 +285,8 @@ async def test_fenced_write_after_loss_raises_without_sending(autojump_clock):
         await lock.release()
 
 
-async def test_release_survives_connection_loss(autojump_clock):
+@VIRTUAL_TIME
+async def test_release_survives_connection_loss():
     """Releasing while no server answers: the delete is retried past the
     call deadline until it is confirmed, and the lock is free again."""
     async with open_cluster(2) as cl, cl.client(seed=1, session_timeout=3, request_timeout=0.5) as c:
@@ -282,11 +296,11 @@ async def test_release_survives_connection_loss(autojump_clock):
             s.stop()
 
         async def restart():
-            await trio.sleep(1.5)
+            await anyio.sleep(1.5)
             for s in cl.servers:
                 await s.start()
 
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             nursery.start_soon(restart)
             await lock.release()
         assert lock_nodes(cl.state, "/l") == [] and c.state is ConnState.RECONNECTED
@@ -295,7 +309,8 @@ async def test_release_survives_connection_loss(autojump_clock):
             assert await Lock(other, "/l").try_acquire()
 
 
-async def test_uncertain_create_finds_its_node(autojump_clock):
+@VIRTUAL_OR_REAL
+async def test_uncertain_create_finds_its_node():
     """The create is applied but its answer never comes in time: the lock
     finds its node by session and nonce instead of queueing twice."""
     async with open_cluster(1) as cl, cl.client(seed=1, request_timeout=1) as c:
@@ -306,7 +321,7 @@ async def test_uncertain_create_finds_its_node(autojump_clock):
             await wait_until(lambda: lock_nodes(cl.state, "/l"))
             cl.state.delay_reply = 0.0
 
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             nursery.start_soon(undelay)
             assert await lock.acquire()
         assert lock_nodes(cl.state, "/l") == [lock.node.rsplit("/", 1)[1]]
@@ -318,24 +333,25 @@ async def test_uncertain_create_finds_its_node(autojump_clock):
 # -- read/write locks and semaphores ---------------------------------------------
 
 
-async def test_read_write_lock(autojump_clock):
+@VIRTUAL_TIME
+async def test_read_write_lock():
     log = []
     async with open_cluster(1) as cl:
         async def reader(k, delay):
-            await trio.sleep(delay)
+            await anyio.sleep(delay)
             async with cl.client(seed=k) as c, ReadWriteLock(c, "/rw").read_lock:
-                log.append(("r+", k, trio.current_time()))
-                await trio.sleep(1)
-                log.append(("r-", k, trio.current_time()))
+                log.append(("r+", k, anyio.current_time()))
+                await anyio.sleep(1)
+                log.append(("r-", k, anyio.current_time()))
 
         async def writer(k, delay):
-            await trio.sleep(delay)
+            await anyio.sleep(delay)
             async with cl.client(seed=k) as c, ReadWriteLock(c, "/rw").write_lock:
-                log.append(("w+", k, trio.current_time()))
-                await trio.sleep(1)
-                log.append(("w-", k, trio.current_time()))
+                log.append(("w+", k, anyio.current_time()))
+                await anyio.sleep(1)
+                log.append(("w-", k, anyio.current_time()))
 
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             nursery.start_soon(reader, 1, 0)
             nursery.start_soon(reader, 2, 0.1)
             nursery.start_soon(writer, 3, 0.2)
@@ -347,7 +363,8 @@ async def test_read_write_lock(autojump_clock):
     assert events[w_in + 1] == ("w-", 3) and events.index(("r+", 4)) > w_in  # and excluded the later reader
 
 
-async def test_semaphore_bounds_holders_and_a_release_wakes_one(autojump_clock):
+@VIRTUAL_TIME
+async def test_semaphore_bounds_holders_and_a_release_wakes_one():
     inside, peak, done = [0], [0], []
     async with open_cluster(2) as cl:
         async def worker(k):
@@ -356,16 +373,16 @@ async def test_semaphore_bounds_holders_and_a_release_wakes_one(autojump_clock):
                     async with Semaphore(c, "/sem", 3):
                         inside[0] += 1
                         peak[0] = max(peak[0], inside[0])
-                        await trio.sleep(0.1 + k / 100)
+                        await anyio.sleep(0.1 + k / 100)
                         inside[0] -= 1
                 done.append(k)
 
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             for k in range(8):
                 nursery.start_soon(worker, k)
         assert peak == [3] and sorted(done) == list(range(8))
 
-        async with cl.client(seed=50) as holder_client, trio.open_nursery() as nursery:
+        async with cl.client(seed=50) as holder_client, anyio.create_task_group() as nursery:
             holders = [Semaphore(holder_client, "/sem2", 3) for _ in range(3)]
             for k, h in enumerate(holders):  # separate tasks: one task may hold one permit per path
                 nursery.start_soon(h.acquire)
@@ -376,16 +393,16 @@ async def test_semaphore_bounds_holders_and_a_release_wakes_one(autojump_clock):
                 async with cl.client(seed=k) as c:
                     await Semaphore(c, "/sem2", 3).acquire()
                     entered.append(k)
-                    await trio.sleep_forever()
+                    await anyio.sleep_forever()
 
             for k in range(10):
                 nursery.start_soon(waiter, 100 + k)
             await wait_until(lambda: len(lock_nodes(cl.state, "/sem2")) == 13)
-            await trio.testing.wait_all_tasks_blocked()
+            await anyio.wait_all_tasks_blocked()
             before = cl.state.op_counts.copy()
             await holders[1].release()  # not the oldest holder
             await wait_until(lambda: entered)
-            await trio.testing.wait_all_tasks_blocked()
+            await anyio.wait_all_tasks_blocked()
             diff = op_diff(before, cl.state.op_counts)
             # the first waiter re-lists and enters, marking its node (its own watch re-arms);
             # the mark wakes the next waiter only, which becomes first waiter (list + watch the queue)
@@ -397,7 +414,8 @@ async def test_semaphore_bounds_holders_and_a_release_wakes_one(autojump_clock):
 # -- elections ------------------------------------------------------------------
 
 
-async def test_election_one_leader_in_order_and_observe_sees_every_change(autojump_clock):
+@VIRTUAL_TIME
+async def test_election_one_leader_in_order_and_observe_sees_every_change():
     terms, observed = [], []
     async with open_cluster(3) as cl:
         async with cl.client(seed=100) as watcher:
@@ -413,21 +431,21 @@ async def test_election_one_leader_in_order_and_observe_sees_every_change(autoju
                     for _ in range(3):
                         async with e.campaign() as term:
                             assert await e.leader() == f"node-{k}"
-                            terms.append((term.fencing_token, trio.current_time(), None, term.identity))
-                            await trio.sleep(0.2)
-                            terms[-1] = terms[-1][:2] + (trio.current_time(), term.identity)
+                            terms.append((term.fencing_token, anyio.current_time(), None, term.identity))
+                            await anyio.sleep(0.2)
+                            terms[-1] = terms[-1][:2] + (anyio.current_time(), term.identity)
                             if k % 2:
                                 await e.resign()  # ends the body at once, quietly
-                                await trio.sleep(10)
-                        await trio.sleep(0.01 * k)
+                                await anyio.sleep(10)
+                        await anyio.sleep(0.01 * k)
 
-            async with trio.open_nursery() as nursery:
+            async with anyio.create_task_group() as nursery:
                 nursery.start_soon(observe)
                 await wait_until(lambda: observed)  # the first value is the leader (none) at the start
-                async with trio.open_nursery() as candidates:
+                async with anyio.create_task_group() as candidates:
                     for k in range(4):
                         candidates.start_soon(candidate, k)
-                    await trio.sleep(0.5)
+                    await anyio.sleep(0.5)
                     cl.state.trim_history()  # the observer's server drops it: its resume must resync
                     for s in cl.servers:
                         s.drop_connections()
@@ -446,7 +464,8 @@ async def test_election_one_leader_in_order_and_observe_sees_every_change(autoju
     assert observed[0] is None
 
 
-async def test_observe_reports_every_change_even_short_ones(autojump_clock):
+@VIRTUAL_OR_REAL
+async def test_observe_reports_every_change_even_short_ones():
     async with open_cluster(1) as cl, cl.client(seed=1) as a, cl.client(seed=2) as b:
         changes = []
         async with Election(b, "/e", "x").observe() as obs:
@@ -462,14 +481,15 @@ async def test_observe_reports_every_change_even_short_ones(autojump_clock):
         assert [c and c.identity for c in changes] == [None, "alpha", "beta/2", None]
 
 
-async def test_leadership_lost_on_expiry_cancels_the_body(autojump_clock):
+@VIRTUAL_OR_REAL
+async def test_leadership_lost_on_expiry_cancels_the_body():
     async with open_cluster(1) as cl, cl.client(seed=1) as a, cl.client(seed=2) as b:
         ea, eb = Election(a, "/e", "a"), Election(b, "/e", "b")
         with pytest.raises(LeadershipLostError):
             async with ea.campaign():
                 assert await eb.leader() == "a"
                 cl.state.expire_session(a.session_id)
-                await trio.sleep(60)
+                await anyio.sleep(60)
         async with eb.campaign() as term:
             assert (await eb.leader_info()).token == term.fencing_token
         assert await eb.leader() is None

@@ -1,7 +1,8 @@
 """coordclient: the coord SDK and the wire format shared with the server.
 
-``Client`` (async, Trio) and ``SyncClient`` (blocking, any thread) are the
-SDK; ``coordctl`` (``coordclient.cli``) is the command-line tool.
+``Client`` (async: asyncio or Trio) and ``SyncClient`` (blocking, any
+thread) are the SDK, ``coordclient.recipes`` the coordination recipes, and
+``coordctl`` (``coordclient.cli``) the command-line tool.
 
 Kept import-light on purpose: the server imports ``coordclient.wire`` on its
 hot path, so the SDK modules (and their dependencies) load only when one of
@@ -17,14 +18,14 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "Client": "coordclient.client",
-    "ConnState": "coordclient.client",
-    "RESYNC": "coordclient.client",
-    "Stat": "coordclient.client",
-    "WatchEvent": "coordclient.client",
-    "WatchOverflowError": "coordclient.client",
-    "WatchStream": "coordclient.client",
-    "ops": "coordclient.client",
-    "parse_endpoints": "coordclient.client",
+    "ConnState": "coordclient.types",
+    "RESYNC": "coordclient.types",
+    "Stat": "coordclient.types",
+    "WatchEvent": "coordclient.types",
+    "WatchOverflowError": "coordclient.watches",
+    "WatchStream": "coordclient.watches",
+    "ops": "coordclient.messages",
+    "parse_endpoints": "coordclient.endpoints",
     "SyncClient": "coordclient.sync",
     "SyncWatch": "coordclient.sync",
 }
@@ -32,18 +33,12 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 if TYPE_CHECKING:
-    from coordclient.client import (  # noqa: F401
-        RESYNC,
-        Client,
-        ConnState,
-        Stat,
-        WatchEvent,
-        WatchOverflowError,
-        WatchStream,
-        ops,
-        parse_endpoints,
-    )
+    from coordclient.client import Client  # noqa: F401
+    from coordclient.endpoints import parse_endpoints  # noqa: F401
+    from coordclient.messages import ops  # noqa: F401
     from coordclient.sync import SyncClient, SyncWatch  # noqa: F401
+    from coordclient.types import RESYNC, ConnState, Stat, WatchEvent  # noqa: F401
+    from coordclient.watches import WatchOverflowError, WatchStream  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

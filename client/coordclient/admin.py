@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable
 
 import trio
 
-from coordclient.client import parse_endpoints
+from coordclient.endpoints import parse_endpoints
 from coordclient.errors import CoordError, NotLeaderError, OperationTimeoutError
 from coordclient.wire import FramedStream
 

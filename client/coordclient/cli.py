@@ -24,7 +24,9 @@ from typing import Any, Awaitable, Callable
 import click
 import trio
 
-from coordclient.client import Client, Stat, WatchEvent, parse_endpoints
+from coordclient.client import Client
+from coordclient.endpoints import parse_endpoints
+from coordclient.types import Stat, WatchEvent
 from coordclient.errors import ConnectionLossError, CoordError, OperationTimeoutError, SessionExpiredError
 
 __all__ = ["main", "cli"]

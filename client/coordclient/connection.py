@@ -25,10 +25,12 @@ import itertools
 import logging
 from typing import Callable, Protocol
 
-import trio
+import anyio
+import anyio.abc
 
+from coordclient import messages
 from coordclient.errors import TooLargeError
-from coordclient.wire import DEFAULT_MAX_FRAME, FramedStream, FrameError, FrameTooLarge, encode_frame
+from coordclient.wire import DEFAULT_MAX_FRAME, FrameDecoder, FrameError, FrameTooLarge, MalformedFrame, encode_frame
 
 __all__ = ["Connection", "ConnectionClosed", "WatchHandler"]
 
@@ -42,8 +44,11 @@ SEND_BATCH = 64
 # before its response names the wid); beyond this the connection is dropped.
 MAX_UNCLAIMED_EVENTS = 10_000
 
+# Bytes asked of the stream per receive.
+RECEIVE_SIZE = 256 << 10
+
 # Errors that mean "this byte stream is finished".
-STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, trio.EndOfChannel, FrameError, OSError)
+STREAM_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, FrameError, OSError)
 
 
 class ConnectionClosed(Exception):
@@ -59,14 +64,33 @@ class WatchHandler(Protocol):
 Claim = Callable[["Connection", int], "WatchHandler | None"]
 
 
-class _Pending:
-    __slots__ = ("done", "response", "claim", "abandoned")
+# callback(response frame, or None when the connection ended first).
+Callback = Callable[["dict | None"], None]
 
-    def __init__(self, claim: Claim | None):
-        self.done = trio.Event()
+
+class _Pending:
+    """One request awaiting its response: a waiting task (``done``) or, for
+    ``submit``, a callback run by the reader."""
+
+    __slots__ = ("done", "response", "claim", "abandoned", "callback")
+
+    def __init__(self, claim: Claim | None, callback: Callback | None = None):
+        self.done = anyio.Event() if callback is None else None
         self.response: dict | None = None
         self.claim = claim
         self.abandoned = False
+        self.callback = callback
+
+    def settle(self, frame: dict | None) -> None:
+        self.response = frame
+        if self.callback is not None:
+            callback, self.callback = self.callback, None
+            try:
+                callback(frame)
+            except Exception:  # noqa: BLE001 - a callback bug must not kill the connection
+                log.exception("response callback failed")
+        elif self.done is not None:
+            self.done.set()
 
 
 class Connection:
@@ -78,24 +102,25 @@ class Connection:
     of every response and event, in arrival order.
     """
 
-    def __init__(self, stream: trio.abc.Stream, *, on_zxid: Callable[[int], None],
+    def __init__(self, stream: anyio.abc.ByteStream, *, on_zxid: Callable[[int], None],
                  max_frame: int = DEFAULT_MAX_FRAME, label: str = ""):
         self.label = label
-        self._framed = FramedStream(stream, max_frame)
+        self._stream = stream
+        self._decoder = FrameDecoder(max_frame)
         self._on_zxid = on_zxid
         self._max_frame = max_frame
-        self._send_ch, self._send_rx = trio.open_memory_channel[bytes](SEND_QUEUE)
+        self._send_ch, self._send_rx = anyio.create_memory_object_stream[bytes](SEND_QUEUE)
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
         self._claims_pending = 0
         self._wids: dict[int, WatchHandler] = {}
         self._unclaimed: dict[int, list[dict]] = {}
         self._unclaimed_count = 0
-        self._scope = trio.CancelScope()
+        self._scope = anyio.CancelScope()
         self.closed = False
         self.close_reason: str | None = None
-        self.closed_event = trio.Event()
-        self.last_recv = self.last_send = trio.current_time()
+        self.closed_event = anyio.Event()
+        self.last_recv = self.last_send = anyio.current_time()
         # Highest zxid of a *response*: every event up to it has been delivered.
         # (An event's zxid says less: a multi's other events may still follow.)
         self.max_zxid = 0
@@ -109,14 +134,14 @@ class Connection:
         """Read and write until the stream fails or ``abort`` is called."""
         try:
             with self._scope:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._writer)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._writer)
                     await self._reader()
-                    nursery.cancel_scope.cancel()
+                    tg.cancel_scope.cancel()
         finally:
             self._finish()
-            with trio.CancelScope(shield=True):
-                await trio.aclose_forcefully(self._framed.stream)
+            with anyio.CancelScope(shield=True):
+                await anyio.aclose_forcefully(self._stream)
 
     def abort(self, reason: str) -> None:
         """End the connection (synchronously as far as callers can tell)."""
@@ -132,9 +157,10 @@ class Connection:
         if self.close_reason is None:
             self.close_reason = "connection closed"
         self._send_ch.close()
+        self._send_rx.close()
         pending, self._pending = self._pending, {}
         for p in pending.values():
-            p.done.set()  # response None: ConnectionClosed
+            p.settle(None)  # ConnectionClosed
         self._wids.clear()
         self._unclaimed.clear()
         self._claims_pending = 0
@@ -167,7 +193,7 @@ class Connection:
             await self._send_ch.send(frame)
             queued = True
             await pending.done.wait()
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             raise ConnectionClosed(self.close_reason) from None
         finally:
             if not pending.done.is_set():
@@ -180,6 +206,40 @@ class Connection:
             raise ConnectionClosed(self.close_reason)
         return pending.response
 
+    def submit(self, msg: dict, callback: Callback, *, claim: Claim | None = None) -> int | None:
+        """Send ``msg`` without a task: ``callback(frame)`` runs in the
+        reader when the response arrives (``callback(None)`` if the
+        connection ends first).  Returns the request id, or None when the
+        request could not be queued at once (closed, or the send queue is
+        full): the caller then takes the task-based path.  ``claim`` works
+        as for ``request``."""
+        if self.closed:
+            return None
+        rid = next(self._ids)
+        try:
+            frame = encode_frame({**msg, "id": rid}, self._max_frame)
+        except FrameTooLarge as exc:
+            raise TooLargeError(str(exc), path=msg.get("path")) from None
+        try:
+            self._send_ch.send_nowait(frame)
+        except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            return None
+        self._pending[rid] = _Pending(claim, callback)
+        if claim is not None:
+            self._claims_pending += 1
+        return rid
+
+    def abandon(self, rid: int) -> None:
+        """The submitter of ``rid`` gave up: its callback will not run (a
+        watch it registers is then removed, as for a cancelled ``request``)."""
+        pending = self._pending.get(rid)
+        if pending is None:
+            return
+        pending.callback = None
+        pending.abandoned = True
+        if pending.claim is None:
+            del self._pending[rid]
+
     def forget(self, wid: int) -> None:
         """Stop routing events for ``wid`` (before an explicit unwatch)."""
         self._wids.pop(wid, None)
@@ -189,8 +249,8 @@ class Connection:
         self._wids.pop(wid, None)
         if not self.closed:
             try:
-                self._send_ch.send_nowait(encode_frame({"id": next(self._ids), "op": "unwatch", "wid": wid}))
-            except (trio.WouldBlock, trio.ClosedResourceError):
+                self._send_ch.send_nowait(encode_frame({**messages.unwatch(wid), "id": next(self._ids)}))
+            except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
                 pass  # the watch dies with the connection at the latest
 
     # -- tasks ------------------------------------------------------------
@@ -202,25 +262,36 @@ class Connection:
                 while len(batch) < SEND_BATCH:
                     try:
                         batch.append(self._send_rx.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
+                    except (anyio.WouldBlock, anyio.EndOfStream):
                         break
-                await self._framed.stream.send_all(b"".join(batch))
-                self.last_send = trio.current_time()
+                await self._stream.send(b"".join(batch))
+                self.last_send = anyio.current_time()
         except STREAM_ERRORS as exc:
             self.abort(f"send failed: {exc!r}")
 
     async def _reader(self) -> None:
+        decoder = self._decoder
         try:
             while True:
-                frame = await self._framed.receive()
-                self.last_recv = trio.current_time()
-                if not isinstance(frame, dict):
-                    self.abort("protocol error: frame is not a map")
-                    return
-                self._dispatch(frame)
-                if self.closed:
-                    return
-        except trio.EndOfChannel:
+                try:
+                    data = await self._stream.receive(RECEIVE_SIZE)
+                except anyio.EndOfStream:
+                    if decoder.buffered:
+                        raise MalformedFrame(f"stream closed inside a frame ({decoder.buffered} bytes pending)")
+                    raise
+                self.last_recv = anyio.current_time()
+                # Frames that precede a framing error are still handled;
+                # the error is raised by the next feed.
+                for frame in decoder.feed(data):
+                    if not isinstance(frame, dict):
+                        self.abort("protocol error: frame is not a map")
+                        return
+                    self._dispatch(frame)
+                    if self.closed:
+                        return
+                if decoder.error is not None:
+                    raise decoder.error
+        except anyio.EndOfStream:
             self.close_reason = self.close_reason or "server closed the connection"
         except STREAM_ERRORS as exc:
             self.close_reason = self.close_reason or f"receive failed: {exc!r}"
@@ -243,8 +314,7 @@ class Connection:
         if pending.claim is not None:
             self._claims_pending -= 1
             self._settle_claim(pending, frame)
-        pending.response = frame
-        pending.done.set()
+        pending.settle(frame)
 
     def _settle_claim(self, pending: _Pending, frame: dict) -> None:
         wid = None

@@ -39,9 +39,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Hashable, Iterable
 
-import trio
+from typing import TYPE_CHECKING
 
-from coordclient.client import Client, ConnState, Stat, WatchEvent, ops
+import anyio
+
 from coordclient.errors import (
     ConnectionLossError,
     CoordError,
@@ -51,7 +52,12 @@ from coordclient.errors import (
     OperationTimeoutError,
     SessionExpiredError,
 )
+from coordclient.messages import ops
 from coordclient.protocol import Err, validate_path
+from coordclient.types import ConnState, Stat, WatchEvent
+
+if TYPE_CHECKING:
+    from coordclient.client import Client
 
 __all__ = ["LockLostError", "LeadershipLostError", "RecipeUsageError"]
 
@@ -118,7 +124,12 @@ def parse(name: str, stat: Stat | None = None) -> Entry | None:
 _OWNERS: "weakref.WeakKeyDictionary[Client, dict[str, set[Hashable]]]" = weakref.WeakKeyDictionary()
 
 
-def _owners(client: Client, path: str) -> set[Hashable]:
+def current_owner() -> Hashable:
+    """The calling task, as an owner of recipe paths."""
+    return ("task", anyio.get_current_task().id)
+
+
+def _owners(client: "Client", path: str) -> set[Hashable]:
     return _OWNERS.setdefault(client, {}).setdefault(path, set())
 
 
@@ -136,7 +147,7 @@ class Participant:
     kind = "lock"
     lost_error: type[LockLostError] = LockLostError
 
-    def __init__(self, client: Client, path: str, *, suspend_margin: float | None = None):
+    def __init__(self, client: "Client", path: str, *, suspend_margin: float | None = None):
         if suspend_margin is not None and not suspend_margin >= 0:
             raise ValueError("suspend_margin must be >= 0")
         self.client = client
@@ -153,9 +164,10 @@ class Participant:
         self._lost_reason: str | None = None
         self._lost_code = Err.SESSION_EXPIRED
         self._suspended_until = math.inf  # the hold counts as lost then, if still suspended
-        self._scope: trio.CancelScope | None = None
-        self._wake = trio.Event()
-        self._changed = trio.Event()
+        self._scope: anyio.CancelScope | None = None
+        # Made on first use: AnyIO events need a running event loop.
+        self._wake_ev: anyio.Event | None = None
+        self._changed_ev: anyio.Event | None = None
         self._cm: Any = None
 
     def __repr__(self) -> str:
@@ -178,7 +190,7 @@ class Participant:
     def lost(self) -> bool:
         """True once the hold has been lost (sticky until ``release()``)."""
         if (self._state == "held" and self._lost_reason is None
-                and trio.current_time() >= self._suspended_until):
+                and anyio.current_time() >= self._suspended_until):
             self._lose(f"no connection for more than {self.suspend_margin:.2f}s: the session may have expired")
         return self._lost_reason is not None and self._state in ("held", "releasing")
 
@@ -192,7 +204,7 @@ class Participant:
         while not self.lost:
             if self._state != "held":
                 raise RecipeUsageError(f"{self.path}: not held")
-            with trio.move_on_at(self._suspended_until):
+            with anyio.CancelScope(deadline=self._suspended_until):
                 await self._changed.wait()
         assert self._lost_reason is not None
         return self._lost_reason
@@ -209,7 +221,7 @@ class Participant:
         cancelled acquire never leaves a node behind that would block
         everyone until the session ends.
         """
-        return await self._acquire(timeout, blocking, trio.lowlevel.current_task())
+        return await self._acquire(timeout, blocking, current_owner())
 
     async def try_acquire(self) -> bool:
         """Acquire only if that needs no waiting."""
@@ -228,16 +240,16 @@ class Participant:
         self._owner = owner
         self._state = "acquiring"
         self._lost_reason, self._uncertain, self._gone, self.fencing_token = None, False, None, None
-        self._suspended_until = math.inf if self.client.connected else trio.current_time() + self.suspend_margin
+        self._suspended_until = math.inf if self.client.connected else anyio.current_time() + self.suspend_margin
         self.client.add_listener(self._on_state)
         entered = False
         try:
-            with trio.move_on_after(math.inf if timeout is None else timeout):
+            with anyio.move_on_after(math.inf if timeout is None else timeout):
                 entered = await self._enter(blocking)
         finally:
             if not entered:
-                with trio.CancelScope(shield=True) as scope:
-                    scope.deadline = trio.current_time() + self._cleanup_budget()
+                with anyio.CancelScope(shield=True) as scope:
+                    scope.deadline = anyio.current_time() + self._cleanup_budget()
                     await self._withdraw()
                 self._reset()
         if entered:
@@ -269,7 +281,7 @@ class Participant:
                 return True
             if not blocking:
                 return False
-            wake = self._wake = trio.Event()
+            wake = self._wake = anyio.Event()
 
             def fire(_: WatchEvent) -> None:
                 wake.set()
@@ -284,7 +296,7 @@ class Participant:
             # The watch is what wakes us; the timeout only covers a watch the
             # client had to drop (re-registration failing for a whole
             # request timeout), which would otherwise strand this waiter.
-            with trio.move_on_after(self.client.request_timeout):
+            with anyio.move_on_after(self.client.request_timeout):
                 await wake.wait()
 
     async def _create(self) -> None:
@@ -293,7 +305,7 @@ class Participant:
         base = f"{self.path}/{self._prefix}"
         while True:
             try:
-                with trio.CancelScope(shield=True):
+                with anyio.CancelScope(shield=True):
                     self.node = await self.client.create(base, self._data, ephemeral=True, sequential=True,
                                                          make_parents=True)
                 return
@@ -379,7 +391,7 @@ class Participant:
 
     def _on_state(self, state: ConnState) -> None:
         """Client state listener (runs synchronously in the client's task)."""
-        now = trio.current_time()
+        now = anyio.current_time()
         if state in _GONE:
             self._lose(f"session {state.value}")
             self._wake.set()  # a waiter re-checks, and its next call raises
@@ -408,9 +420,26 @@ class Participant:
         return self.lost_error(f"{self.path}: {self._lost_reason or 'not held'}", path=self.path,
                                code=self._lost_code)
 
+    @property
+    def _wake(self) -> anyio.Event:
+        if self._wake_ev is None:
+            self._wake_ev = anyio.Event()
+        return self._wake_ev
+
+    @_wake.setter
+    def _wake(self, event: anyio.Event) -> None:
+        self._wake_ev = event
+
+    @property
+    def _changed(self) -> anyio.Event:
+        if self._changed_ev is None:
+            self._changed_ev = anyio.Event()
+        return self._changed_ev
+
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
+        changed, self._changed_ev = self._changed_ev, None
+        if changed is not None:
+            changed.set()
 
     # -- release ------------------------------------------------------------
 
@@ -437,8 +466,8 @@ class Participant:
             # Stop the guarded body first, then delete: shielded, because the
             # caller may be that very body, which is now cancelled.
             scope.cancel()
-            with trio.CancelScope(shield=True) as shield:
-                shield.deadline = trio.current_time() + self._cleanup_budget()
+            with anyio.CancelScope(shield=True) as shield:
+                shield.deadline = anyio.current_time() + self._cleanup_budget()
                 await self._withdraw()
             if shield.cancelled_caught:
                 return  # still "releasing": release() again finishes the job
@@ -454,7 +483,7 @@ class Participant:
                     await self._delete_confirmed(node)
                 self._uncertain = False
             except (ConnectionLossError, OperationTimeoutError):
-                await trio.sleep(RETRY_PAUSE)
+                await anyio.sleep(RETRY_PAUSE)
             except SessionExpiredError:
                 break
 
@@ -467,7 +496,7 @@ class Participant:
                 return
             except (ConnectionLossError, OperationTimeoutError) as exc:
                 log.info("%s: deleting %s failed (%s); retrying", self.path, node, exc)
-                await trio.sleep(RETRY_PAUSE)
+                await anyio.sleep(RETRY_PAUSE)
 
     def _cleanup_budget(self) -> float:
         """Bound for a release that must run shielded (body exit, failed
@@ -486,7 +515,8 @@ class Participant:
         self.fencing_token = None
         self._lost_reason = None
         self._suspended_until = math.inf
-        self._wake.set()
+        if self._wake_ev is not None:
+            self._wake_ev.set()
         self._notify()
 
     # -- guarded bodies -----------------------------------------------------
@@ -499,7 +529,7 @@ class Participant:
         hold taken with ``acquire()``; ``async with lock`` does both."""
         if self._state != "held":
             raise RecipeUsageError(f"{self.path}: guard() needs a held lock")
-        scope = self._scope = trio.CancelScope(deadline=self._suspended_until)
+        scope = self._scope = anyio.CancelScope(deadline=self._suspended_until)
         if self._lost_reason is not None:
             scope.cancel()
         error: LockLostError | None = None
@@ -511,8 +541,8 @@ class Participant:
             if self.lost:
                 error = self._lost_exc()
             if self._state != "idle":
-                with trio.CancelScope(shield=True) as cleanup:
-                    cleanup.deadline = trio.current_time() + self._cleanup_budget()
+                with anyio.CancelScope(shield=True) as cleanup:
+                    cleanup.deadline = anyio.current_time() + self._cleanup_budget()
                     await self.release()
                 if self._state != "idle":
                     log.error("%s: could not confirm the release of %s; call release() again", self.path, self.node)

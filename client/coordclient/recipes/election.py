@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
-from coordclient.client import RESYNC, Client, WatchStream
 from coordclient.errors import CoordError, NodeExistsError, NoNodeError
 from coordclient.protocol import MAX_PATH_LENGTH
 from coordclient.recipes._core import (
@@ -25,6 +24,11 @@ from coordclient.recipes._core import (
     check_recipe_path,
     parse,
 )
+from coordclient.types import RESYNC
+from coordclient.watches import WatchStream
+
+if TYPE_CHECKING:
+    from coordclient.client import Client
 
 __all__ = ["Campaign", "Election", "Leader", "LeaderObserver"]
 
@@ -50,7 +54,7 @@ class Campaign(Participant):
     kind = CANDIDATE
     lost_error = LeadershipLostError
 
-    def __init__(self, client: Client, path: str, identity: str, *, suspend_margin: float | None = None):
+    def __init__(self, client: "Client", path: str, identity: str, *, suspend_margin: float | None = None):
         super().__init__(client, path, suspend_margin=suspend_margin)
         self.identity = identity
         self._data = identity.encode("utf-8")
@@ -92,7 +96,7 @@ class Election:
     ``Campaign``: ``term.fencing_token`` strictly increases across terms.
     """
 
-    def __init__(self, client: Client, path: str, identity: str, *, suspend_margin: float | None = None):
+    def __init__(self, client: "Client", path: str, identity: str, *, suspend_margin: float | None = None):
         if not isinstance(identity, str):
             raise TypeError("identity must be a str")
         if len(quote(identity, safe="")) > MAX_PATH_LENGTH // 2:
@@ -150,7 +154,7 @@ class LeaderObserver:
     that there is a starting point to read.
     """
 
-    def __init__(self, client: Client, path: str):
+    def __init__(self, client: "Client", path: str):
         self.client = client
         self.path = path
         self._stream: WatchStream | None = None

@@ -9,8 +9,12 @@ each other, and a reader treats a ``Lock`` holder as a writer.
 
 from __future__ import annotations
 
-from coordclient.client import Client
+from typing import TYPE_CHECKING
+
 from coordclient.recipes._core import WATCH_CHILDREN, Entry, Participant
+
+if TYPE_CHECKING:
+    from coordclient.client import Client
 
 __all__ = ["Lock", "ReadLock", "ReadWriteLock", "Semaphore", "WriteLock"]
 
@@ -80,7 +84,7 @@ class ReadWriteLock:
     would deadlock and raises ``RecipeUsageError``.
     """
 
-    def __init__(self, client: Client, path: str, *, suspend_margin: float | None = None):
+    def __init__(self, client: "Client", path: str, *, suspend_margin: float | None = None):
         self.path = path
         self.read_lock = ReadLock(client, path, suspend_margin=suspend_margin)
         self.write_lock = WriteLock(client, path, suspend_margin=suspend_margin)
@@ -105,7 +109,7 @@ class Semaphore(Lock):
 
     kind = "permit"
 
-    def __init__(self, client: Client, path: str, permits: int, *, suspend_margin: float | None = None):
+    def __init__(self, client: "Client", path: str, permits: int, *, suspend_margin: float | None = None):
         if not isinstance(permits, int) or isinstance(permits, bool) or permits < 1:
             raise ValueError(f"permits must be an int >= 1, not {permits!r}")
         super().__init__(client, path, suspend_margin=suspend_margin)

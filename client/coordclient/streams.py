@@ -1,0 +1,73 @@
+"""The byte streams a connection runs on, whatever the event loop.
+
+The SDK talks to an AnyIO ``ByteStream`` (``send``/``receive``/``aclose``),
+which ``anyio.connect_tcp`` gives on asyncio and on Trio alike.  Code
+written for the Trio-only SDK passed ``connect_stream`` functions that
+return a ``trio.abc.Stream`` (``send_all``/``receive_some``); ``as_byte_stream``
+adapts those, so both kinds keep working.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable, Union
+
+import anyio
+import anyio.abc
+
+__all__ = ["ConnectStream", "as_byte_stream", "connect_tcp"]
+
+# connect_stream(host, port) -> an AnyIO ByteStream (or a trio.abc.Stream).
+ConnectStream = Callable[[str, int], Awaitable[Any]]
+
+
+async def connect_tcp(host: str, port: int) -> anyio.abc.ByteStream:
+    """The default transport: TCP (happy eyeballs, TCP_NODELAY) on the running loop."""
+    return await anyio.connect_tcp(host, port)
+
+
+def as_byte_stream(stream: Any) -> anyio.abc.ByteStream:
+    """``stream`` as an AnyIO ByteStream (Trio streams are wrapped)."""
+    if isinstance(stream, anyio.abc.ByteStream):
+        return stream
+    if hasattr(stream, "send_all") and hasattr(stream, "receive_some"):
+        return _TrioStream(stream)
+    raise TypeError(f"connect_stream returned {type(stream).__name__}, not a byte stream")
+
+
+class _TrioStream(anyio.abc.ByteStream):
+    """A ``trio.abc.Stream`` seen as an AnyIO ByteStream (Trio backend only,
+    since the stream itself is Trio's)."""
+
+    def __init__(self, inner: Any):
+        import trio
+
+        self._inner = inner
+        self._errors: tuple[type[BaseException], ...] = (trio.BrokenResourceError, trio.ClosedResourceError)
+        self._trio = trio
+
+    async def send(self, item: bytes) -> None:
+        try:
+            await self._inner.send_all(item)
+        except self._trio.ClosedResourceError:
+            raise anyio.ClosedResourceError from None
+        except self._trio.BrokenResourceError as exc:
+            raise anyio.BrokenResourceError from exc
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        try:
+            data = await self._inner.receive_some(max_bytes)
+        except self._trio.ClosedResourceError:
+            raise anyio.ClosedResourceError from None
+        except self._trio.BrokenResourceError as exc:
+            raise anyio.BrokenResourceError from exc
+        if not data:
+            raise anyio.EndOfStream
+        return data
+
+    async def send_eof(self) -> None:
+        send_eof: Union[Callable[[], Awaitable[None]], None] = getattr(self._inner, "send_eof", None)
+        if send_eof is not None:
+            await send_eof()
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
