@@ -133,3 +133,32 @@ def test_main_entry_point_in_a_subprocess(fake):
     r = subprocess.run([sys.executable, "-c", code, "get", "/missing"], env=env, capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 1 and r.stderr == "coordctl: NoNode: /missing\n"
+
+
+def test_help_works_without_endpoints_or_credentials():
+    # a newcomer's first `coordctl get --help` must not demand COORD_ENDPOINTS
+    for args in (["--help"], ["get", "--help"], ["acl", "set", "--help"], ["members", "--help"]):
+        r = CliRunner().invoke(cli, args, env={"COORD_ENDPOINTS": ""})
+        assert r.exit_code == 0 and "Usage:" in r.stdout, (args, r.stderr)
+
+
+def test_output_options_may_follow_the_command(run):
+    run("create", "/late", "v")
+    r = run("stat", "/late", "-o", "json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["stat"]["data_length"] == 1
+    r = run("get", "/late", "--output", "json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["data"] == "v"
+    run("rm", "/late")
+
+
+def test_bad_credentials_are_usage_errors_naming_the_option(run, tmp_path):
+    r = run("--user", "nocolon", "get", "/")
+    assert r.exit_code == 2 and "--user" in r.stderr
+    r = run("--cacert", str(tmp_path / "missing.crt"), "get", "/")
+    assert r.exit_code == 2 and "missing.crt" in r.stderr
+    bogus = tmp_path / "bogus.crt"
+    bogus.write_text("not a certificate")
+    r = run("--cacert", str(bogus), "get", "/")
+    assert r.exit_code == 2 and "--cacert" in r.stderr
+    r = run("acl", "set", "/", "world:anyone:xyz")
+    assert r.exit_code == 2 and "unknown permission" in r.stderr

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _LAZY = {
+    "ACL": "coordclient.acl",
     "Client": "coordclient.client",
     "ConnState": "coordclient.types",
     "RESYNC": "coordclient.types",
@@ -24,18 +25,23 @@ _LAZY = {
     "WatchEvent": "coordclient.types",
     "WatchOverflowError": "coordclient.watches",
     "WatchStream": "coordclient.watches",
+    "make_acl": "coordclient.acl",
+    "make_digest_acl": "coordclient.acl",
     "ops": "coordclient.messages",
     "parse_endpoints": "coordclient.endpoints",
     "SyncClient": "coordclient.sync",
     "SyncWatch": "coordclient.sync",
+    "tls_context": "coordclient.streams",
 }
 
 __all__ = sorted(_LAZY)
 
 if TYPE_CHECKING:
+    from coordclient.acl import ACL, make_acl, make_digest_acl  # noqa: F401
     from coordclient.client import Client  # noqa: F401
     from coordclient.endpoints import parse_endpoints  # noqa: F401
     from coordclient.messages import ops  # noqa: F401
+    from coordclient.streams import tls_context  # noqa: F401
     from coordclient.sync import SyncClient, SyncWatch  # noqa: F401
     from coordclient.types import RESYNC, ConnState, Stat, WatchEvent  # noqa: F401
     from coordclient.watches import WatchOverflowError, WatchStream  # noqa: F401

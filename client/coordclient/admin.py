@@ -15,11 +15,13 @@ names the leader's client address) to the leader.
 from __future__ import annotations
 
 import itertools
+import ssl
 import zlib
 from typing import Any, Callable, Iterable
 
 import trio
 
+from coordclient import messages
 from coordclient.endpoints import parse_endpoints
 from coordclient.errors import CoordError, NotLeaderError, OperationTimeoutError
 from coordclient.wire import FramedStream
@@ -28,9 +30,17 @@ Endpoint = tuple[str, int]
 
 
 class AdminClient:
-    def __init__(self, endpoints: str | Iterable[str], *, timeout: float = 10.0):
+    """``tls``: a client ``ssl.SSLContext`` (see ``coordclient.streams.tls_context``);
+    ``auth``: credentials such as ``[("digest", "ops:password")]``, presented
+    on every connection (administration needs an admin or superuser identity
+    once the servers' ``[auth]`` names any)."""
+
+    def __init__(self, endpoints: str | Iterable[str], *, timeout: float = 10.0, tls: ssl.SSLContext | None = None,
+                 auth: Iterable[tuple[str, str | None]] = ()):
         self.endpoints = parse_endpoints(endpoints)
         self.timeout = timeout
+        self.tls = tls
+        self.auth = list(auth)
         self._ids = itertools.count(1)
 
     async def __aenter__(self) -> "AdminClient":
@@ -43,9 +53,17 @@ class AdminClient:
     async def _request(self, addr: Endpoint, msg: dict, on_chunk: Callable[[bytes], None] | None = None,
                        timeout: float | None = None) -> dict:
         with trio.fail_after(timeout or self.timeout):
-            stream = await trio.open_tcp_stream(*addr)
+            stream: trio.abc.Stream = await trio.open_tcp_stream(*addr)
+            if self.tls is not None:
+                stream = trio.SSLStream(stream, self.tls, server_hostname=addr[0])
             async with stream:
                 fs = FramedStream(stream)
+                for scheme, cred in self.auth:
+                    rid = next(self._ids)
+                    await fs.send({**messages.add_auth(scheme, cred), "id": rid})
+                    resp = await fs.receive()
+                    if not resp.get("ok"):
+                        raise CoordError.from_code(resp.get("err", "AuthFailed"), resp.get("msg", ""))
                 rid = next(self._ids)
                 await fs.send({**msg, "id": rid})
                 while True:
@@ -63,7 +81,7 @@ class AdminClient:
             try:
                 return await self._request(addr, msg, **kw)
             except (OSError, trio.TooSlowError, trio.BrokenResourceError, trio.EndOfChannel) as e:
-                last = e
+                last = e  # (a TLS failure is a BrokenResourceError too)
         raise CoordError.from_code("ConnectionLoss", f"no server answered: {last}")
 
     async def _on_leader(self, msg: dict, timeout: float | None = None) -> dict:

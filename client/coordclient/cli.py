@@ -17,15 +17,19 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import os
 import json
+import ssl
 import sys
 from typing import Any, Awaitable, Callable
 
 import click
 import trio
 
+from coordclient.acl import ACL
 from coordclient.client import Client
 from coordclient.endpoints import parse_endpoints
+from coordclient.streams import tls_context
 from coordclient.types import Stat, WatchEvent
 from coordclient.errors import ConnectionLossError, CoordError, OperationTimeoutError, SessionExpiredError
 
@@ -36,10 +40,46 @@ EXIT_UNREACHABLE = 3
 
 
 class _Ctx:
-    def __init__(self, endpoints: list[tuple[str, int]], output: str, timeout: float):
-        self.endpoints = endpoints
+    """What every command needs, checked only when a command needs it (so
+    ``coordctl members add --help`` works without any servers configured)."""
+
+    def __init__(self, endpoints: str | None, output: str, timeout: float, cacert: str | None,
+                 cert: str | None, key: str | None, user: str | None):
+        self._endpoints = endpoints
         self.output = output
         self.timeout = timeout
+        self._tls_files = (cacert, cert, key)
+        self._user = user
+
+    @property
+    def auth(self) -> list[tuple[str, str]]:
+        if not self._user:
+            return []
+        if ":" not in self._user:
+            raise click.BadParameter("expected USER:PASSWORD", param_hint="--user / COORD_USER")
+        return [("digest", self._user)]
+
+    @property
+    def endpoints(self) -> list[tuple[str, int]]:
+        if not self._endpoints:
+            raise click.UsageError("no servers given: pass --endpoints H:P[,H:P...] or set COORD_ENDPOINTS")
+        try:
+            return parse_endpoints(self._endpoints)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--endpoints") from None
+
+    @property
+    def tls(self) -> ssl.SSLContext | None:
+        cacert, cert, key = self._tls_files
+        if not (cacert or cert or key):
+            return None
+        for option, path in (("--cacert", cacert), ("--cert", cert), ("--key", key)):
+            if path and not os.path.isfile(path):
+                raise click.BadParameter(f"no such file: {path}", param_hint=option)
+        try:
+            return tls_context(cacert, cert, key)
+        except (OSError, ValueError, ssl.SSLError) as exc:
+            raise click.BadParameter(f"unusable TLS files: {exc}", param_hint="--cacert/--cert/--key") from None
 
     def emit(self, text: str | bytes | None, obj: dict) -> None:
         if self.output == "json":
@@ -49,9 +89,10 @@ class _Ctx:
 
     def run(self, action: Callable[[Client], Awaitable[None]]) -> None:
         """Open a session, run ``action``, map errors to one line and an exit code."""
+        endpoints, tls, auth = self.endpoints, self.tls, self.auth
 
         async def session() -> None:
-            async with Client(self.endpoints, session_timeout=self.timeout) as client:
+            async with Client(endpoints, session_timeout=self.timeout, tls=tls, auth=auth) as client:
                 await action(client)
 
         try:
@@ -89,24 +130,34 @@ def _event(ev: WatchEvent) -> dict:
     return {"type": ev.type, "path": ev.path, "zxid": ev.zxid}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Coordctl(click.Group):
+    """The top-level group: its options may be written after the command."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, hoist_global_options(args))
+
+
+@click.group(cls=_Coordctl, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--endpoints", envvar="COORD_ENDPOINTS", metavar="H:P[,H:P...]",
               help="Servers to connect to (default: $COORD_ENDPOINTS).")
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
               help="Session timeout in seconds; calls give up after twice this.")
+@click.option("--cacert", envvar="COORD_CACERT", type=click.Path(dir_okay=False),
+              help="TLS: the CA that signed the servers' certificates ($COORD_CACERT).")
+@click.option("--cert", envvar="COORD_CERT", type=click.Path(dir_okay=False),
+              help="TLS: this client's certificate, its x509 identity ($COORD_CERT).")
+@click.option("--key", envvar="COORD_KEY", type=click.Path(dir_okay=False),
+              help="TLS: the key of --cert ($COORD_KEY).")
+@click.option("--user", envvar="COORD_USER", metavar="USER:PASSWORD",
+              help="A digest identity, added to the session ($COORD_USER).")
 @click.pass_context
-def cli(ctx: click.Context, endpoints: str | None, output: str, timeout: float) -> None:
-    """Inspect and change a coord ensemble."""
-    if ctx.resilient_parsing:
-        return
-    if not endpoints:
-        raise click.UsageError("no servers given: pass --endpoints H:P[,H:P...] or set COORD_ENDPOINTS")
-    try:
-        parsed = parse_endpoints(endpoints)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--endpoints") from None
-    ctx.obj = _Ctx(parsed, output, timeout)
+def cli(ctx: click.Context, endpoints: str | None, output: str, timeout: float, cacert: str | None,
+        cert: str | None, key: str | None, user: str | None) -> None:
+    """Inspect and change a coord ensemble.
+
+    Options may also follow the command (coordctl status -o json)."""
+    ctx.obj = _Ctx(endpoints, output, timeout, cacert, cert, key, user)
 
 
 pass_ctx = click.make_pass_decorator(_Ctx)
@@ -146,14 +197,73 @@ def set_(c: _Ctx, path: str, data: str, version: int) -> None:
 @click.option("-e", "--ephemeral", is_flag=True, help="Delete the node when this session ends (i.e. at once).")
 @click.option("-s", "--sequential", is_flag=True, help="Append a unique increasing counter to the name.")
 @click.option("-p", "--parents", is_flag=True, help="Create missing parent nodes.")
+@click.option("--acl", "acl_entries", multiple=True, metavar="SCHEME:ID:PERMS",
+              help="An ACL entry (repeat for more), e.g. digest:bob:HASH:cdrwa, world:anyone:r; "
+                   "default: the server's default ACL.")
 @pass_ctx
-def create(c: _Ctx, path: str, data: str, ephemeral: bool, sequential: bool, parents: bool) -> None:
+def create(c: _Ctx, path: str, data: str, ephemeral: bool, sequential: bool, parents: bool,
+           acl_entries: tuple[str, ...]) -> None:
     """Create a node and print its path."""
+    acl = _parse_acl(acl_entries) if acl_entries else None
 
     async def action(client: Client) -> None:
         created = await client.create(path, data.encode(), ephemeral=ephemeral, sequential=sequential,
-                                      make_parents=parents)
+                                      make_parents=parents, acl=acl)
         c.emit(created, {"path": created})
+
+    c.run(action)
+
+
+def _parse_acl(entries: tuple[str, ...]) -> list[ACL]:
+    try:
+        return [ACL.parse(e) for e in entries]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="ACL") from None
+
+
+@cli.group()
+def acl() -> None:
+    """Read and change node ACLs (ZooKeeper's text form: scheme:id:perms)."""
+
+
+@acl.command("get")
+@click.argument("path")
+@pass_ctx
+def acl_get(c: _Ctx, path: str) -> None:
+    """Print a node's ACL, one entry per line."""
+
+    async def action(client: Client) -> None:
+        entries, stat = await client.get_acl(path)
+        c.emit("\n".join(str(e) for e in entries),
+               {"path": path, "acl": [str(e) for e in entries], "aversion": stat.aversion})
+
+    c.run(action)
+
+
+@acl.command("set")
+@click.argument("path")
+@click.argument("entries", nargs=-1, required=True, metavar="SCHEME:ID:PERMS...")
+@click.option("--version", type=int, default=-1, help="Expected ACL version (aversion; -1: any).")
+@pass_ctx
+def acl_set(c: _Ctx, path: str, entries: tuple[str, ...], version: int) -> None:
+    """Replace a node's ACL (needs ADMIN permission on it)."""
+    parsed = _parse_acl(entries)
+
+    async def action(client: Client) -> None:
+        stat = await client.set_acl(path, parsed, version=version)
+        c.emit(f"aversion = {stat.aversion}", {"path": path, "stat": _stat(stat)})
+
+    c.run(action)
+
+
+@cli.command()
+@pass_ctx
+def whoami(c: _Ctx) -> None:
+    """The identities the server knows this client by."""
+
+    async def action(client: Client) -> None:
+        ids = await client.whoami()
+        c.emit("\n".join(f"{s}:{i}" for s, i in ids), {"ids": [f"{s}:{i}" for s, i in ids]})
 
     c.run(action)
 
@@ -240,9 +350,38 @@ from coordclient.cli_recipes import register as _register_recipes  # noqa: E402
 _register_recipes(cli)
 
 
+_GLOBAL_WITH_VALUE = {"-o", "--output", "--endpoints", "--timeout", "--cacert", "--cert", "--key", "--user"}
+
+
+def hoist_global_options(argv: list[str]) -> list[str]:
+    """Move the group's options to the front wherever they were written, as
+    kubectl and etcdctl users write them (``coordctl status -o json``).
+    Anything after ``--`` stays where it is."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            rest.extend(argv[i:])
+            break
+        name = a.split("=", 1)[0]
+        if name in _GLOBAL_WITH_VALUE:
+            if "=" in a or i + 1 >= len(argv):
+                front.append(a)
+            else:
+                front.extend(argv[i:i + 2])
+                i += 1
+        else:
+            rest.append(a)
+        i += 1
+    return front + rest
+
+
 def main(argv: list[str] | None = None) -> Any:
     """Console-script entry point (``coordctl = "coordclient.cli:main"``)."""
-    return cli.main(args=argv, prog_name="coordctl")
+    args = list(sys.argv[1:] if argv is None else argv)
+    return cli.main(args=args, prog_name="coordctl")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ def _run(ctx_obj: Any, fn: Callable[[AdminClient], Awaitable[Any]]) -> Any:
     eps = [f"{h}:{p}" for h, p in ctx_obj.endpoints]
 
     async def go() -> Any:
-        async with AdminClient(eps, timeout=ctx_obj.timeout) as admin:
+        async with AdminClient(eps, timeout=ctx_obj.timeout, tls=ctx_obj.tls, auth=ctx_obj.auth) as admin:
             return await fn(admin)
 
     try:

@@ -27,12 +27,14 @@ import inspect
 import logging
 import math
 import random
+import ssl
 from typing import Any, Callable, Iterable
 
 import anyio
 import anyio.abc
 
 from coordclient import messages
+from coordclient.acl import ACL, acl_from_wire
 from coordclient._compat import sole_exception
 from coordclient.connection import Claim, Connection, ConnectionClosed
 from coordclient.endpoints import Endpoints, parse_endpoints
@@ -48,7 +50,7 @@ from coordclient.recipes.lease import Lease
 from coordclient.recipes.locks import Lock, ReadWriteLock, Semaphore
 from coordclient.recipes.queue import LockingQueue, Queue
 from coordclient.recipes.ring import RingMember
-from coordclient.streams import ConnectStream, as_byte_stream, connect_tcp
+from coordclient.streams import ConnectStream, as_byte_stream, connect_tcp, tls_connector
 from coordclient.types import RESYNC, ConnState, Stat, WatchCallback, WatchEvent
 from coordclient.watches import (
     DEFAULT_WATCH_BUFFER,
@@ -111,7 +113,8 @@ class Client:
     def __init__(self, endpoints: Endpoints, *, session_timeout: float = 10.0,
                  connect_timeout: float | None = None, request_timeout: float | None = None,
                  rng: random.Random | None = None, connect_stream: ConnectStream | None = None,
-                 max_frame: int = DEFAULT_MAX_FRAME):
+                 max_frame: int = DEFAULT_MAX_FRAME, tls: ssl.SSLContext | None = None,
+                 auth: Iterable[tuple[str, str]] = ()):
         if not session_timeout > 0:
             raise ValueError("session_timeout must be positive")
         self._rng = rng if rng is not None else random.Random()
@@ -122,8 +125,15 @@ class Client:
         self.session_timeout = float(session_timeout)
         self.connect_timeout = float(connect_timeout) if connect_timeout else max(session_timeout / 3, 0.1)
         self.request_timeout = float(request_timeout) if request_timeout else 2 * float(session_timeout)
-        self._connect_stream = connect_stream or connect_tcp
+        if connect_stream is not None and tls is not None:
+            raise ValueError("tls and connect_stream do not combine: make connect_stream do TLS")
+        self._connect_stream = connect_stream or (tls_connector(tls) if tls is not None else connect_tcp)
         self._max_frame = max_frame
+        # Credentials sent with add_auth on every connection (digest ids also
+        # stay on the session, but a new connection may need them first).
+        self._auth: list[tuple[str, str | None]] = [(scheme, cred) for scheme, cred in auth]
+        for scheme, _ in self._auth:
+            messages.add_auth(scheme, None)  # the scheme is checked now, not at the first connection
 
         self.session_id = 0
         self._secret: bytes | None = None
@@ -392,6 +402,14 @@ class Client:
             except ConnectionClosed as exc:
                 raise _AttemptFailed(f"{host}:{port}: {exc}") from None
             if resp.get("ok") and isinstance(resp.get("r"), dict):
+                for scheme, cred in self._auth:
+                    try:
+                        r = await conn.request(messages.add_auth(scheme, cred))
+                    except ConnectionClosed as exc:
+                        raise _AttemptFailed(f"{host}:{port}: {exc}") from None
+                    if not r.get("ok"):
+                        conn.abort("authentication refused")
+                        raise messages.error_from(r)  # AuthFailed: wrong for every server
                 return conn, resp["r"]
             conn.abort("hello refused")
             if resp.get("err") in messages.FATAL_HELLO:
@@ -607,11 +625,38 @@ class Client:
     # -- the API ----------------------------------------------------------
 
     async def create(self, path: str, data: bytes = b"", *, ephemeral: bool = False, sequential: bool = False,
-                     make_parents: bool = False) -> str:
+                     make_parents: bool = False, acl: Iterable[ACL | str] | None = None) -> str:
         """Create a node; return its path (with the suffix, if ``sequential``).
-        ``make_parents`` creates missing (persistent, empty) ancestors."""
-        msg = ops.create(path, data, ephemeral=ephemeral, sequential=sequential, make_parents=make_parents)
+        ``make_parents`` creates missing (persistent, empty) ancestors, with the
+        same ACL.  ``acl``: ``coordclient.acl`` entries or ``"scheme:id:perms"``
+        strings; None gives the server's default (open unless configured)."""
+        msg = ops.create(path, data, ephemeral=ephemeral, sequential=sequential, make_parents=make_parents, acl=acl)
         return (await self._call(msg))["path"]
+
+    async def get_acl(self, path: str, *, linearizable: bool = False) -> tuple[list[ACL], Stat]:
+        """The node's ACL and stat (``stat.aversion`` counts ACL changes)."""
+        r = await self._call(messages.get_acl(path, linearizable=linearizable))
+        return acl_from_wire(r["acl"]), Stat.from_wire(r["stat"])
+
+    async def set_acl(self, path: str, acl: Iterable[ACL | str], *, version: int = -1) -> Stat:
+        """Replace the node's ACL if its ACL version (``aversion``) is
+        ``version`` (-1: any); needs ADMIN permission.  Returns the new stat."""
+        return Stat.from_wire((await self._call(messages.set_acl(path, acl, version=version)))["stat"])
+
+    async def add_auth(self, scheme: str, credential: str | None = None) -> list[tuple[str, str]]:
+        """Add an identity to the session: ``("digest", "user:password")``
+        (only its digest reaches the server's state, and the session keeps it
+        across reconnects) or ``("x509", None)`` (the TLS client certificate).
+        Also sent again on every new connection.  Returns the identities the
+        session now has.  AuthFailedError for a malformed credential."""
+        r = await self._call(messages.add_auth(scheme, credential))
+        if (scheme, credential) not in self._auth:
+            self._auth.append((scheme, credential))
+        return [(s, i) for s, i in r["ids"]]
+
+    async def whoami(self) -> list[tuple[str, str]]:
+        """The identities the server knows this client by (scheme, id)."""
+        return [(s, i) for s, i in (await self._call(messages.whoami()))["ids"]]
 
     async def get(self, path: str, *, watch: WatchCallback | None = None,
                   linearizable: bool = False) -> tuple[bytes, Stat]:

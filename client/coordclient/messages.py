@@ -13,7 +13,9 @@ are the SDK's own requests.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
+
+from coordclient.acl import ACL, acl_to_wire
 
 from coordclient.errors import CoordError, InvalidPathError, MultiError, TooLargeError
 from coordclient.protocol import DEFAULT_MAX_DATA, Err, Op, validate_path
@@ -29,7 +31,7 @@ __all__ = [
 ]
 
 # Operations that carry a session sequence number (applied exactly once).
-WRITES = frozenset(op.value for op in (Op.CREATE, Op.DELETE, Op.SET, Op.MULTI))
+WRITES = frozenset(op.value for op in (Op.CREATE, Op.DELETE, Op.SET, Op.MULTI, Op.SET_ACL))
 # Error answers the SDK retries on the same or another server.
 RETRYABLE = frozenset(e.value for e in (Err.CONNECTION_LOSS, Err.OPERATION_TIMEOUT, Err.NOT_LEADER))
 # Answers to hello that end the session for good.
@@ -85,9 +87,14 @@ class ops:  # noqa: N801 - a namespace, used as ``coordclient.ops.create(...)``
 
     @staticmethod
     def create(path: str, data: bytes = b"", *, ephemeral: bool = False, sequential: bool = False,
-               make_parents: bool = False) -> dict:
-        return {"op": "create", "path": check_path(path, allow_root=False), "data": check_data(data),
-                "eph": bool(ephemeral), "sq": bool(sequential), "parents": bool(make_parents)}
+               make_parents: bool = False, acl: Iterable[ACL | str] | None = None) -> dict:
+        """``acl``: ``coordclient.acl.ACL`` entries or their text forms
+        (``"world:anyone:r"``); None: the server's default ACL."""
+        msg = {"op": "create", "path": check_path(path, allow_root=False), "data": check_data(data),
+               "eph": bool(ephemeral), "sq": bool(sequential), "parents": bool(make_parents)}
+        if acl is not None:
+            msg["acl"] = acl_to_wire(acl)
+        return msg
 
     @staticmethod
     def set(path: str, data: bytes, *, version: int = -1) -> dict:
@@ -154,6 +161,28 @@ def children(path: str, *, watch: bool = False, stats: bool = False, linearizabl
 
 def sync() -> dict:
     return {"op": Op.SYNC.value}
+
+
+def get_acl(path: str, *, linearizable: bool = False) -> dict:
+    return {"op": Op.GET_ACL.value, "path": check_path(path), "lin": bool(linearizable)}
+
+
+def set_acl(path: str, acl: Iterable[ACL | str], *, version: int = -1) -> dict:
+    return {"op": Op.SET_ACL.value, "path": check_path(path), "acl": acl_to_wire(acl),
+            "version": check_version(version)}
+
+
+def add_auth(scheme: str, credential: str | None) -> dict:
+    if scheme not in ("digest", "x509"):
+        raise ValueError(f"authentication schemes are digest and x509, not {scheme!r}")
+    msg = {"op": Op.ADD_AUTH.value, "scheme": scheme}
+    if credential is not None:
+        msg["auth"] = credential
+    return msg
+
+
+def whoami() -> dict:
+    return {"op": Op.WHOAMI.value}
 
 
 def status() -> dict:

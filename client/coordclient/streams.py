@@ -9,12 +9,13 @@ adapts those, so both kinds keep working.
 
 from __future__ import annotations
 
+import ssl
 from typing import Any, Awaitable, Callable, Union
 
 import anyio
 import anyio.abc
 
-__all__ = ["ConnectStream", "as_byte_stream", "connect_tcp"]
+__all__ = ["ConnectStream", "as_byte_stream", "connect_tcp", "tls_connector", "tls_context"]
 
 # connect_stream(host, port) -> an AnyIO ByteStream (or a trio.abc.Stream).
 ConnectStream = Callable[[str, int], Awaitable[Any]]
@@ -23,6 +24,30 @@ ConnectStream = Callable[[str, int], Awaitable[Any]]
 async def connect_tcp(host: str, port: int) -> anyio.abc.ByteStream:
     """The default transport: TCP (happy eyeballs, TCP_NODELAY) on the running loop."""
     return await anyio.connect_tcp(host, port)
+
+
+def tls_connector(context: ssl.SSLContext) -> ConnectStream:
+    """Connect with TLS (``Client(tls=...)``): the server's certificate is
+    checked against ``context``'s CAs and the endpoint's host name (or IP
+    address), and ``context``'s own certificate, if it has one, is the
+    client's x509 identity."""
+
+    async def connect(host: str, port: int) -> anyio.abc.ByteStream:
+        return await anyio.connect_tcp(host, port, ssl_context=context, tls_hostname=host)
+
+    return connect
+
+
+def tls_context(cacert: str | None = None, cert: str | None = None, key: str | None = None) -> ssl.SSLContext:
+    """A client TLS context from files: the CA that signed the servers'
+    certificates (None: the system's), and an optional client certificate."""
+    ctx = ssl.create_default_context(cafile=cacert)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert:
+        ctx.load_cert_chain(cert, key)
+    elif key:
+        raise ValueError("a client key without its certificate")
+    return ctx
 
 
 def as_byte_stream(stream: Any) -> anyio.abc.ByteStream:

@@ -70,7 +70,8 @@ from coordclient.watches import DEFAULT_WATCH_BUFFER, WatchStream
 __all__ = ["SyncClient", "SyncWatch", "BLOCKING_CALLS"]
 
 # The async client's calls that SyncClient offers, derived from them.
-BLOCKING_CALLS = ("create", "get", "exists", "children", "set", "delete", "multi", "sync", "status")
+BLOCKING_CALLS = ("create", "get", "exists", "children", "set", "delete", "multi", "sync", "status",
+                  "get_acl", "set_acl", "add_auth", "whoami")
 
 # After the call's own deadline, how long the caller waits for the loop to
 # settle it before giving up on the loop itself.
@@ -551,6 +552,11 @@ class SyncClient:
     multi = _blocking("multi")
     sync = _blocking("sync")
     status = _blocking("status")
+    get_acl = _blocking("get_acl")
+    set_acl = _blocking("set_acl")
+    add_auth = _blocking("add_auth")
+    whoami = _blocking("whoami")
+
 
     def watch(self, path: str, *, recursive: bool = False, start_zxid: int | None = None,
               buffer: int = DEFAULT_WATCH_BUFFER) -> "SyncWatch":

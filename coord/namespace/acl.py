@@ -41,7 +41,7 @@ __all__ = [
 
 READ, WRITE, CREATE, DELETE, ADMIN = 1, 2, 4, 8, 16
 ALL = READ | WRITE | CREATE | DELETE | ADMIN
-_LETTERS = (("r", READ), ("w", WRITE), ("c", CREATE), ("d", DELETE), ("a", ADMIN))
+_LETTERS = (("c", CREATE), ("d", DELETE), ("r", READ), ("w", WRITE), ("a", ADMIN))  # ZooKeeper's print order
 SCHEMES = frozenset({"world", "digest", "ip", "x509", "auth"})
 MAX_ACL_ENTRIES = 64
 MAX_ID_LENGTH = 1024
