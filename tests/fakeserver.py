@@ -278,7 +278,7 @@ class FakeState:
             else:
                 result = self._apply_op(session, msg, zxid, events)
             self._commit(zxid, events)
-            return ("ok", result)
+            return ("ok", {**result, "zxid": zxid})  # as the real server: every write says its zxid
         except FakeError as exc:
             return ("err", exc)
 

@@ -300,17 +300,72 @@ async def test_wrong_secret_on_resume_is_final():
 
 
 @VIRTUAL_OR_REAL
-async def test_no_server_within_session_timeout_means_expired():
+async def test_no_server_reachable_is_suspended_not_expired_and_the_session_resumes():
+    """Issue 11 item 2: only the ensemble may say a session expired.  A whole
+    ensemble down for longer than the timeout keeps its sessions (a restarted
+    ensemble gives them a fresh timeout), so the client must not throw its
+    session away meanwhile."""
+    async with open_cluster(3) as cl, cl.client(session_timeout=3) as c:
+        states: list[ConnState] = []
+        c.add_listener(states.append)
+        sid = c.session_id
+        await c.create("/mine", ephemeral=True)
+        for s in cl.servers:
+            s.stop()
+        await c.wait_state(ConnState.SUSPENDED, timeout=1)
+        await anyio.sleep(9)  # three session timeouts with no server at all
+        assert c.state is ConnState.SUSPENDED
+        with pytest.raises((ConnectionLossError, OperationTimeoutError)):
+            with anyio.fail_after(10):
+                await c.get("/mine")
+        for s in cl.servers:
+            await s.start()
+        await c.wait_state(ConnState.RECONNECTED, timeout=5)
+        assert c.session_id == sid and (await c.exists("/mine")) is not None
+        assert ConnState.EXPIRED not in states
+
+
+@VIRTUAL_OR_REAL
+async def test_expired_only_when_a_server_says_so():
     async with open_cluster(3) as cl, cl.client(session_timeout=3) as c:
         for s in cl.servers:
             s.stop()
-        lost = anyio.current_time()
         await c.wait_state(ConnState.SUSPENDED, timeout=1)
-        await c.wait_state(ConnState.EXPIRED, timeout=10)
-        assert 2.5 <= anyio.current_time() - lost <= 3.2
+        cl.state.expire_session(c.session_id)  # the ensemble decided while the client was away
+        await anyio.sleep(1)
+        assert c.state is ConnState.SUSPENDED
+        await cl.servers[0].start()
+        await c.wait_state(ConnState.EXPIRED, timeout=5)
         with pytest.raises(SessionExpiredError):
             await c.create("/x")
         assert cl.state.hellos[0]["sid"] == 0 and all(h["sid"] == c.session_id for h in cl.state.hellos[1:])
+
+
+@VIRTUAL_TIME
+async def test_two_hung_servers_of_five_cost_the_session_nothing():
+    """Issue 11 item 2 as seen: 2 of 5 servers hung (they accept connections
+    and never answer), the client's among them, while the ensemble expires
+    sessions idle for a whole timeout.  The client notices at T/2, tries the
+    others side by side, and resumes on a healthy one long before T."""
+    async with open_cluster(5) as cl:
+        async with anyio.create_task_group() as nursery:
+            nursery.start_soon(cl.state.reap_sessions)
+            for seed in range(10):
+                async with cl.client(seed=seed, session_timeout=6.0) as c:
+                    states: list[ConnState] = []
+                    c.add_listener(states.append)
+                    first, sid = c.server_id, c.session_id
+                    other = next(s for s in cl.servers if s.server_id != first)
+                    cl.server(first).blackhole = other.blackhole = True
+                    hung = anyio.current_time()
+                    await c.wait_state(ConnState.RECONNECTED, timeout=6)
+                    resumed_after = anyio.current_time() - hung
+                    assert c.session_id == sid and sid in cl.state.sessions
+                    assert c.server_id not in (first, other.server_id)
+                    assert resumed_after < 6.0 * 0.5 + 6.0 / 20 * 3 + 0.5, resumed_after
+                    assert states == [ConnState.SUSPENDED, ConnState.RECONNECTED]
+                    cl.server(first).blackhole = other.blackhole = False
+            nursery.cancel_scope.cancel()
 
 
 @VIRTUAL_TIME
@@ -321,19 +376,19 @@ async def test_pings_keep_an_idle_session_alive():
             async with cl.client(session_timeout=1.0) as c:
                 await anyio.sleep(30)
                 assert c.state is ConnState.CONNECTED and c.session_id in cl.state.sessions
-                assert 60 <= cl.state.op_counts["ping"] <= 100  # about every third of the timeout
+                assert 90 <= cl.state.op_counts["ping"] <= 130  # about every quarter of the timeout
             nursery.cancel_scope.cancel()
 
 
 @VIRTUAL_OR_REAL
-async def test_silent_server_is_abandoned_after_two_thirds_of_the_timeout():
+async def test_silent_server_is_abandoned_after_half_the_timeout():
     async with open_cluster(3) as cl, cl.client(session_timeout=3.0) as c:
         first, sid = c.server_id, c.session_id
         await c.create("/alive")
         cl.server(first).blackhole = True
         hung = anyio.current_time()
         await c.wait_state(ConnState.SUSPENDED, timeout=5)
-        assert 1.9 <= anyio.current_time() - hung <= 2.1
+        assert 1.4 <= anyio.current_time() - hung <= 1.6
         await c.wait_state(ConnState.RECONNECTED, timeout=5)
         assert c.server_id != first and c.session_id == sid
         assert (await c.get("/alive"))[0] == b""

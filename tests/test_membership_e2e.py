@@ -222,7 +222,62 @@ def test_coordctl_members_add_and_status(cluster):
     assert r.returncode == 0 and "leader" in r.stdout and r.stdout.count("\n") == 5, r.stdout
     r = subprocess.run([sys.executable, "-m", "coordclient.cli", "--endpoints", eps, "members", "remove", "9"],
                        env=child_env(), capture_output=True, text=True, timeout=60)
-    assert r.returncode == 1 and "not a member" in r.stderr
+    assert r.returncode == 0 and "server 9 is not a member (nothing to do" in r.stderr, r.stderr
+
+
+def coordctl(eps: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "coordclient.cli", "--endpoints", eps, *args],
+                          env=child_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def test_admin_commands_wait_out_an_election_and_resume_half_done_changes(cluster):
+    """Issue 11 item 1: with the leader paused, `members list` finds the new
+    leader instead of timing out; an add left half-done (a learner) is
+    finished by running the same command again; re-running a finished one
+    is no error."""
+    leader = trio.run(cluster.wait_leader)
+    eps = cluster.endpoints_of(range(1, 5))
+    cluster.pause(leader)
+    try:
+        r = coordctl(eps, "-o", "json", "--timeout", "10", "members", "list")
+        assert r.returncode == 0, r.stderr
+        st = json.loads(r.stdout)
+        assert st["role"] == "leader" and st["leader"] != leader
+    finally:
+        cluster.resume(leader)
+    cluster.start_joining(4)
+    a = cluster.addrs(4)
+    add = ["members", "add", "4", "--peer", a["peer"], "--client", a["client"]]
+    r = coordctl(eps, "-o", "json", *add, "--learner")  # stands for an add cut short after its first step
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["learners"] == [4]
+    r = coordctl(eps, "members", "list")
+    assert r.returncode == 0 and "learner" in r.stdout
+    r = coordctl(eps, "-o", "json", *add)  # the same command again finishes it
+    assert r.returncode == 0, r.stderr
+    st = json.loads(r.stdout)
+    assert st["voters"] == [1, 2, 3, 4] and st["learners"] == [] and st["outgoing"] == []
+    r = coordctl(eps, "-o", "json", *add)
+    assert r.returncode == 0 and "already a voter" in r.stderr
+    assert json.loads(r.stdout)["config_version"] == st["config_version"]  # nothing was proposed
+    r = coordctl(eps, *add[:3], "--peer", "127.0.0.1:1")  # the same id with another address is refused
+    assert r.returncode == 1 and "already a member with peer address" in r.stderr
+
+
+async def test_admin_client_skips_a_hung_server_quickly(cluster):
+    leader = await cluster.wait_leader()
+    hung = next(s for s in (1, 2, 3) if s != leader)
+    cluster.pause(hung)
+    try:
+        admin = AdminClient(cluster.endpoints_of([hung, *[s for s in (1, 2, 3) if s != hung]]), timeout=10)
+        t0 = trio.current_time()
+        st = await admin.leader_status()
+        assert st["server_id"] == leader
+        assert trio.current_time() - t0 < 6.0  # a probe round or two, not the whole timeout on the hung server
+        statuses = await admin.all_statuses()
+        assert sum(v is None for v in statuses.values()) == 1
+    finally:
+        cluster.resume(hung)
 
 
 async def test_leader_transfer_and_snapshot_save(cluster, tmp_path):

@@ -313,7 +313,7 @@ def test_dedup(ns):
     z = ns.sm.last_zxid
     before = ns.sm.dump()
     again = ns.do("create", path="/s", sq=True, sid=sid, seq=1)
-    assert again == {"ok": True, "r": first}
+    assert again == {"ok": True, "r": first, "zxid": z}  # the original's zxid, not the retry's
     after = ns.sm.dump()
     assert after["nodes"] == before["nodes"] and ns.sm.children("/") == [first["path"][1:]]
     assert ns.sm.events_since(z) == [] and len(ns.calls) == 1

@@ -178,3 +178,26 @@ async def test_ring_never_has_two_owners_when_a_members_server_is_killed(ensembl
         for (tok_a, _, end_a, who_a), (tok_b, start_b, _, who_b) in zip(spans, spans[1:]):
             assert end_a <= start_b and tok_a < tok_b, (n, spans)
     assert sum(len(s) for s in intervals.values()) >= 8
+
+
+async def test_writes_say_their_zxid(ensemble, anyio_backend_name):
+    """Issue 11 item 6: create (with include_stat) and delete tell the zxid of
+    the write itself, the same zxid its watch event carries."""
+    root = f"/zx-{anyio_backend_name}"
+    async with Client(ensemble.endpoints) as c:
+        await c.create(root)
+        async with c.watch(root, recursive=True) as stream:
+            path, stat = await c.create(f"{root}/a", b"x", include_stat=True)
+            assert path == f"{root}/a" and stat.czxid == stat.mzxid > 0 and stat.data_length == 1
+            assert await c.create(f"{root}/b") == f"{root}/b"  # the plain call is unchanged
+            deleted_at = await c.delete(f"{root}/a")
+            assert deleted_at > stat.czxid
+            events = []
+            with anyio.fail_after(10):
+                async for ev in stream:
+                    events.append(ev)
+                    if ev.type == "deleted":
+                        break
+        assert (events[0].type, events[0].zxid) == ("created", stat.czxid)
+        assert (events[-1].type, events[-1].path, events[-1].zxid) == ("deleted", f"{root}/a", deleted_at)
+        await c.delete(root, recursive=True)

@@ -23,10 +23,12 @@ import trio
 
 from coordclient import messages
 from coordclient.endpoints import parse_endpoints
-from coordclient.errors import CoordError, NotLeaderError, OperationTimeoutError
+from coordclient.errors import ConfChangeError, ConnectionLossError, CoordError, NotLeaderError, OperationTimeoutError
 from coordclient.wire import FramedStream
 
 Endpoint = tuple[str, int]
+
+PROBE_TIMEOUT = 1.0  # one status probe; a server slower than this counts as unreachable for that round
 
 
 class AdminClient:
@@ -85,24 +87,18 @@ class AdminClient:
         raise CoordError.from_code("ConnectionLoss", f"no server answered: {last}")
 
     async def _on_leader(self, msg: dict, timeout: float | None = None) -> dict:
-        """Send to the leader, following NotLeader redirects and waiting out elections."""
+        """Send to the leader, finding it across all servers and waiting out
+        elections (a paused or dead server costs one short probe, not the
+        whole timeout)."""
         deadline = trio.current_time() + (timeout or self.timeout)
-        targets = list(self.endpoints)
         while True:
-            for addr in targets:
-                try:
-                    resp = await self._request(addr, msg, timeout=max(0.5, deadline - trio.current_time()))
-                except (OSError, trio.TooSlowError, trio.BrokenResourceError, trio.EndOfChannel):
-                    continue
-                if resp.get("ok") or resp.get("err") != "NotLeader":
-                    return _result(resp)
-                hint = resp.get("leader_client")
-                if hint:
-                    host, _, port = hint.rpartition(":")
-                    targets = [(host.strip("[]"), int(port))] + [a for a in self.endpoints]
-                    break
-            else:
-                targets = list(self.endpoints)
+            addr, _ = await self.find_leader(timeout=max(0.1, deadline - trio.current_time()))
+            try:
+                resp = await self._request(addr, msg, timeout=max(0.5, deadline - trio.current_time()))
+            except (OSError, trio.TooSlowError, trio.BrokenResourceError, trio.EndOfChannel):
+                resp = None
+            if resp is not None and (resp.get("ok") or resp.get("err") != "NotLeader"):
+                return _result(resp)
             if trio.current_time() >= deadline:
                 raise NotLeaderError("no leader could be reached")
             await trio.sleep(0.1)
@@ -113,35 +109,55 @@ class AdminClient:
         resp = await (self._request(server, {"op": "status"}) if server else self._any({"op": "status"}))
         return _result(resp)
 
-    async def all_statuses(self) -> dict[Endpoint, dict | None]:
-        out: dict[Endpoint, dict | None] = {}
+    async def _probe(self, addrs: Iterable[Endpoint], timeout: float) -> dict[Endpoint, dict | CoordError | None]:
+        """Every server's status at once: a dict, the error it answered, or
+        None (unreachable or too slow within ``timeout``)."""
+        out: dict[Endpoint, dict | CoordError | None] = {}
 
         async def one(addr: Endpoint) -> None:
             try:
-                out[addr] = _result(await self._request(addr, {"op": "status"}, timeout=2))
-            except (OSError, CoordError, trio.TooSlowError, trio.BrokenResourceError, trio.EndOfChannel):
+                out[addr] = _result(await self._request(addr, {"op": "status"}, timeout=timeout))
+            except CoordError as e:
+                out[addr] = e
+            except (OSError, trio.TooSlowError, trio.BrokenResourceError, trio.EndOfChannel):
                 out[addr] = None
 
         async with trio.open_nursery() as n:
-            for a in self.endpoints:
+            for a in dict.fromkeys(addrs):
                 n.start_soon(one, a)
         return out
 
-    async def leader_status(self) -> dict:
+    async def all_statuses(self) -> dict[Endpoint, dict | None]:
+        return {a: (st if isinstance(st, dict) else None)
+                for a, st in (await self._probe(self.endpoints, PROBE_TIMEOUT * 2)).items()}
+
+    async def find_leader(self, timeout: float | None = None) -> tuple[Endpoint, dict]:
+        """The leader's client address and status.  Every server is asked at
+        once (and any leader they name), round after round, until one says it
+        leads or ``timeout`` passes: an election in progress is waited out, and
+        one hung server does not hold up the answer."""
+        deadline = trio.current_time() + (timeout or self.timeout)
+        hinted: list[Endpoint] = []
+        while True:
+            remaining = deadline - trio.current_time()
+            sts = await self._probe([*self.endpoints, *hinted], min(PROBE_TIMEOUT, max(0.1, remaining)))
+            leaders = [(a, st) for a, st in sts.items() if isinstance(st, dict) and st.get("role") == "leader"]
+            if leaders:
+                # two leaders only briefly, in different terms: the newer one leads
+                return max(leaders, key=lambda pair: pair[1].get("term", 0))
+            errors = [st for st in sts.values() if isinstance(st, CoordError)]
+            if errors and len(errors) == sum(st is not None for st in sts.values()):
+                raise errors[0]  # every server that answered refused (NoAuth, say): waiting will not help
+            hinted = [h for st in sts.values() if isinstance(st, dict) for h in [_leader_hint(st)] if h]
+            if trio.current_time() >= deadline:
+                seen = sum(isinstance(st, dict) for st in sts.values())
+                raise NotLeaderError(f"no leader within {timeout or self.timeout:g}s "
+                                     f"({seen} of {len(sts)} servers answered; an election may be under way)")
+            await trio.sleep(0.1)
+
+    async def leader_status(self, timeout: float | None = None) -> dict:
         """The leader's status (it alone knows every member's progress)."""
-        st = await self.status()
-        if st["role"] == "leader":
-            return st
-        client = st["members"].get(st["leader"], {}).get("client") if st["leader"] else None
-        if client:
-            host, _, port = client.rpartition(":")
-            st2 = await self.status((host.strip("[]"), int(port)))
-            if st2["role"] == "leader":
-                return st2
-        for addr, st3 in (await self.all_statuses()).items():
-            if st3 and st3["role"] == "leader":
-                return st3
-        raise NotLeaderError("no leader right now")
+        return (await self.find_leader(timeout))[1]
 
     # -- membership ---------------------------------------------------------------
     async def change(self, *, add_voters: Iterable[dict] = (), add_learners: Iterable[dict] = (),
@@ -149,21 +165,76 @@ class AdminClient:
                      wait: bool = True, timeout: float = 120.0) -> dict:
         """One membership change; voter changes are one joint-consensus step.
         ``version`` is the configuration version the change was computed from
-        (``status()["config_version"]``); None skips that check."""
+        (``status()["config_version"]``); None skips that check.  With
+        ``wait`` it returns once the change (C_new, for a voter change) is
+        committed, whichever leader finishes it; the leader's status."""
         msg = {"op": "member_change", "add_voters": list(add_voters), "add_learners": list(add_learners),
-               "remove": list(remove), "promote": list(promote), "version": version, "wait": wait}
-        st = await self._on_leader(msg, timeout=timeout)
-        if wait and st.get("outgoing"):
-            # The server that took the change lost leadership before C_new
-            # committed; its successor finishes the change: wait for that.
-            with trio.fail_after(timeout):
-                while st.get("outgoing"):
-                    await trio.sleep(0.1)
-                    try:
-                        st = await self.leader_status()
-                    except CoordError:
-                        continue
+               "remove": list(remove), "promote": list(promote), "version": version, "wait": False}
+        with trio.fail_after(timeout):
+            await self._on_leader(msg, timeout=timeout)
+            st = await self.leader_status(timeout=timeout)
+            while wait and change_in_progress(st):
+                await trio.sleep(0.1)
+                st = await self.leader_status(timeout=timeout)
         return st
+
+    async def converge(self, *, add: Iterable[dict] = (), remove: Iterable[int] = (), voters: bool = True,
+                       max_lag: int = 64, timeout: float = 600.0,
+                       progress: Callable[[dict[int, int]], None] | None = None) -> dict:
+        """Make the membership include every server in ``add`` (``{id, peer,
+        client}``; as voters, or learners if not ``voters``) and none in
+        ``remove``, in as few steps as it takes: new servers join as learners,
+        catch up, then promotions and removals are one joint-consensus step.
+
+        Each step is computed from the leader's configuration at that moment,
+        so the call is idempotent and resumable: run it again after it was
+        interrupted (or a leader changed half-way) and it finishes what is
+        left; a server already where it should be is no error.  A change in
+        progress (a joint configuration) is waited for first.  Returns the
+        leader's status once nothing is left to do."""
+        add = list(add)
+        remove = list(remove)
+        if {a["id"] for a in add} & set(remove):
+            raise ConfChangeError("a server cannot be both added and removed")
+        with trio.fail_after(timeout):
+            while True:
+                st = await self.leader_status()
+                if change_in_progress(st):
+                    await trio.sleep(0.1)  # the leader finishes C_new by itself
+                    continue
+                members = {int(k): v for k, v in st["members"].items()}
+                for a in add:
+                    have = members.get(a["id"])
+                    if have is not None and have.get("peer") != a["peer"]:
+                        raise ConfChangeError(f"server {a['id']} is already a member with peer address "
+                                              f"{have.get('peer')}, not {a['peer']}: remove it first")
+                new = [a for a in add if a["id"] not in members]
+                promote = [a["id"] for a in add if voters and a["id"] in st["learners"]]
+                gone = [sid for sid in remove if sid in members]
+                try:
+                    if new:
+                        await self._step(add_learners=new, version=st["config_version"])
+                    elif promote or gone:
+                        if promote:
+                            await self.wait_caught_up(promote, max_lag=max_lag, progress=progress)
+                        await self._step(promote=promote, remove=gone, version=st["config_version"])
+                    else:
+                        return st
+                except _Retry:
+                    await trio.sleep(0.2)
+
+    async def _step(self, **change: Any) -> None:
+        """Propose one change; raise _Retry where computing it again from a
+        fresh configuration may succeed (a race, a new leader, a timeout)."""
+        try:
+            await self._on_leader({"op": "member_change", "add_voters": [], "add_learners": [], "remove": [],
+                                   "promote": [], "wait": False, **change}, timeout=self.timeout)
+        except (NotLeaderError, OperationTimeoutError, ConnectionLossError):
+            raise _Retry() from None
+        except ConfChangeError as e:
+            if any(m in str(e) for m in _TRANSIENT):
+                raise _Retry() from None
+            raise
 
     async def add_learner(self, sid: int, *, peer: str, client: str | None = None, version: int | None = None) -> dict:
         return await self.change(add_learners=[{"id": sid, "peer": peer, "client": client}], version=version)
@@ -221,6 +292,35 @@ def _result(resp: dict) -> Any:
         return resp.get("r")
     err = CoordError.from_code(resp.get("err", "SystemError"), resp.get("msg", ""), path=resp.get("path"))
     raise err
+
+
+# Refusals that a retry computed from a fresh configuration can get past.
+_TRANSIENT = ("configuration changed", "another membership change is in progress",
+              "has not committed its first entry", "is already a member", "is not a member", "is not a learner")
+
+
+class _Retry(Exception):
+    pass
+
+
+def change_in_progress(st: dict) -> bool:
+    """A leader's status shows a membership change not finished: a joint
+    configuration, or a configuration entry not yet committed."""
+    return bool(st.get("outgoing")) or st.get("config_version", 0) > st.get("commit", 0)
+
+
+def _leader_hint(st: dict) -> Endpoint | None:
+    """The client address of the leader a server's status names, if any."""
+    client = st.get("members", {}).get(st.get("leader") or 0, {}).get("client") if st.get("leader") else None
+    if not client and st.get("leader"):
+        client = st.get("members", {}).get(str(st["leader"]), {}).get("client")
+    if not client:
+        return None
+    host, _, port = client.rpartition(":")
+    try:
+        return host.strip("[]"), int(port)
+    except ValueError:
+        return None
 
 
 def _lag(progress: dict) -> int:

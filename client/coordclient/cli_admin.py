@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterable
 
 import click
 import trio
 
-from coordclient.admin import AdminClient
-from coordclient.errors import ConnectionLossError, CoordError, NotLeaderError, OperationTimeoutError
+from coordclient.admin import AdminClient, change_in_progress
+from coordclient.errors import ConfChangeError, ConnectionLossError, CoordError, NotLeaderError, OperationTimeoutError
 
 EXIT_FAILED = 1
 EXIT_UNREACHABLE = 3
@@ -60,8 +60,15 @@ def _members_table(st: dict) -> str:
                      str(p.get("match", "-")), str(p.get("lag", "-"))))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    joint = f"  (joint: old voters {st['outgoing']})" if st["outgoing"] else ""
-    return "\n".join(lines) + f"\nconfiguration version {st['config_version']}{joint}"
+    where = ""
+    if st["outgoing"]:
+        where = f"  (change in progress: joint configuration, old voters {st['outgoing']}, new {st['voters']})"
+    elif change_in_progress(st):
+        where = "  (change in progress: not yet committed)"
+    catching_up = [int(k) for k, p in prog.items() if int(k) in st["learners"] and not p.get("match")]
+    if catching_up:
+        where += f"  (learners {sorted(catching_up)} not heard from yet)"
+    return "\n".join(lines) + f"\nconfiguration version {st['config_version']}{where}"
 
 
 def _server_arg(value: str) -> dict:
@@ -120,36 +127,41 @@ def register(cli: click.Group, pass_ctx: Callable) -> None:
     @pass_ctx
     def members_add(c: Any, sid: int, peer: str, client_addr: str | None, learner: bool, no_wait: bool,
                     max_lag: int) -> None:
-        """Add server SID: as a learner first, then (once it has caught up) as a voter."""
-        async def go(admin: AdminClient) -> dict:
-            st = await admin.leader_status()
-            st = await admin.add_learner(sid, peer=peer, client=client_addr, version=st["config_version"])
-            if no_wait or learner:
-                return st
-            await admin.wait_caught_up([sid], max_lag=max_lag, progress=_progress_bar(c))
-            return await admin.promote(sid)
+        """Add server SID: as a learner first, then (once it has caught up) as a voter.
 
-        st = _run(c, go)
+        Safe to run again: an interrupted add (say, the leader failed half-way,
+        leaving SID a learner) is finished, and an add already done is no error."""
+        add = [{"id": sid, "peer": peer, "client": client_addr}]
+        _note_done(c, add=[sid], voters=not (learner or no_wait))
+        st = _run(c, lambda a: a.converge(add=add, voters=not (learner or no_wait), max_lag=max_lag,
+                                          progress=_progress_bar(c)))
         _emit(c, st, _members_table(st))
 
     @members.command("promote")
     @click.argument("sids", type=click.IntRange(min=1), nargs=-1, required=True)
     @pass_ctx
     def members_promote(c: Any, sids: tuple[int, ...]) -> None:
-        """Make learners SIDS voters (one joint-consensus step)."""
-        st = _run(c, lambda a: a.promote(*sids))
+        """Make learners SIDS voters (one joint-consensus step; voters already are no error)."""
+        async def go(admin: AdminClient) -> dict:
+            st = await admin.leader_status()
+            members = {int(k): v for k, v in st["members"].items()}
+            missing = [s for s in sids if s not in members]
+            if missing:
+                raise ConfChangeError(f"servers {missing} are not members: add them with `members add`")
+            add = [{"id": s, "peer": members[s].get("peer"), "client": members[s].get("client")} for s in sids]
+            return await admin.converge(add=add)
+
+        st = _run(c, go)
         _emit(c, st, _members_table(st))
 
     @members.command("remove")
     @click.argument("sids", type=click.IntRange(min=1), nargs=-1, required=True)
     @pass_ctx
     def members_remove(c: Any, sids: tuple[int, ...]) -> None:
-        """Remove servers SIDS (the leader too: it steps down once C_new commits)."""
-        async def go(admin: AdminClient) -> dict:
-            st = await admin.leader_status()
-            return await admin.remove(*sids, version=st["config_version"])
-
-        st = _run(c, go)
+        """Remove servers SIDS (the leader too: it steps down once C_new commits).
+        Servers already gone are no error."""
+        _note_done(c, remove=sids)
+        st = _run(c, lambda a: a.converge(remove=sids))
         _emit(c, st, _members_table(st))
 
     @members.command("change")
@@ -160,20 +172,11 @@ def register(cli: click.Group, pass_ctx: Callable) -> None:
     @pass_ctx
     def members_change(c: Any, adds: tuple[dict, ...], removes: tuple[int, ...], max_lag: int) -> None:
         """Several additions and removals in ONE joint-consensus step: new servers
-        join as learners, catch up, then C_old,new and C_new are committed."""
+        join as learners, catch up, then C_old,new and C_new are committed.
+        Safe to run again: it finishes whatever an interrupted run left."""
         if not adds and not removes:
             raise click.UsageError("nothing to change: give --add and/or --remove")
-
-        async def go(admin: AdminClient) -> dict:
-            st = await admin.leader_status()
-            version = st["config_version"]
-            if adds:
-                st = await admin.change(add_learners=adds, version=version)
-                await admin.wait_caught_up([a["id"] for a in adds], max_lag=max_lag, progress=_progress_bar(c))
-                version = st["config_version"]
-            return await admin.change(promote=[a["id"] for a in adds], remove=removes, version=version)
-
-        st = _run(c, go)
+        st = _run(c, lambda a: a.converge(add=adds, remove=removes, max_lag=max_lag, progress=_progress_bar(c)))
         _emit(c, st, _members_table(st))
 
     @cli.group()
@@ -200,6 +203,20 @@ def register(cli: click.Group, pass_ctx: Callable) -> None:
         with open(file, "wb") as f:
             meta = _run(c, lambda a: a.snapshot(f.write))
         _emit(c, meta, f"saved {meta['size']} bytes at zxid {meta['zxid']} to {file}")
+
+
+def _note_done(c: Any, add: Iterable[int] = (), remove: Iterable[int] = (), voters: bool = True) -> None:
+    """Say on stderr which parts of a change are already in place (so a
+    mistyped id is visible even though re-running a change is no error)."""
+    st = _run(c, lambda a: a.leader_status())
+    members = {int(k) for k in st["members"]}
+    for sid in add:
+        if sid in st["voters"] or (not voters and sid in st["learners"]):
+            click.echo(f"coordctl: server {sid} is already a {'voter' if sid in st['voters'] else 'learner'}"
+                       " (nothing to do for it)", err=True)
+    for sid in remove:
+        if sid not in members:
+            click.echo(f"coordctl: server {sid} is not a member (nothing to do for it)", err=True)
 
 
 def _progress_bar(c: Any) -> Callable[[dict[int, int]], None]:

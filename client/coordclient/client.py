@@ -82,6 +82,8 @@ log = logging.getLogger(__name__)
 # fewer than 1000 recent seqs per session, so the whole window must fit.
 MAX_INFLIGHT_WRITES = 512
 BACKOFF_MIN = 0.05
+PING_IDLE = 1 / 4  # of the session timeout: ping a connection that has sent nothing for this long
+SILENCE_LIMIT = 1 / 2  # of the session timeout: a connection that received nothing for this long is dead
 BACKOFF_MAX = 1.0
 
 
@@ -362,62 +364,104 @@ class Client:
 
     # -- connections ------------------------------------------------------
 
-    async def _establish(self, deadline: float) -> tuple[Connection, dict]:
-        """Try endpoints round robin (jittered backoff between rounds) until
+    async def _establish(self, deadline: float, *, stagger: float = math.inf) -> tuple[Connection, dict]:
+        """Try every endpoint in turn (jittered backoff between rounds) until
         one accepts our hello.  ConnectionLossError at ``deadline``; a
-        refused session (SessionExpired, AuthFailed) raises at once."""
+        refused session (SessionExpired, AuthFailed) raises at once.
+
+        With a finite ``stagger`` the next endpoint is tried that long after
+        the previous attempt began, while it is still pending, and the first
+        hello answered wins: a hung server (it accepts the TCP connection but
+        never answers) then costs ``stagger``, not a whole connect timeout.
+        Only for resuming a session: two answered hellos of a new session
+        would make two sessions."""
         backoff = BACKOFF_MIN
-        last = "no attempt made"
+        errors: list[str] = ["no attempt made"]
         while True:
-            for _ in range(len(self._endpoints)):
-                now = anyio.current_time()
-                if now >= deadline:
-                    names = ", ".join(f"{h}:{p}" for h, p in self._endpoints)
-                    raise ConnectionLossError(f"no server reachable ({names}); last error: {last}")
-                host, port = self._endpoints[self._next_endpoint % len(self._endpoints)]
-                self._next_endpoint += 1
-                try:
-                    return await self._handshake(host, port, min(deadline, now + self.connect_timeout))
-                except _AttemptFailed as exc:
-                    last = str(exc)
-                    log.debug("connection attempt failed: %s", last)
+            if anyio.current_time() >= deadline:
+                names = ", ".join(f"{h}:{p}" for h, p in self._endpoints)
+                raise ConnectionLossError(f"no server reachable ({names}); last error: {errors[-1]}")
+            won = await self._attempt_round(deadline, stagger, errors)
+            if won is not None:
+                return won
             pause = backoff * self._rng.uniform(0.5, 1.0)
             await anyio.sleep_until(min(deadline, anyio.current_time() + pause))
             backoff = min(backoff * 2, BACKOFF_MAX)
 
+    async def _attempt_round(self, deadline: float, stagger: float,
+                             errors: list[str]) -> tuple[Connection, dict] | None:
+        """One attempt per endpoint, staggered; the first answered hello, or None."""
+        won: list[tuple[Connection, dict]] = []
+        fatal: list[CoordError] = []
+        async with anyio.create_task_group() as tg:
+            async def attempt(host: str, port: int, failed: anyio.Event) -> None:
+                try:
+                    got = await self._handshake(host, port, min(deadline, anyio.current_time() + self.connect_timeout))
+                except _AttemptFailed as exc:
+                    errors.append(str(exc))
+                    log.debug("connection attempt failed: %s", exc)
+                    failed.set()
+                    return
+                except CoordError as exc:  # the ensemble's own answer (expired, bad credentials): final
+                    fatal.append(exc)
+                    tg.cancel_scope.cancel()
+                    return
+                if won:
+                    got[0].abort("another server answered first")
+                    return
+                won.append(got)
+                tg.cancel_scope.cancel()
+
+            for _ in range(len(self._endpoints)):
+                if anyio.current_time() >= deadline:
+                    break
+                host, port = self._endpoints[self._next_endpoint % len(self._endpoints)]
+                self._next_endpoint += 1
+                failed = anyio.Event()
+                tg.start_soon(attempt, host, port, failed)
+                with anyio.move_on_after(stagger):
+                    await failed.wait()
+        if fatal:
+            for conn, _ in won:
+                conn.abort("session refused by another server")
+            raise fatal[0]
+        return won[0] if won else None
+
     async def _handshake(self, host: str, port: int, deadline: float) -> tuple[Connection, dict]:
         assert self._tg is not None
         conn: Connection | None = None
-        with anyio.CancelScope(deadline=deadline):
-            try:
-                stream = as_byte_stream(await self._connect_stream(host, port))
-            except OSError as exc:
-                raise _AttemptFailed(f"{host}:{port}: {exc}") from None
-            conn = Connection(stream, on_zxid=self._on_zxid, max_frame=self._max_frame, label=f"{host}:{port}")
-            self._tg.start_soon(conn.run)
-            hello = messages.hello(int(self._requested_timeout * 1000), self.session_id, self._secret,
-                                   self.last_zxid)
-            try:
-                resp = await conn.request(hello)
-            except ConnectionClosed as exc:
-                raise _AttemptFailed(f"{host}:{port}: {exc}") from None
-            if resp.get("ok") and isinstance(resp.get("r"), dict):
-                for scheme, cred in self._auth:
-                    try:
-                        r = await conn.request(messages.add_auth(scheme, cred))
-                    except ConnectionClosed as exc:
-                        raise _AttemptFailed(f"{host}:{port}: {exc}") from None
-                    if not r.get("ok"):
-                        conn.abort("authentication refused")
-                        raise messages.error_from(r)  # AuthFailed: wrong for every server
-                return conn, resp["r"]
-            conn.abort("hello refused")
-            if resp.get("err") in messages.FATAL_HELLO:
-                raise messages.error_from(resp)
-            raise _AttemptFailed(f"{host}:{port}: hello refused: {resp.get('err')}: {resp.get('msg')}")
-        if conn is not None:
-            conn.abort("hello timed out")
-        raise _AttemptFailed(f"{host}:{port}: timed out")
+        ok = False
+        try:
+            with anyio.CancelScope(deadline=deadline):
+                try:
+                    stream = as_byte_stream(await self._connect_stream(host, port))
+                except OSError as exc:
+                    raise _AttemptFailed(f"{host}:{port}: {exc}") from None
+                conn = Connection(stream, on_zxid=self._on_zxid, max_frame=self._max_frame, label=f"{host}:{port}")
+                self._tg.start_soon(conn.run)
+                hello = messages.hello(int(self._requested_timeout * 1000), self.session_id, self._secret,
+                                       self.last_zxid)
+                try:
+                    resp = await conn.request(hello)
+                except ConnectionClosed as exc:
+                    raise _AttemptFailed(f"{host}:{port}: {exc}") from None
+                if resp.get("ok") and isinstance(resp.get("r"), dict):
+                    for scheme, cred in self._auth:
+                        try:
+                            r = await conn.request(messages.add_auth(scheme, cred))
+                        except ConnectionClosed as exc:
+                            raise _AttemptFailed(f"{host}:{port}: {exc}") from None
+                        if not r.get("ok"):
+                            raise messages.error_from(r)  # AuthFailed: wrong for every server
+                    ok = True
+                    return conn, resp["r"]
+                if resp.get("err") in messages.FATAL_HELLO:
+                    raise messages.error_from(resp)
+                raise _AttemptFailed(f"{host}:{port}: hello refused: {resp.get('err')}: {resp.get('msg')}")
+            raise _AttemptFailed(f"{host}:{port}: timed out")
+        finally:
+            if conn is not None and not ok:
+                conn.abort("connection attempt abandoned")  # timed out, refused, or another server won
 
     def _install(self, conn: Connection, result: dict, state: ConnState) -> None:
         assert self._tg is not None
@@ -444,10 +488,10 @@ class Client:
             log.info("lost connection to %s: %s", conn.label, conn.close_reason)
             self._lost(conn)
             try:
-                new, result = await self._establish(conn.last_recv + self.session_timeout)
-            except ConnectionLossError as exc:
-                self._expire(SessionExpiredError(f"session presumed expired: {exc.message}"))
-                return
+                # No local deadline: only the ensemble knows whether the
+                # session is still alive (a restarted ensemble keeps it, with
+                # a fresh timeout), and any server it reaches will say so.
+                new, result = await self._establish(math.inf, stagger=self._stagger())
             except CoordError as exc:
                 self._expire(exc)
                 return
@@ -472,26 +516,33 @@ class Client:
         self._conn_change()
         self._slots_change()
 
+    def _stagger(self) -> float:
+        """How long a reconnect waits for one server before trying the next
+        one beside it: a healthy server answers a hello in milliseconds."""
+        return min(self.connect_timeout, max(0.05, self.session_timeout / 20))
+
     async def _pinger(self, conn: Connection) -> None:
-        """Ping when idle for a third of the session timeout; drop the
-        connection when nothing arrived for two thirds of it."""
+        """Ping when idle for a quarter of the session timeout; drop the
+        connection when nothing arrived for half of it (SUSPENDED), which
+        leaves the other half to resume the session on another server
+        before the ensemble could expire it."""
         while not conn.closed:
             now = anyio.current_time()
-            dead_at = conn.last_recv + self.session_timeout * 2 / 3
+            dead_at = conn.last_recv + self.session_timeout * SILENCE_LIMIT
             if now >= dead_at:
-                conn.abort(f"no response for {self.session_timeout * 2 / 3:.2f}s")
+                conn.abort(f"no response for {self.session_timeout * SILENCE_LIMIT:.2f}s")
                 return
-            ping_at = conn.last_send + self.session_timeout / 3
+            ping_at = conn.last_send + self.session_timeout * PING_IDLE
             if now >= ping_at:
                 conn.last_send = now
-                ping_at = now + self.session_timeout / 3
+                ping_at = now + self.session_timeout * PING_IDLE
                 assert self._tg is not None
                 self._tg.start_soon(self._ping, conn)
             with anyio.CancelScope(deadline=min(dead_at, ping_at)):
                 await conn.closed_event.wait()
 
     async def _ping(self, conn: Connection) -> None:
-        with anyio.move_on_after(self.session_timeout * 2 / 3):
+        with anyio.move_on_after(self.session_timeout * SILENCE_LIMIT):
             try:
                 resp = await conn.request(messages.ping())
             except ConnectionClosed:
@@ -625,13 +676,17 @@ class Client:
     # -- the API ----------------------------------------------------------
 
     async def create(self, path: str, data: bytes = b"", *, ephemeral: bool = False, sequential: bool = False,
-                     make_parents: bool = False, acl: Iterable[ACL | str] | None = None) -> str:
-        """Create a node; return its path (with the suffix, if ``sequential``).
+                     make_parents: bool = False, acl: Iterable[ACL | str] | None = None,
+                     include_stat: bool = False) -> Any:
+        """Create a node; return its path (with the suffix, if ``sequential``),
+        or with ``include_stat`` ``(path, Stat)`` (ZooKeeper's create2, kazoo's
+        ``include_data``): ``stat.czxid`` is the create's zxid.
         ``make_parents`` creates missing (persistent, empty) ancestors, with the
         same ACL.  ``acl``: ``coordclient.acl`` entries or ``"scheme:id:perms"``
         strings; None gives the server's default (open unless configured)."""
         msg = ops.create(path, data, ephemeral=ephemeral, sequential=sequential, make_parents=make_parents, acl=acl)
-        return (await self._call(msg))["path"]
+        r = await self._call(msg)
+        return (r["path"], Stat.from_wire(r["stat"])) if include_stat else r["path"]
 
     async def get_acl(self, path: str, *, linearizable: bool = False) -> tuple[list[ACL], Stat]:
         """The node's ACL and stat (``stat.aversion`` counts ACL changes)."""
@@ -690,9 +745,11 @@ class Client:
         """Replace the data if ``version`` matches (-1: any); return the new stat."""
         return Stat.from_wire((await self._call(ops.set(path, data, version=version)))["stat"])
 
-    async def delete(self, path: str, *, version: int = -1, recursive: bool = False) -> None:
-        """Delete a node (and, with ``recursive``, its subtree, atomically)."""
-        await self._call(ops.delete(path, version=version, recursive=recursive))
+    async def delete(self, path: str, *, version: int = -1, recursive: bool = False) -> int:
+        """Delete a node (and, with ``recursive``, its subtree, atomically).
+        Returns the deletion's zxid (the ``zxid`` of the ``deleted`` event it
+        causes), or 0 from a server too old to say."""
+        return (await self._call(ops.delete(path, version=version, recursive=recursive))).get("zxid", 0)
 
     async def multi(self, operations: Iterable[dict]) -> list[Any]:
         """Apply ``coordclient.ops`` operations atomically.

@@ -14,7 +14,7 @@ same way on every server.  Reads are plain method calls raising
 
 Results (plain CBOR-friendly dicts)::
 
-    {"ok": True, "r": r}   create {"path", "stat"}; set {"stat"}; delete {};
+    {"ok": True, "r": r, "zxid": z}   create {"path", "stat"}; set {"stat"}; delete {};
                            multi {"results": [r per op; check -> {}]};
                            session_open {"sid", "timeout_ms"}; session_close {};
                            session_expire {"expired": [sids that existed]}
@@ -152,7 +152,7 @@ class NamespaceStateMachine:
             txn.rollback()  # a bug must not leave half a command behind
             raise
         else:
-            result, events = {"ok": True, "r": r}, txn.events
+            result, events = {"ok": True, "r": r, "zxid": zxid}, txn.events  # zxid: a retry answers the original's
         if cmd.dedup:
             session.remember(cmd.seq, result, self._sessions.window)
             result = dict(result)  # the remembered one is replicated state: callers get their own copy

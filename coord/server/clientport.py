@@ -388,7 +388,8 @@ class RequestHandler:
         else:
             zxid, res = f.result()
             if res.get("ok"):
-                resp = {"id": rid, "ok": True, "zxid": max(zxid, self.service.applied), "r": res["r"]}
+                # the write's own zxid, for a client that orders it against events (``delete`` has no stat)
+                resp = {"id": rid, "ok": True, "zxid": max(zxid, self.service.applied), "r": {**res["r"], "zxid": res.get("zxid", zxid)}}
             else:
                 resp = self._error_response(rid, {"op": op}, _write_error(res))
                 resp["zxid"] = max(zxid, resp["zxid"])

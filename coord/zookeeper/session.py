@@ -64,7 +64,7 @@ from typing import Any, Union
 from coord.zookeeper import translate
 from coord.zookeeper.codes import NOTIFICATION_XID, Code, OpCode
 from coord.zookeeper.fourletter import KNOWN_WORDS
-from coord.zookeeper.jute import DEFAULT_MAX_BUFFER, JuteError, Writer
+from coord.zookeeper.jute import DEFAULT_MAX_BUFFER, LONG_MAX, JuteError, Writer
 from coord.zookeeper.records import (
     BadBody,
     ClientInfo,
@@ -232,7 +232,7 @@ class ZkSession:
             return []
         resp = response if isinstance(response, dict) else {}
         z = resp.get("zxid")
-        if type(z) is int and z > self.last_zxid:
+        if type(z) is int and self.last_zxid < z <= LONG_MAX:  # a zxid jute cannot carry is no zxid
             self.last_zxid = z
         out: list[Action] = []
         pending, index = entry
@@ -278,7 +278,7 @@ class ZkSession:
         key = self._by_wid[wid]
         ev = event.get("ev")
         z = event.get("zxid")
-        zxid = z if type(z) is int else self.last_zxid
+        zxid = z if type(z) is int and 0 <= z <= LONG_MAX else self.last_zxid
         if ev == "resync":
             if key.cls in _ONE_SHOT:
                 self._forget(wid)

@@ -20,9 +20,9 @@ Why each rule holds:
   is higher.
 * Losing a hold: the session may be expired by the ensemble only after a
   whole session timeout without hearing from the client.  The client drops
-  a silent connection after 2/3 of the timeout (SUSPENDED), so a hold is
+  a silent connection after 1/2 of the timeout (SUSPENDED), so a hold is
   declared lost once SUSPENDED has lasted ``suspend_margin`` (default 1/6 of
-  the timeout, leaving the last 1/6 for the body to stop), at once on
+  the timeout, leaving the last 1/3 for the body to stop), at once on
   EXPIRED/CLOSED, and when the node itself is deleted.
 * Release: the node is deleted with retries until the ensemble confirms or
   the session ends (which deletes it anyway); never just forgotten locally.

@@ -14,15 +14,19 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, Mapping, Union
 
 import anyio
 
-from coordclient.errors import NodeExistsError, NoNodeError, SessionExpiredError
+from coordclient.errors import ConnectionLossError, NodeExistsError, NoNodeError, OperationTimeoutError, \
+    SessionExpiredError
 from coordclient.recipes._core import RecipeUsageError, check_recipe_path
 from coordclient.recipes.cache import INITIALIZED, CacheEvent, TreeCache
+
+log = logging.getLogger("coordclient.recipes")
 
 if TYPE_CHECKING:
     from coordclient.client import Client
@@ -118,7 +122,13 @@ class Registration:
     async def __aexit__(self, *exc_info: Any) -> None:
         with anyio.CancelScope(shield=True):
             with anyio.move_on_after(self.group.client.request_timeout):
-                await self.leave()
+                try:
+                    await self.leave()
+                except (ConnectionLossError, OperationTimeoutError) as exc:
+                    # Not confirmed: the node is ephemeral, so it goes when the
+                    # session ends; leaving the block must not fail for that.
+                    log.warning("%s: leaving not confirmed (%s); the node goes with the session",
+                                self.member.node, exc)
 
 
 class Group:

@@ -26,6 +26,7 @@ grants than slots) holding the grant's duration; coord stamps its ``mtime``.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,8 @@ from coordclient.messages import ops
 from coordclient.recipes._core import check_recipe_path
 from coordclient.recipes._hold import Hold
 from coordclient.types import Stat
+
+log = logging.getLogger("coordclient.recipes")
 
 if TYPE_CHECKING:
     from coordclient.client import Client
@@ -102,7 +105,10 @@ class LeaseGrant(Hold):
             return await self._cm.__aexit__(*exc_info)
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(self.client.request_timeout):
-                await self.release()
+                try:
+                    await self.release()
+                except (ConnectionLossError, OperationTimeoutError) as exc:
+                    log.warning("%s: release not confirmed (%s); the grant ends when it expires", self.node, exc)
 
 
 class Lease:

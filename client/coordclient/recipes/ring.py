@@ -274,7 +274,10 @@ class RingMember:
         """Leave the ring: unregister, then hand every slice over."""
         self._leaving = True
         if self._registration is not None:
-            await self._registration.leave()
+            try:
+                await self._registration.leave()
+            except (ConnectionLossError, OperationTimeoutError) as exc:  # it goes with the session
+                log.warning("%s: unregistering not confirmed: %s", self.path, exc)
         for n in list(self._slices):
             await self._give_up(n, "leaving the ring")
 
