@@ -177,14 +177,13 @@ class App:
         limit = req.query.int("limit", 100, 1, MAX_PAGE)
         conns: dict[int, dict] = {c["sid"]: c for c in local_connections(self.s)}
         if req.query.bool("all_servers", True):
-            for doc in (await self.ensemble.remote_json("/api/connections")).values():
-                for c in (doc.get("connections") or [])[:5000] if isinstance(doc, dict) else []:
-                    if isinstance(c, dict) and isinstance(c.get("sid"), int):
-                        conns.setdefault(c["sid"], c)
+            for rows in (await self.ensemble.remote_connections()).values():
+                for c in rows:
+                    conns.setdefault(c["sid"], c)
         return json_response(sessions_view(self.s.ns, after, limit, conns))
 
     async def api_connections(self, req: Request) -> Response:
-        return json_response({"server_id": self.s.server_id, "connections": local_connections(self.s)})
+        return json_response(self.s.connections_doc())
 
     async def api_recipes(self, req: Request) -> Response:
         return json_response(recipes_view(self.s.ns))

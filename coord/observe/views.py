@@ -23,6 +23,7 @@ PREVIEW_BYTES = 4096
 MAX_RECIPES = 200
 MAX_QUEUE = 200
 MAX_SCAN = 10_000  # children listed to find a queue's order
+MAX_CONNECTIONS = 5000  # rows of one server's connections list (here, or a member's answer)
 
 
 class ViewError(Exception):
@@ -111,10 +112,13 @@ def sessions_view(ns: Any, after: int = 0, limit: int = 100,
     return {"sessions": rows, "total": len(timeouts), "next": page[-1] if len(sids) > limit else None}
 
 
-def local_connections(service: Any) -> list[dict[str, Any]]:
-    """This server's client connections that have a session (no secrets)."""
-    out = []
-    for conn in list(service.connections)[:5000]:
+def local_connections(service: Any, limit: int = MAX_CONNECTIONS) -> list[dict[str, Any]]:
+    """This server's client connections that have a session (no secrets),
+    at most ``limit`` of them."""
+    out: list[dict[str, Any]] = []
+    for conn in list(service.connections):
+        if len(out) >= limit:
+            break
         sid = getattr(conn, "sid", 0)
         if sid:
             out.append({"sid": sid, "client": getattr(conn, "peer", "?"), "server": service.server_id,

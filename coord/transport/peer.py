@@ -239,6 +239,12 @@ class PeerTransport:
     def peers(self) -> dict[int, Addr]:
         return {pid: out.addr for pid, out in self._out.items()}
 
+    def is_connected(self, peer_id: int) -> bool:
+        """Whether the outbound link to ``peer_id`` is up now (a question
+        sent while it is down would wait in the queue for nothing)."""
+        out = self._out.get(peer_id)
+        return bool(out and out.connected)
+
     def snapshot(self) -> dict[str, Any]:
         """All counters as plain data, for metrics and status pages."""
         peers = {}
