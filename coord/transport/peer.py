@@ -7,7 +7,7 @@ duplicated and reordered messages, which is what keeps this simple: sending
 never blocks (a full queue drops a Raft message), a broken connection loses
 at most the batch being written, and reconnection just resumes from the
 queue.  Service messages (``envelope``: forwarded writes, session
-keepalives) share the links but are never dropped for a full queue: the
+keepalives, members' questions for the dashboard) share the links but are never dropped for a full queue: the
 service bounds how many it has outstanding.
 
 Every connection starts with an authenticated handshake
