@@ -280,6 +280,12 @@ def dev(servers: int, data_dir: str | None, secure: bool, log_level: str) -> Non
             click.echo(f"export COORD_USER={material.superuser}")
             click.echo(f"coord dev: the client certificate's identity is x509:{material.client.subject}; "
                        f"COORD_USER is the superuser (digest)", err=True)
+            if dashboards:
+                h, p = dashboards[0]
+                click.echo(f"coord dev: the dashboard's sessions, connections and ACL-protected nodes need a "
+                           f"sign-in: open https://{h}:{p}/login and give the user and password of COORD_USER, "
+                           f"or: curl --cacert $COORD_CACERT -u \"$COORD_USER\" https://{h}:{p}/api/sessions",
+                           err=True)
         click.echo("coord dev: in another terminal, after the export above:  coordctl status;  "
                    "coordctl create /hello world;  coordctl get /hello", err=True)
         click.echo("coord dev: Ctrl-C stops the ensemble", err=True)

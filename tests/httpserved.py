@@ -28,7 +28,7 @@ class Served:
         return f"127.0.0.1:{self.client_port}"
 
 
-def single_config(tmp_path, **health):
+def single_config(tmp_path, auth: dict | None = None, **health):
     doc = {
         "server": {"id": 1, "cluster_id": "t", "data_dir": str(tmp_path / "data"), "peer_address": "127.0.0.1:0",
                    "client_address": "127.0.0.1:0", "http_address": "127.0.0.1:0", "fsync": False,
@@ -39,18 +39,25 @@ def single_config(tmp_path, **health):
     }
     if health:
         doc["health"] = health
+    if auth:
+        doc["auth"] = auth
     return parse_config(doc)
 
 
-@pytest.fixture
-async def served(tmp_path, nursery):
-    service = CoordService(single_config(tmp_path))
+async def serve(tmp_path, nursery, auth: dict | None = None) -> Served:
+    """Start one server (with an ``[auth]`` table if given) in ``nursery``."""
+    service = CoordService(single_config(tmp_path, auth))
     await nursery.start(service.run)
     client_port = await nursery.start(serve_clients, service)
     http_port = await nursery.start(serve_http, service)
     with trio.fail_after(10):
         await service.node.wait_soft_state(lambda s: s.leader == 1)
         await service.node.applied(1).wait()  # the leader's first entry: the ensemble is settled
-    yield Served(service, client_port, http_port)
+    return Served(service, client_port, http_port)
+
+
+@pytest.fixture
+async def served(tmp_path, nursery):
+    yield await serve(tmp_path, nursery)
 
 

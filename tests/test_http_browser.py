@@ -108,6 +108,70 @@ def test_dashboard_follows_the_ensemble_the_tree_and_the_event_stream(cluster, t
             browser.close()
 
 
+def test_secured_dashboard_shows_refusals_and_signs_in_with_basic(tmp_path):
+    """TLS + [auth]: without credentials the page says what is refused and
+    offers "sign in"; signed in at /login (HTTP Basic) as an admin it shows
+    the whole ensemble, the node's data and the session list."""
+    sync_playwright = browser_or_skip()
+    from playwright.sync_api import expect
+
+    from coord.namespace.acl import digest_id
+    from coordclient.acl import make_digest_acl
+    from tests.tlsutil import TLSMaterial
+
+    material = TLSMaterial(tmp_path / "pki")
+    extra = "\n".join(["[auth]", f'admins = ["digest:{digest_id("ops:pw-ops")}", '
+                                  f'"x509:{TLSMaterial.subject("harness")}"]', "status_requires_admin = true"])
+    c = Cluster(3, tmp_path / "ensemble", http=True, peer_secret=False, extra_config=extra,
+                client_ssl=material.client_context(material.client("harness")),
+                tls=lambda sid: material.tls_table(sid, client_auth="request"))
+    c.start()
+    try:
+        leader = trio.run(c.wait_leader)
+        with SyncClient(c.endpoints, tls=material.client_context(), auth=[("digest", "ops:pw-ops")]) as client:
+            client.create("/ops-only", b"for ops", acl=[make_digest_acl("ops", "pw-ops", all=True)])
+            url = f"https://127.0.0.1:{c.http_ports[leader]}/"
+            with sync_playwright() as pw:
+                browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                try:
+                    anon = browser.new_context(ignore_https_errors=True).new_page()
+                    errors: list[str] = []
+                    anon.on("pageerror", lambda e: errors.append(str(e)))
+                    anon.goto(url)
+                    expect(anon.locator("#whoami .denied")).to_contain_text("NoAuth", timeout=15_000)
+                    expect(anon.locator("#signin a.signin")).to_have_attribute("href", "/login")
+                    anon.fill("#tree-path", "/ops-only")
+                    anon.click("#tree-form button")
+                    expect(anon.locator("#data.is-denied")).to_contain_text("NoAuth")
+                    expect(anon.locator("#data a.signin")).to_have_text("sign in")
+                    expect(anon.locator("#data")).not_to_contain_text("for ops")
+                    anon.screenshot(path=str(tmp_path / "secured-anonymous.png"), full_page=True)
+
+                    ops = browser.new_context(ignore_https_errors=True,
+                                              http_credentials={"username": "ops", "password": "pw-ops"}).new_page()
+                    ops.on("pageerror", lambda e: errors.append(str(e)))
+                    ops.goto(url + "login")
+                    expect(ops).to_have_url(url)  # redirected to the dashboard once signed in
+                    expect(ops.locator("#signin")).to_contain_text("signed in as ops (admin)", timeout=15_000)
+                    expect(ops.locator("#members tbody tr")).to_have_count(3, timeout=15_000)
+                    expect(ops.locator('#members tr[data-role="unreachable"]')).to_have_count(0, timeout=15_000)
+                    expect(ops.locator("#members tr.leader")).to_have_attribute("data-member", str(leader))
+                    ops.fill("#tree-path", "/ops-only")
+                    ops.click("#tree-form button")
+                    expect(ops.locator("#data")).to_have_text("for ops")
+                    expect(ops.locator("#acl")).to_contain_text("digest:ops:")
+                    ops.click('button[data-tab="sessions"]')
+                    expect(ops.locator(f'#sessions tr[data-session="{client.session_id:#x}"]')).to_be_visible()
+                    shot = tmp_path / "secured.png"
+                    ops.screenshot(path=str(shot), full_page=True)
+                    assert shot.stat().st_size > 10_000
+                    assert errors == [], errors
+                finally:
+                    browser.close()
+    finally:
+        c.close()
+
+
 def test_a_missing_browser_fails_under_ci_and_skips_elsewhere(monkeypatch):
     import tests.test_http_browser as me
 

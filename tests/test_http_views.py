@@ -149,7 +149,7 @@ async def test_event_streams_are_bounded(served, monkeypatch):
 
 def test_change_feed_overflow_and_resync():
     registry = types.SimpleNamespace(added=[], add=lambda *a: registry.added.append(a))
-    ns = types.SimpleNamespace(events_since=lambda z: None)
+    ns = types.SimpleNamespace(events_since=lambda z: None, may_read=lambda path, auth: True)
     svc = types.SimpleNamespace(node=types.SimpleNamespace(applied_index=50), ns=ns, watches=registry)
     feed = ChangeFeed(svc, "/x", recursive=True)
     frames = feed.start(after=3)  # history does not reach back: say resync

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 from urllib.parse import parse_qsl
 
+from coord.http.identity import Requester
+
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict]]
 Send = Callable[[dict], Awaitable[None]]
@@ -105,6 +107,7 @@ class Request:
     path: str
     query: Query
     headers: dict[str, str]
+    who: Requester | None = None  # who sent it, once a handler asked (coord.http.identity)
 
 
 async def send_response(send: Send, resp: Response, head_only: bool = False) -> None:

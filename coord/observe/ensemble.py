@@ -1,84 +1,32 @@
 """The ensemble as one server sees it, for a dashboard opened on any member.
 
-Every member's status is asked over its *client* port (the ``status`` op,
-the one ``coordctl status`` uses): client addresses are in the replicated
-configuration, so any server can reach every other without knowing their
-HTTP ports.  A member that does not answer within ``PROBE_TIMEOUT`` is shown
-unreachable.  Results are cached for ``CACHE_SECONDS`` and concurrent
-callers share one round of probes, so ten open dashboards cost the same as
-one.
+Every other member is asked for its status over the peer links
+(``InfoQuery("status")``, see ``coord.server.info``), not over its client
+port: the peer links are up and authenticated whatever ``[tls]`` and
+``[auth]`` say, so no client certificate or admin identity is needed, and
+a member's answer is trusted.  A member that does not answer within
+``PROBE_TIMEOUT`` (or whose link is down) is shown unreachable.  Results
+are cached for ``CACHE_SECONDS`` and concurrent callers share one round of
+questions, so ten open dashboards cost the same as one.
 
-Members advertise their HTTP address in their status; ``fetch_json`` reads
-a small JSON document from one (the sessions view asks each member which
-sessions are connected to it).
+The sessions view asks each member the same way which sessions are
+connected to it (``connections``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
 import trio
 
-from coord.server.config import MemberAddrs, parse_addr
-from coordclient.wire import FramedStream
+from coord.observe.views import MAX_CONNECTIONS
+from coord.server.config import MemberAddrs
 
 log = logging.getLogger("coord.observe")
 
 PROBE_TIMEOUT = 0.5
 CACHE_SECONDS = 0.5
-MAX_HTTP_BODY = 4 << 20
-
-
-async def probe_status(addr: tuple[str, int], timeout: float = PROBE_TIMEOUT) -> dict | None:
-    """One server's status over the client protocol, or None."""
-    with trio.move_on_after(timeout):
-        try:
-            stream = await trio.open_tcp_stream(*addr)
-        except OSError:
-            return None
-        async with stream:
-            fs = FramedStream(stream)
-            try:
-                await fs.send({"id": 1, "op": "status"})
-                resp = await fs.receive()
-            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio.EndOfChannel, ValueError):
-                return None
-            return resp.get("r") if isinstance(resp, dict) and resp.get("ok") else None
-    return None
-
-
-async def fetch_json(addr: tuple[str, int], path: str, timeout: float = PROBE_TIMEOUT) -> Any | None:
-    """GET ``path`` from another member's HTTP port; the decoded JSON body of
-    a 200 answer, or None (unreachable, slow, not 200, too big, not JSON)."""
-    with trio.move_on_after(timeout):
-        try:
-            stream = await trio.open_tcp_stream(*addr)
-        except OSError:
-            return None
-        async with stream:
-            try:
-                host = f"{addr[0]}:{addr[1]}"
-                await stream.send_all(f"GET {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-                buf = bytearray()
-                while len(buf) <= MAX_HTTP_BODY:
-                    chunk = await stream.receive_some(65536)
-                    if not chunk:
-                        break
-                    buf += chunk
-            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
-                return None
-        if len(buf) > MAX_HTTP_BODY:
-            return None
-        head, sep, body = bytes(buf).partition(b"\r\n\r\n")
-        if not sep or not head.startswith((b"HTTP/1.1 200", b"HTTP/1.0 200")):
-            return None
-        try:
-            return json.loads(body)
-        except ValueError:
-            return None
-    return None
 
 
 def member_role(sid: int, m: Any) -> str:
@@ -110,13 +58,14 @@ class Ensemble:
         return out
 
     async def view(self) -> dict:
-        """Every member's status (cached briefly; one probe round at a time)."""
-        if trio.current_time() - self._at < CACHE_SECONDS and self._cached is not None:
-            return self._cached
-        if self._inflight is not None:
-            await self._inflight.wait()
-            assert self._cached is not None
-            return self._cached
+        """Every member's status (cached briefly; one round of questions at
+        a time, whose result every caller waiting on it shares)."""
+        while True:
+            if trio.current_time() - self._at < CACHE_SECONDS and self._cached is not None:
+                return self._cached
+            if self._inflight is None:
+                break
+            await self._inflight.wait()  # then fresh, unless that round failed: then ask anew
         done = self._inflight = trio.Event()
         try:
             self._cached = await self._probe_all()
@@ -133,8 +82,8 @@ class Ensemble:
         statuses: dict[int, dict | None] = {s.server_id: s.status()}
 
         async def one(mid: int) -> None:
-            a = addrs.get(mid)
-            statuses[mid] = await probe_status(a) if a is not None else None
+            st = await s.info.ask(mid, "status", PROBE_TIMEOUT)
+            statuses[mid] = st if st is not None and "error" not in st else None
 
         async with trio.open_nursery() as nursery:
             for mid in sorted(m.members()):
@@ -175,23 +124,21 @@ class Ensemble:
             "members": members,
         }
 
-    async def remote_json(self, path: str) -> dict[int, Any]:
-        """``path`` fetched from every other member that advertises an HTTP
-        address (those that do not answer are left out)."""
-        view = await self.view()
-        out: dict[int, Any] = {}
+    async def remote_connections(self) -> dict[int, list[dict]]:
+        """Every other member's client connections with a session, by
+        member (those that do not answer are left out), at most
+        ``MAX_CONNECTIONS`` rows each."""
+        s = self.s
+        out: dict[int, list[dict]] = {}
 
-        async def one(mid: int, http: str) -> None:
-            try:
-                addr = parse_addr(http, "http")
-            except ValueError:
-                return
-            doc = await fetch_json(addr, path)
-            if doc is not None:
-                out[mid] = doc
+        async def one(mid: int) -> None:
+            doc = await s.info.ask(mid, "connections", PROBE_TIMEOUT)
+            rows = doc.get("connections") if doc is not None else None
+            if type(rows) is list:
+                out[mid] = [r for r in rows[:MAX_CONNECTIONS] if type(r) is dict and type(r.get("sid")) is int]
 
         async with trio.open_nursery() as nursery:
-            for row in view["members"]:
-                if not row["self"] and row.get("http"):
-                    nursery.start_soon(one, row["id"], row["http"])
+            for mid in sorted(s.node.core.membership.members()):
+                if mid != s.server_id:
+                    nursery.start_soon(one, mid)
         return out

@@ -9,6 +9,10 @@ browser's EventSource sends the last id it saw when it reconnects
 namespace's event history, missing nothing; if the history no longer
 reaches back that far, the stream says ``resync`` first.
 
+A stream tells its requester only what a client watch would tell them:
+no event about a node they may not READ (``NamespaceStateMachine.may_read``,
+the rule a client connection's watch delivery applies), live or replayed.
+
 Bounded: at most ``QUEUE`` events wait for a slow reader (then the stream
 ends with ``overflow`` and the browser reconnects from its last id), a
 replay sends at most ``MAX_REPLAY`` events, and the HTTP port admits at most
@@ -22,6 +26,7 @@ from typing import Any
 
 import trio
 
+from coord.namespace.acl import UNCHECKED, Auth
 from coord.server.watches import WatchRegistry
 
 QUEUE = 2000
@@ -38,17 +43,18 @@ def sse(event: str, data: Any, id: int | None = None) -> bytes:
 class ChangeFeed:
     """One stream's watcher and its bounded queue of (zxid, type, path)."""
 
-    def __init__(self, service: Any, path: str, recursive: bool) -> None:
+    def __init__(self, service: Any, path: str, recursive: bool, auth: Auth = UNCHECKED) -> None:
         self.s = service
         self.path = path
         self.recursive = recursive
+        self.auth = auth
         self.pending: list[tuple[int, str, str]] = []
         self.overflow = False
         self.wakeup = trio.Event()
 
     # Watcher protocol (called synchronously while a command applies)
     def deliver_event(self, wid: int, etype: str, path: str, zxid: int) -> None:
-        if self.overflow:
+        if self.overflow or not self.s.ns.may_read(path, self.auth):
             return
         if len(self.pending) >= QUEUE:
             self.overflow = True
@@ -68,8 +74,10 @@ class ChangeFeed:
                 frames.append(sse("resync", {"zxid": applied, "reason": "history does not reach back that far"
                                              if events is None else "too many events to replay"}, id=applied))
             else:
+                ns, auth = self.s.ns, self.auth
                 mine = [(z, t, p) for z, t, p in events
-                        if WatchRegistry.matches("persistent", self.recursive, self.path, t, p)]
+                        if WatchRegistry.matches("persistent", self.recursive, self.path, t, p)
+                        and ns.may_read(p, auth)]
                 frames += self._frames(mine)
         self.s.watches.add(self, 1, self.path, "persistent", self.recursive)
         frames.insert(0, sse("hello", {"path": self.path, "recursive": self.recursive, "zxid": applied}))

@@ -1,6 +1,13 @@
 """Read-only views of the namespace for the dashboard: tree, sessions,
 locks and elections.
 
+Views that show nodes take the requester's ``Auth`` and follow the ACLs as
+a client's reads do (``namespace.acl``): a node's data, ACL and children
+need READ on it (``NoAuthError`` otherwise, which the HTTP port answers
+with 403); a lock or election is listed only if its parent node, whose
+children make up the queue, is readable.  Who may see sessions at all is
+the HTTP port's admin rule, not a view's business.
+
 Each view is a synchronous read of this server's applied state (no await
 inside, so it is one consistent moment) and bounded: children and sessions
 are paged (``MAX_PAGE``), data previews are cut at ``PREVIEW_BYTES``, and
@@ -14,7 +21,8 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote
 
-from coordclient.errors import CoordError
+from coord.namespace.acl import UNCHECKED, Auth, perms_text
+from coordclient.errors import CoordError, NoAuthError
 from coordclient.protocol import STAT_FIELDS, validate_path
 from coordclient.recipes._core import parse as parse_participant
 
@@ -23,6 +31,7 @@ PREVIEW_BYTES = 4096
 MAX_RECIPES = 200
 MAX_QUEUE = 200
 MAX_SCAN = 10_000  # children listed to find a queue's order
+MAX_CONNECTIONS = 5000  # rows of one server's connections list (here, or a member's answer)
 
 
 class ViewError(Exception):
@@ -67,13 +76,22 @@ def preview(data: bytes) -> dict[str, Any]:
     return {"size": len(data), "encoding": "hex", "hex": data[:1024].hex(), "truncated": len(data) > 1024}
 
 
-def node_view(ns: Any, path: str, after: str = "", limit: int = 100) -> dict[str, Any]:
-    """One node: data preview, full stat, and one page of its children
-    (names after ``after``, in order; ``next`` is the cursor of the next page)."""
+def acl_texts(acl_wire: list) -> list[str]:
+    """An ACL in ZooKeeper's text form, ``scheme:id:perms`` (``world:anyone:cdrwa``)."""
+    return [f"{scheme}:{ident}:{perms_text(perms)}" for perms, scheme, ident in acl_wire]
+
+
+def node_view(ns: Any, path: str, after: str = "", limit: int = 100, auth: Auth = UNCHECKED) -> dict[str, Any]:
+    """One node: data preview, ACL, full stat, and one page of its children
+    (names after ``after``, in order; ``next`` is the cursor of the next
+    page).  Needs READ on the node (``NoAuthError``)."""
     check_path(path)
     try:
-        data, stat = ns.get(path)
+        data, stat = ns.get(path, auth)
+        acl, _ = ns.get_acl(path, auth)
         names, total = ns.children_page(path, after, limit + 1)
+    except NoAuthError:
+        raise
     except CoordError as e:
         raise ViewError(404, e.message or str(e)) from None
     more = len(names) > limit
@@ -86,7 +104,7 @@ def node_view(ns: Any, path: str, after: str = "", limit: int = 100) -> dict[str
             children.append({"name": name, "num_children": named["num_children"],
                              "data_length": named["data_length"], "ephemeral_owner": named["ephemeral_owner"]})
     return {
-        "path": path, "stat": named_stat(stat), "data": preview(data), "zxid": ns.last_zxid,
+        "path": path, "stat": named_stat(stat), "data": preview(data), "acl": acl_texts(acl), "zxid": ns.last_zxid,
         "children": children, "total_children": total, "next": names[-1] if more else None,
     }
 
@@ -111,10 +129,13 @@ def sessions_view(ns: Any, after: int = 0, limit: int = 100,
     return {"sessions": rows, "total": len(timeouts), "next": page[-1] if len(sids) > limit else None}
 
 
-def local_connections(service: Any) -> list[dict[str, Any]]:
-    """This server's client connections that have a session (no secrets)."""
-    out = []
-    for conn in list(service.connections)[:5000]:
+def local_connections(service: Any, limit: int = MAX_CONNECTIONS) -> list[dict[str, Any]]:
+    """This server's client connections that have a session (no secrets),
+    at most ``limit`` of them."""
+    out: list[dict[str, Any]] = []
+    for conn in list(service.connections):
+        if len(out) >= limit:
+            break
         sid = getattr(conn, "sid", 0)
         if sid:
             out.append({"sid": sid, "client": getattr(conn, "peer", "?"), "server": service.server_id,
@@ -127,10 +148,11 @@ def _stat_of(ns: Any, path: str) -> dict[str, int] | None:
     return named_stat(st) if st is not None else None
 
 
-def recipes_view(ns: Any) -> dict[str, Any]:
+def recipes_view(ns: Any, auth: Auth = UNCHECKED) -> dict[str, Any]:
     """Locks, read/write locks, semaphores and elections, found from the
     recipes' node names (docs/recipes.md): a queue is the set of ephemeral
-    sequential children of one path named ``<kind>-<session>-<nonce>-...``."""
+    sequential children of one path named ``<kind>-<session>-<nonce>-...``.
+    Only queues whose parent ``auth`` may READ (it lists their children)."""
     parents: dict[str, None] = {}
     for sid in sorted(ns.session_timeouts()):
         for p in ns.ephemerals_of(sid):
@@ -142,7 +164,7 @@ def recipes_view(ns: Any) -> dict[str, Any]:
     recipes = []
     for parent in sorted(parents):
         st = _stat_of(ns, parent)
-        if st is None:
+        if st is None or not ns.may_read(parent, auth):  # the parent exists: READ on it
             continue
         if st["num_children"] > MAX_SCAN:
             recipes.append({"path": parent, "kind": "unknown", "queue": [], "total": st["num_children"],

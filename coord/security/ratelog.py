@@ -3,7 +3,8 @@
 A refused connection is worth a log line -- it is how an operator finds a
 misconfigured peer or a port scan -- but whoever can open connections can
 make as many refusals as they like, and the log must not grow with them.
-Each key (a kind of refusal) gets ``burst`` lines per ``period`` seconds; the
+``RateLimit`` is the plain form: at most ``n`` lines per period, no keys.
+With ``RateLimitedLog``, each key (a kind of refusal) gets ``burst`` lines per ``period`` seconds; the
 lines it loses are counted and the count appears on its next line.
 """
 
@@ -13,7 +14,22 @@ import logging
 import time
 from typing import Any, Callable
 
-__all__ = ["RateLimitedLog"]
+__all__ = ["RateLimit", "RateLimitedLog"]
+
+
+class RateLimit:
+    """At most ``n`` per ``period`` seconds (for log lines a client can trigger)."""
+
+    def __init__(self, n: int, period: float, clock: Callable[[], float] = time.monotonic):
+        self.n, self.period, self.clock = n, period, clock
+        self.window, self.used = -period, 0
+
+    def allow(self) -> bool:
+        now = self.clock()
+        if now - self.window >= self.period:
+            self.window, self.used = now, 0
+        self.used += 1
+        return self.used <= self.n
 
 
 class RateLimitedLog:

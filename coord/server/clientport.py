@@ -31,7 +31,8 @@ import trio
 
 from coord.namespace.acl import Auth, digest_id
 from coord.namespace.commands import AddAuth, Command, encode, parse_request
-from coord.security.ratelog import RateLimitedLog
+from coord.security.denials import note_denied
+from coord.security.ratelog import RateLimit, RateLimitedLog
 from coord.security.tls import TransportInfo, connection_info
 from coord.server.config import ConfigError, MemberAddrs, parse_addr
 from coord.server.future import Future
@@ -69,22 +70,7 @@ def _size(msg: dict) -> int:
     return 64
 
 
-class _RateLimit:
-    """At most ``n`` per ``period`` seconds (for log lines a client can trigger)."""
-
-    def __init__(self, n: int, period: float):
-        self.n, self.period, self.window, self.used = n, period, 0.0, 0
-
-    def allow(self) -> bool:
-        now = trio.current_time()
-        if now - self.window >= self.period:
-            self.window, self.used = now, 0
-        self.used += 1
-        return self.used <= self.n
-
-
-_DENIED_LOG = _RateLimit(20, 10.0)
-_REFUSED_LOG = _RateLimit(10, 10.0)
+_REFUSED_LOG = RateLimit(10, 10.0)
 
 MAX_INFLIGHT = 512  # requests being served per connection
 OUT_QUEUE = 8192  # responses + events queued per connection before it counts as too slow
@@ -230,27 +216,19 @@ class RequestHandler:
         key = (session_ids, len(self._conn_ids))
         if key != self._auth_key:
             ids = frozenset(self._conn_ids) | frozenset(session_ids)
-            self._auth = Auth(ids, bool(ids & self.service.cfg.superusers))
+            self._auth = self.service.cfg.identify(ids)
             self._auth_key = key
         return self._auth
 
     def _require_admin(self, what: str) -> None:
         """Administration needs an admin or superuser once [auth] names any."""
-        cfg = self.service.cfg
-        if not cfg.admin_restricted:
-            return
-        a = self.auth()
-        if a.superuser or a.ids & cfg.admins:
+        if self.service.cfg.may_administer(self.auth()):
             return
         raise NoAuthError(f"{what} needs an admin identity (add_auth with a credential in [auth] admins)")
 
     def _denied(self, op: Any, resp: dict) -> None:
         """Count a refusal for missing permission and log it (rate-limited)."""
-        self.service.obs.denied += 1
-        if _DENIED_LOG.allow():
-            ids = sorted(f"{s}:{i.split(':')[0] if s == 'digest' else i}" for s, i in self.auth().ids)
-            log.warning("denied %s on %s for %s from %s (session %#x)", op, resp.get("path"), ids or ["anyone"],
-                        self.peer, self.sid)
+        note_denied(self.service.obs, log, op, resp.get("path"), self.auth(), self.peer, f"session {self.sid:#x}")
 
     # -- requests -----------------------------------------------------------
     def _admit(self, req: Any) -> tuple[int, str, Callable]:

@@ -13,7 +13,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
-from coord.namespace.acl import intern, parse_acl_text, parse_identity
+from coord.namespace.acl import Auth, intern, parse_acl_text, parse_identity
 
 
 class ConfigError(ValueError):
@@ -129,6 +129,17 @@ class ServerConfig:
     def admin_restricted(self) -> bool:
         """Admin operations need an admin or superuser once [auth] names any."""
         return bool(self.superusers or self.admins)
+
+    def identify(self, ids: frozenset) -> Auth:
+        """The ``Auth`` of a request proving identities ``ids`` (superuser
+        if one of them is listed in [auth] superusers).  Every port (client,
+        ZooKeeper, HTTP) decides who a request is this one way."""
+        return Auth(ids, bool(ids & self.superusers))
+
+    def may_administer(self, auth: Auth) -> bool:
+        """Whether ``auth`` passes the admin rule: anyone while [auth] names
+        no superuser or admin, then only those."""
+        return not self.admin_restricted or auth.superuser or bool(auth.ids & self.admins)
     # Observability (coord.observe): the HTTP port (/metrics, /health, /ready,
     # the dashboard; None = no HTTP port) and what /ready demands.
     http_address: Addr | None = None

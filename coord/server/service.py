@@ -11,6 +11,8 @@ connections, the Raft node and the namespace state machine.
 * Sessions (``liveness.SessionLiveness``): keepalives to the leader, expiry
   by the leader only.
 * Membership and leadership transfer (``admin.AdminService``).
+* Questions between members for the dashboard (``info.MemberInfo``): this
+  server's status and client connections, asked over the peer links.
 """
 
 from __future__ import annotations
@@ -25,16 +27,26 @@ import trio
 from coord.namespace.commands import Command, SessionClose, SessionOpen, decode_entry, encode
 from coord.namespace.state import NamespaceStateMachine
 from coord.observe.stats import ServiceStats
+from coord.observe.views import local_connections
 from coord.raft.types import Entry, EntryKind, Role, SoftState
 from coord.server.admin import AdminService
 from coord.server.config import MemberAddrs, ServerConfig, format_addr
 from coord.server.future import Future
+from coord.server.info import MemberInfo
 from coord.server.liveness import SessionLiveness
 from coord.server.raftnode import ReadFailed
 from coord.server.serve import Server
 from coord.server.watches import WatchRegistry
 from coord.server.writes import WritePath
-from coord.transport.envelope import Forward, ForwardRejected, ServiceMessage, SessionTouches, TouchAck
+from coord.transport.envelope import (
+    Forward,
+    ForwardRejected,
+    InfoQuery,
+    InfoReply,
+    ServiceMessage,
+    SessionTouches,
+    TouchAck,
+)
 from coordclient.errors import CoordError, OperationTimeoutError
 
 log = logging.getLogger("coord.service")
@@ -87,6 +99,8 @@ class CoordService:
             min_session_timeout=cfg.min_session_timeout_ms / 1000, write_timeout=self.write_timeout,
             drop_session_clients=self._drop_session_clients)
         self.admin = AdminService(self.node, timeout=self.write_timeout, leader_client_addr=self._client_addr_of)
+        self.info = MemberInfo(cfg.server_id, self._send, self._peer_connected,
+                               answers={"status": self.status, "connections": self.connections_doc})
         self.connections: set = set()  # client connections (ClientConnection), for dropping them
         self.connections_by_ip: dict[str, int] = {}  # for [limits] max_connections_per_ip
         self.snapshot_streams = trio.Lock()  # one snapshot streamed at a time: each holds a copy of the tree
@@ -98,6 +112,10 @@ class CoordService:
 
     def _send(self, msg: Any) -> None:
         self.server.transport.send(msg)
+
+    def _peer_connected(self, peer: int) -> bool:
+        t = self.server.transport
+        return t is not None and t.is_connected(peer)
 
     # ------------------------------------------------------------------
     # client connections: how many, from where ([limits])
@@ -172,6 +190,10 @@ class CoordService:
             self.liveness.on_touches(m)
         elif t is TouchAck:
             self.liveness.on_ack(m)
+        elif t is InfoQuery:
+            self.info.on_query(m)
+        elif t is InfoReply:
+            self.info.on_reply(m)
 
     def _on_soft_state(self, st: SoftState) -> None:
         if st.leader != self._leader:
@@ -301,6 +323,12 @@ class CoordService:
                 conn.close(reason)
 
     # ------------------------------------------------------------------
+    def connections_doc(self) -> dict:
+        """This server's client connections that have a session (the
+        ``connections`` question, and the HTTP port's /api/connections)."""
+        rows = local_connections(self)
+        return {"server_id": self.server_id, "connections": rows}
+
     def status(self) -> dict:
         st = self.node.status()
         m = st.membership

@@ -7,7 +7,7 @@ duplicated and reordered messages, which is what keeps this simple: sending
 never blocks (a full queue drops a Raft message), a broken connection loses
 at most the batch being written, and reconnection just resumes from the
 queue.  Service messages (``envelope``: forwarded writes, session
-keepalives) share the links but are never dropped for a full queue: the
+keepalives, members' questions for the dashboard) share the links but are never dropped for a full queue: the
 service bounds how many it has outstanding.
 
 Every connection starts with an authenticated handshake
@@ -238,6 +238,12 @@ class PeerTransport:
     @property
     def peers(self) -> dict[int, Addr]:
         return {pid: out.addr for pid, out in self._out.items()}
+
+    def is_connected(self, peer_id: int) -> bool:
+        """Whether the outbound link to ``peer_id`` is up now (a question
+        sent while it is down would wait in the queue for nothing)."""
+        out = self._out.get(peer_id)
+        return bool(out and out.connected)
 
     def snapshot(self) -> dict[str, Any]:
         """All counters as plain data, for metrics and status pages."""

@@ -1,6 +1,8 @@
 // coord dashboard.  Plain browser JavaScript, no build step; charts by uPlot
 // (vendored under /static/vendor/uplot with its licence).  Every value that
 // comes from the tree (names, data) is inserted as text, never as HTML.
+// What a view may show follows the server's ACL and admin rules; a refused
+// call shows why and a "sign in" link (HTTP Basic at /login).
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
@@ -20,11 +22,43 @@ function h(tag, attrs, ...kids) {
   return el;
 }
 
+// An API call refused for want of permission (401/403) throws an Error
+// whose .denied is true; the views then show the reason and a sign-in link.
 async function getJSON(url) {
   const r = await fetch(url, { cache: "no-store" });
   const body = await r.json().catch(() => ({}));
-  if (!r.ok) throw new Error(body.error || `${r.status} ${r.statusText}`);
+  if (!r.ok) {
+    const err = new Error(body.error || `${r.status} ${r.statusText}`);
+    err.denied = r.status === 401 || r.status === 403;
+    throw err;
+  }
   return body;
+}
+
+// ---------------------------------------------------------------- signing in
+// HTTP Basic: /login makes the browser ask once, then it sends the
+// credential with every request to this port (fetches and event streams).
+let me = { user: null };
+
+function signinLink() {
+  const href = me.user ? `/login?not=${encodeURIComponent(me.user)}` : "/login";
+  return h("a", { href, class: "signin" }, me.user ? "sign in as someone else" : "sign in");
+}
+
+// The message of a failed call, with a sign-in link when it was refused.
+function failure(e) {
+  return e.denied ? h("span", { class: "denied" }, e.message, " — ", signinLink()) : e.message;
+}
+
+async function refreshWhoami() {
+  try {
+    me = await getJSON("/api/whoami");
+  } catch (e) {
+    return;
+  }
+  const el = $("#signin");
+  if (me.user) el.replaceChildren(`signed in as ${me.user}${me.superuser ? " (superuser)" : me.admin ? " (admin)" : ""} · `, signinLink());
+  else el.replaceChildren(me.restricted ? signinLink() : "");
 }
 
 const fmt = (n) => (n === null || n === undefined ? "–" : Number(n).toLocaleString());
@@ -38,6 +72,14 @@ async function refreshEnsemble() {
   try {
     view = await getJSON("/api/ensemble");
   } catch (e) {
+    if (e.denied) {  // the server answers, but not to us: the sign-in link is in the header
+      lastEnsembleOk = Date.now();
+      $("#live").classList.remove("stale");
+      $("#whoami").replaceChildren(h("span", { class: "denied" }, e.message));
+      $("#summary").textContent = "";
+      $("#members tbody").replaceChildren();
+      return;
+    }
     $("#live").classList.add("stale");
     $("#whoami").textContent = "this server does not answer: " + e.message;
     return;
@@ -61,7 +103,7 @@ async function refreshEnsemble() {
     const width = m.reachable ? Math.max(lag ? 4 : 0, Math.round(100 * lag / maxLag)) : 100;
     const health = m.health || "unknown";
     const healthCls = health === "ok" ? "health-ok" : health === "lagging" ? "health-warn" : "health-bad";
-    const link = m.http && !m.self ? h("a", { href: `http://${m.http}/` }, m.http) : (m.self ? "this page" : "–");
+    const link = m.http && !m.self ? h("a", { href: `${location.protocol}//${m.http}/` }, m.http) : (m.self ? "this page" : "–");
     return h("tr", { class: isLeader ? "leader" : "", "data-member": m.id, "data-role": m.reachable ? m.role : "unreachable" },
       h("td", {}, `server ${m.id}`),
       h("td", {}, m.reachable ? h("span", { class: `badge ${m.role}` }, m.role) : h("span", { class: "badge" }, "—")),
@@ -213,12 +255,25 @@ async function openNode(path, { keepChildren = false } = {}) {
   try {
     node = await getJSON(`/api/node?path=${encodeURIComponent(path)}&limit=100`);
   } catch (e) {
-    $("#data").textContent = e.message;
-    $("#data-info").textContent = "";
-    if (!keepChildren) $("#children").replaceChildren();
+    $("#data").replaceChildren(failure(e));
+    $("#data").classList.toggle("is-denied", !!e.denied);
+    $("#data-info").textContent = e.denied ? `${path}: no permission to read` : "";
+    if (!keepChildren || e.denied) $("#children").replaceChildren();
+    $("#child-count").textContent = "";
+    $("#acl").textContent = "";
     $("#stat tbody").replaceChildren();
+    if (e.denied) {  // show where we are, so the way back is one click
+      if (treeSource) treeSource.close();
+      treeSource = null;
+      $("#tree-live").textContent = "";
+      treePath = path;
+      $("#tree-path").value = path;
+      renderCrumbs(path);
+      $("#children-more").hidden = true;
+    }
     return;
   }
+  $("#data").classList.remove("is-denied");
   const changed = path !== treePath;
   treePath = path;
   $("#tree-path").value = path;
@@ -231,6 +286,7 @@ async function openNode(path, { keepChildren = false } = {}) {
   const rows = Object.entries(st).map(([k, v]) => h("tr", {}, h("td", {}, k),
     h("td", {}, k === "ephemeral_owner" && v ? hex(v) : (k.endsWith("time") && v ? `${v} (${new Date(v).toISOString()})` : String(v)))));
   $("#stat tbody").replaceChildren(...rows);
+  $("#acl").textContent = (node.acl || []).join("\n");
   $("#child-count").textContent = `(${fmt(node.total_children)})`;
   $("#children").replaceChildren(...node.children.map(childItem));
   treeNext = node.next;
@@ -277,7 +333,9 @@ async function loadSessions(reset) {
   try {
     body = await getJSON(`/api/sessions?after=${after || 0}&limit=100`);
   } catch (e) {
-    $("#sessions-total").textContent = e.message;
+    if (reset) $("#sessions tbody").replaceChildren();
+    $("#sessions-total").replaceChildren(failure(e));
+    $("#sessions-more").hidden = true;
     return;
   }
   const rows = body.sessions.map((s) => h("tr", { "data-session": s.id },
@@ -298,7 +356,7 @@ async function loadRecipes() {
   try {
     body = await getJSON("/api/recipes");
   } catch (e) {
-    $("#recipes").replaceChildren(h("p", {}, e.message));
+    $("#recipes").replaceChildren(h("p", {}, failure(e)));
     return;
   }
   if (!body.recipes.length) {
@@ -378,6 +436,7 @@ addEventListener("resize", () => charts.forEach((c) => {
   const el = c.root.parentElement;
   c.setSize({ width: Math.max(300, el.clientWidth), height: 200 });
 }));
+refreshWhoami();
 tick();
 refreshHistory();
 openNode("/");
