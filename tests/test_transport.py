@@ -316,3 +316,24 @@ async def test_joining_node_answers_a_peer_it_did_not_know():
             joiner.t.send(hb(4, 1, 8))
             await wait_until(lambda: leader.seqs(4) == [8])
             nursery.cancel_scope.cancel()
+
+
+async def test_unknown_service_message_is_skipped_and_the_link_kept(caplog):
+    """A rolling upgrade: a newer member sends a kind of service message this
+    version does not know.  It is skipped (logged once), not treated as
+    malformed input, so the link and what follows it survive."""
+    caplog.set_level(logging.WARNING, logger="coord.transport")
+    with trio.fail_after(20):
+        async with trio.open_nursery() as n:
+            a = await Node(1).start(n)
+            raw = await raw_peer(a, 9)
+            newer = encode_frame(["zz", 9, 1, {"future": 1}])
+            await raw.send_all(newer + newer + encode_frame(message_to_wire(hb(9, 1, 5))))
+            await wait_until(lambda: a.seqs(9) == [5])
+            assert caplog.text.count("unknown kind 'zz'") == 1 and "malformed" not in caplog.text
+            assert a.t.peer_stats[9].rejected == 2
+            # a known kind with the wrong shape is still malformed: the link closes
+            await raw.send_all(encode_frame(["sa", 9, 1]))
+            assert await closed_by_remote(raw)
+            await raw.aclose()
+            n.cancel_scope.cancel()

@@ -57,6 +57,7 @@ __all__ = [
     "decode_info",
     "encode_info",
     "service_from_wire",
+    "UnknownServiceMessage",
     "service_to_wire",
 ]
 
@@ -179,7 +180,22 @@ def service_from_wire(obj: Any) -> ServiceMessage:
         if type(body) is not bytes or len(body) > MAX_INFO_BODY:
             raise ValueError(f"info reply: the body must be bytes, at most {MAX_INFO_BODY}")
         return InfoReply(frm, to, _uint(obj[3], "query id", 1), body)
-    raise ValueError("service message: unknown tag or length")
+    if tag not in _KNOWN_TAGS:
+        raise UnknownServiceMessage(tag[:16])
+    raise ValueError(f"service message {tag!r}: wrong length {n}")
+
+
+_KNOWN_TAGS = frozenset({"fw", "fx", "st", "sa", "iq", "ir"})
+
+
+class UnknownServiceMessage(ValueError):
+    """A well-formed service message of a kind this version does not know:
+    a newer member's (during a rolling upgrade).  The receiver skips it and
+    keeps the link, unlike a malformed message."""
+
+    def __init__(self, tag: str):
+        super().__init__(f"service message of unknown kind {tag!r}")
+        self.tag = tag
 
 
 def _is_name(s: str) -> bool:

@@ -49,7 +49,7 @@ from coord.raft.types import Message
 from coord.security.peerauth import PeerSecurity
 from coord.security.ratelog import RateLimitedLog
 from coord.transport.codec import message_from_wire, message_to_wire
-from coord.transport.envelope import ServiceMessage, service_from_wire, service_to_wire
+from coord.transport.envelope import ServiceMessage, UnknownServiceMessage, service_from_wire, service_to_wire
 from coord.transport.handshake import HandshakeRefused, accept, dial
 
 __all__ = ["PEER_MAX_FRAME", "PeerStats", "PeerTransport"]
@@ -157,6 +157,7 @@ class PeerTransport:
         self.peer_stats: dict[int, PeerStats] = {}
         self.dropped_unknown = 0  # messages to ids that are not peers
         self._out: dict[int, _Outbound] = {}
+        self._unknown_tags_seen: set[str] = set()  # logged once each (bounded: 16-char tags from members only)
         self._inbound: dict[int, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
         self._rng = random.Random()
@@ -446,6 +447,12 @@ class PeerTransport:
             except trio.EndOfChannel:
                 log.debug("node %d: peer %d (%s) closed its connection", self.node_id, peer_id, remote)
                 return
+            except UnknownServiceMessage as exc:  # a newer member's message: skip it, keep the link
+                stats.rejected += 1
+                if exc.tag not in self._unknown_tags_seen and len(self._unknown_tags_seen) < 64:
+                    self._unknown_tags_seen.add(exc.tag)
+                    log.warning("node %d: peer %d sent a %s; skipped (a newer version?)", self.node_id, peer_id, exc)
+                continue
             except ValueError as exc:  # FrameError is a ValueError too
                 log.warning(
                     "node %d: closing connection from peer %d (%s): malformed input: %s",
