@@ -672,11 +672,81 @@ async def _create_many(endpoint: str, start: int, stop: int, batch: int, infligh
                 n.start_soon(task)
 
 
+async def _snapshot_probe(endpoints: list[str], addrs: list[tuple[str, int]], period: float, stop_evt,
+                          result_q) -> None:
+    """One client per server, each doing ``get("/s")`` every ``period`` s, and
+    a status poll of every server every 100 ms, until ``stop_evt`` is set.
+    Reports per server the longest gap between two successful gets and the
+    slowest get, and every (leader, term) seen: a leader change shows as more
+    than one."""
+    import trio
+
+    from coord.cli import probe_status
+    from coordclient import Client
+    from coordclient.errors import CoordError
+
+    out: dict = {"servers": {}, "leaders_seen": []}
+
+    async def getter(n: int, ep: str) -> None:
+        st = out["servers"][str(n)] = {"gets": 0, "errors": 0, "max_gap_ms": 0.0, "max_latency_ms": 0.0}
+        async with Client(ep, session_timeout=30) as c:
+            last = mono()
+            nxt = last
+            while not stop_evt.is_set():
+                t = mono()
+                try:
+                    await c.get("/s")
+                except CoordError:
+                    st["errors"] += 1
+                else:
+                    now = mono()
+                    st["gets"] += 1
+                    st["max_gap_ms"] = max(st["max_gap_ms"], round((now - last) * 1e3, 1))
+                    st["max_latency_ms"] = max(st["max_latency_ms"], round((now - t) * 1e3, 1))
+                    last = now
+                nxt += period
+                await trio.sleep(max(0.0, nxt - mono()))
+
+    async def watch_roles() -> None:
+        seen = out["leaders_seen"]
+        while not stop_evt.is_set():
+            for a in addrs:
+                s = await probe_status(a, timeout=0.5)
+                if s is not None and s.get("role") == "leader" and (s["server_id"], s["term"]) not in seen:
+                    seen.append((s["server_id"], s["term"]))
+            await trio.sleep(0.1)
+
+    async with trio.open_nursery() as n:
+        for i, ep in enumerate(endpoints, 1):
+            n.start_soon(getter, i, ep)
+        n.start_soon(watch_roles)
+    result_q.put(out)
+
+
+def _probe_main(endpoints, addrs, period, stop_evt, result_q) -> None:
+    import trio
+
+    trio.run(_snapshot_probe, endpoints, addrs, period, stop_evt, result_q)
+
+
+def _snap_files(ens: "Ensemble") -> dict[int, list[str]]:
+    out = {}
+    for sid in ens.nodes:
+        d = os.path.join(ens.cluster.base, f"data{sid}")
+        out[sid] = sorted((os.path.join(r, f) for r, _, fs in os.walk(d) for f in fs if f.endswith(".snap")),
+                          key=os.path.getmtime)
+    return out
+
+
 def scale_nodes(args, base: str) -> dict:
     """1M nodes (1000 parents x 1000 children, 10 B each): RSS, snapshot size,
-    restart time of a follower from that snapshot.  Own ensemble, created
-    with multis of 1000 creates; snapshot_entries is set so that the servers
-    snapshot once all nodes are in (a few small writes cross the threshold)."""
+    the stall a snapshot causes, restart time of a follower from that
+    snapshot.  Own ensemble, created with multis of 1000 creates;
+    snapshot_entries is set so that the servers snapshot once all nodes are
+    in.  Then a probe (one client per server, a ``get`` every 10 ms, in its
+    own process) runs while single sets go on until every server has written
+    a new snapshot: it reports the longest gap between two gets on each
+    server and any leader change."""
     import trio
 
     from coordclient import Client, ops
@@ -700,22 +770,39 @@ def scale_nodes(args, base: str) -> dict:
         trio.run(_create_many, ens.endpoint(ens.leader() or 1), 0, total, 1000, 4)
         create_s = mono() - t
 
-        async def nudge():
-            async with Client(ep, session_timeout=30) as c:
-                for i in range(120):
-                    await c.set("/s", b"%d" % i)
-                return (await c.status())["nodes"]
+        before = {sid: set(f) for sid, f in _snap_files(ens).items()}
+        ctx = mp.get_context("spawn")
+        stop_evt, result_q = ctx.Event(), ctx.Queue()
+        probe = ctx.Process(target=_probe_main, args=([ens.endpoint(n) for n in ens.nodes], ens.addrs, 0.01,
+                                                      stop_evt, result_q), daemon=True)
+        probe.start()
+        time.sleep(2.0)  # the probe's clients connected and settled
 
-        nodes = trio.run(nudge)
-        time.sleep(3)  # let every server write its snapshot
+        async def nudge():
+            """Sets until every server wrote a snapshot (bounded in count and time)."""
+            async with Client(ep, session_timeout=30) as c:
+                i = 0
+                deadline = mono() + 120
+                while i < 20 * batches and mono() < deadline:
+                    for _ in range(20):
+                        await c.set("/s", b"%d" % i)
+                        i += 1
+                    new = {sid: set(f) - before[sid] for sid, f in _snap_files(ens).items()}
+                    if all(new.values()):
+                        break
+                return (await c.status())["nodes"], i
+
+        nodes, nudges = trio.run(nudge)
+        time.sleep(2.0)  # the last snapshot's aftermath is in the probe's window too
+        stop_evt.set()
+        probe_out = result_q.get(timeout=30)
+        probe.join(10)
+        log(f"S1: probe {probe_out}")
+        time.sleep(1)
         rss = {str(n): _mb(proc_mem_kb(p, "VmRSS")) for n, p in ens.server_pids().items()}
         peak = {str(n): _mb(proc_mem_kb(p, "VmHWM")) for n, p in ens.server_pids().items()}
-        snaps = {}
-        for sid in ens.nodes:
-            d = os.path.join(ens.cluster.base, f"data{sid}")
-            files = sorted((os.path.join(r, f) for r, _, fs in os.walk(d) for f in fs if f.endswith(".snap")),
-                           key=os.path.getmtime)
-            snaps[str(sid)] = round(os.path.getsize(files[-1]) / 2 ** 20, 1) if files else None
+        snaps = {str(sid): round(os.path.getsize(f[-1]) / 2 ** 20, 1) if f else None
+                 for sid, f in _snap_files(ens).items()}
         roles = ens.wait_healthy()
         victim = [n for n, r in roles.items() if r == "follower"][0]
         target = ens.statuses()[victim]["applied"]
@@ -732,7 +819,13 @@ def scale_nodes(args, base: str) -> dict:
         return {"workload": "S1", "op": f"{total} nodes (1000 parents x 1000 children, 10 B each)",
                 "nodes_reported": nodes, "create_s": round(create_s, 1),
                 "create_nodes_per_s": round(total / create_s, 1), "server_rss_mb": rss,
+                "server_rss_bytes_per_node": {k: round(v * 2 ** 20 / total) for k, v in rss.items() if v},
                 "server_peak_rss_mb": peak, "snapshot_mb": snaps,
+                "probe_sets_until_all_snapshotted": nudges,
+                "probe_max_gap_ms": {k: v["max_gap_ms"] for k, v in probe_out["servers"].items()},
+                "probe_max_latency_ms": {k: v["max_latency_ms"] for k, v in probe_out["servers"].items()},
+                "probe_errors": sum(v["errors"] for v in probe_out["servers"].values()),
+                "probe_leaders_seen": probe_out["leaders_seen"],
                 "restart_node": victim, "restart_to_serving_s": None if serving is None else round(serving, 2),
                 "restart_rss_mb": _mb(proc_mem_kb(ens.server_pids().get(victim), "VmRSS"))}
     finally:
@@ -836,6 +929,7 @@ def table(results: list[dict]) -> str:
                         f"mean {r['gap_ms_mean']} ms, max {r['gap_ms_max']} ms | - | - |")
         elif w == "S1":
             rows.append(f"| {w} | {r['op']} | RSS {r['server_rss_mb']} MB, snapshot {r['snapshot_mb']} MB, "
+                        f"probe max gap {r['probe_max_gap_ms']} ms, leaders {r['probe_leaders_seen']}, "
                         f"restart to serving **{r['restart_to_serving_s']} s** | - | created at "
                         f"{r['create_nodes_per_s']} nodes/s | - | {r['server_peak_rss_mb']} |")
         elif w == "IDLE":
