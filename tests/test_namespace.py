@@ -707,3 +707,61 @@ def test_memory_per_node_is_bounded():
         tracemalloc.stop()
     assert ns.sm.node_count == 20_022
     assert per_node < 260, f"{per_node:.0f} bytes a node"
+
+
+# -- the tree's representation (coord/namespace/tree.py, records.py) ------------------
+def test_lookups_of_non_canonical_paths_miss(ns):
+    """Children live under their parent's path ("" for the root), so the
+    slices of a non-canonical path never find a node."""
+    ns.ok("create", path="/x/y", parents=True)
+    for bad in ("//x", "/x/", "x", "x/y", "/x//y", "", "//", "/x/y/"):
+        with pytest.raises(InvalidPathError):
+            ns.sm.get(bad)
+        with pytest.raises(InvalidPathError):
+            ns.sm.exists(bad)
+    assert ns.sm.exists("/x/y") is not None and ns.sm.children("/") == ["x"]
+
+
+def test_large_data_lives_outside_the_record(ns):
+    """Data above INLINE_MAX is kept apart: a parent's counter change does
+    not copy it; sizes, data_bytes and snapshots follow it in and out."""
+    from coord.namespace.records import INLINE_MAX
+
+    big = bytes(range(256)) * (INLINE_MAX // 256 + 4)
+    ns.ok("create", path="/b", data=big)
+    assert ns.sm._tree.blobs == {"/b": big}
+    blob = ns.sm._tree.blobs["/b"]
+    ns.ok("create", path="/b/kid")
+    data, st = ns.sm.get("/b")
+    assert data is blob and field(st, "data_length") == len(big) and field(st, "num_children") == 1
+    ns.ok("set", path="/b", data=b"small")
+    assert ns.sm._tree.blobs == {} and ns.sm.data_bytes == 5
+    ns.ok("set", path="/b", data=big)
+    ns.ok("set", path="/", data=big)
+    assert ns.sm.data_bytes == 2 * len(big)
+    other = NamespaceStateMachine()
+    other.restore(ns.sm.snapshot())
+    assert other.dump() == ns.sm.dump() and other.data_bytes == 2 * len(big)
+    ns.err("multi", "NoNode", ops=[{"op": "delete", "path": "/b/kid"}, {"op": "delete", "path": "/b"},
+                                    {"op": "set", "path": "/nowhere"}])
+    assert ns.sm.get("/b")[0] == big and ns.sm.data_bytes == 2 * len(big)
+    ns.ok("delete", path="/b", recursive=True)
+    assert ns.sm._tree.blobs == {"/": big}
+
+
+def test_acl_table_forgets_acls_no_node_uses(ns):
+    """Each distinct ACL once, counted; rollbacks and deletes give it back."""
+    table = ns.sm._tree.acls
+    for i in range(5):
+        ns.ok("create", path=f"/a{i}", acl=[[31, "ip", f"10.0.0.{i}"]])
+    assert len(table) == 6
+    ns.ok("set_acl", path="/a0", acl=[[31, "ip", "10.0.0.1"]])  # now shared with /a1
+    assert len(table) == 5
+    ns.err("multi", "NoNode", ops=[{"op": "create", "path": "/z", "acl": [[31, "ip", "10.9.9.9"]]},
+                                    {"op": "set", "path": "/nowhere"}])
+    assert len(table) == 5
+    for i in range(5):
+        ns.ok("delete", path=f"/a{i}")
+    assert len(table) == 1 and table.refs[0] == ns.sm.node_count
+    ns.ok("create", path="/again", acl=[[1, "ip", "10.0.0.7"]])  # a freed number is reused
+    assert len(table.acls) == 6 and ns.sm.get_acl("/again")[0] == [[1, "ip", "10.0.0.7"]]
