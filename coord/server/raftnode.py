@@ -46,11 +46,13 @@ from coord.raft.types import (
     Ready,
     Role,
     Snapshot,
+    SnapshotMeta,
     SoftState,
 )
 from coord.observe.stats import RaftStats
-from coord.server.diskwriter import DiskWork, DiskWriter, LogStore, SaveSnapshot
+from coord.server.diskwriter import AdoptSnapshot, DiskWork, DiskWriter, LogStore, SaveSnapshot, SnapshotFiles
 from coord.server.future import Future
+from coord.server.snapshotter import ChildSnapshot, SnapshotFailed, fork_snapshot
 
 log = logging.getLogger("coord.raftnode")
 
@@ -97,12 +99,15 @@ class ReadFailed(Exception):
 @dataclass(slots=True, frozen=True)
 class NodeOptions:
     tick_seconds: float = 0.05
-    snapshot_entries: int = 10_000  # snapshot the state machine after this many applied entries
+    snapshot_entries: int = 10_000  # snapshot the state machine after this many applied entries...
+    snapshot_jitter: float = 0.25  # ...plus a random part of up to this share of them, so servers do not all at once
     snapshot_retain: int = 1_000  # keep this many entries before a snapshot for lagging followers
+    snapshot_in_child: bool = True  # in a forked child (snapshotter.py), if the store writes files; else on the loop
     max_batch: int = 4096  # proposals per core.propose_batch call
 
     def __post_init__(self) -> None:
-        if self.tick_seconds <= 0 or self.snapshot_entries < 1 or self.snapshot_retain < 0 or self.max_batch < 1:
+        if (self.tick_seconds <= 0 or self.snapshot_entries < 1 or self.snapshot_retain < 0 or self.max_batch < 1
+                or not 0 <= self.snapshot_jitter <= 1):
             raise ValueError(f"bad node options: {self}")
 
 
@@ -153,6 +158,15 @@ class _Persisted:
 @dataclass(slots=True, frozen=True)
 class _DiskFailed:
     error: BaseException
+
+
+@dataclass(slots=True, frozen=True)
+class _SnapshotWritten:
+    """The child writing the snapshot of ``meta`` has exited (``error``: it failed)."""
+
+    meta: SnapshotMeta
+    job: ChildSnapshot
+    error: str | None
 
 
 @dataclass(slots=True, frozen=True)
@@ -215,6 +229,10 @@ class RaftNode:
         self._recovering = self.core.recovering
         self._led_term = -1  # the last term in which this server was leader
         self._last_snapshot_index = self.core.snapshot_meta.index
+        self._snapshot_rng = random.Random(node_id if seed is None else seed)  # jitter only; never the core's
+        self._snapshot_due = self._next_snapshot_due()
+        self._snapshot_job: ChildSnapshot | None = None  # a child writing a snapshot
+        self._nursery: trio.Nursery | None = None
         self._send_in, self._recv_in = trio.open_memory_channel(math.inf)
         self.obs = RaftStats(self.core)  # observability counters (coord.observe)
         self.disk = DiskWriter(store, recovered_hard_state, name=f"coord-disk-{node_id}", stats=self.obs)
@@ -383,6 +401,7 @@ class RaftNode:
         self.disk.start(done, failed)
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 nursery.start_soon(self._ticker, self)
                 self._process_ready()
                 task_status.started()
@@ -438,6 +457,8 @@ class RaftNode:
                 item.future.set(item.fn(core))
             except Exception as e:  # the caller's answer (ConfChangeError, ProposalDropped, ...)
                 item.future.fail(e)
+        elif t is _SnapshotWritten:
+            self._snapshot_written(item)
         elif t is _DiskFailed:
             raise item.error  # a storage error is fatal: stop the server rather than lie
         else:
@@ -479,9 +500,7 @@ class RaftNode:
                 if rd.hard_state is not None:
                     self.disk.set_lazy(rd.hard_state)
                 self._after_persist(rd)
-        if self._to_disk:
-            batch, self._to_disk = self._to_disk, []
-            self.disk.submit(batch)  # one hand-off per loop iteration (each may wake the thread)
+        self._flush_disk()
         if soft is not None:
             self.obs.observe_core(core)  # observability: elections, leader changes
             self._soft_state_changed(soft)
@@ -493,6 +512,11 @@ class RaftNode:
             self._membership_seen = m
             if self.on_membership is not None:
                 self.on_membership(m)
+
+    def _flush_disk(self) -> None:
+        if self._to_disk:
+            batch, self._to_disk = self._to_disk, []
+            self.disk.submit(batch)  # one hand-off per loop iteration (each may wake the thread)
 
     def _soft_state_changed(self, soft: SoftState) -> None:
         self.soft = soft
@@ -508,7 +532,7 @@ class RaftNode:
         self._to_disk.append(work)
 
     def _after_persist(self, work: DiskWork) -> None:
-        if type(work) is SaveSnapshot:
+        if type(work) is SaveSnapshot or type(work) is AdoptSnapshot:
             return
         rd: Ready = work
         core = self.core
@@ -570,14 +594,72 @@ class RaftNode:
             target, _, f = heapq.heappop(w)
             f.set(target)
 
+    # ------------------------------------------------------------------
+    # snapshots
+    # ------------------------------------------------------------------
+    def _next_snapshot_due(self) -> int:
+        n = self.opts.snapshot_entries
+        return self._last_snapshot_index + n + self._snapshot_rng.randint(0, int(n * self.opts.snapshot_jitter))
+
     def _maybe_snapshot(self) -> None:
-        if self._applied - self._last_snapshot_index < self.opts.snapshot_entries:
+        if self._applied < self._snapshot_due or self._snapshot_job is not None:
             return
         index = self._applied
+        meta = self.core.snapshot_meta_at(index)
+        store = self.disk.store
+        if self.opts.snapshot_in_child and isinstance(store, SnapshotFiles) and self._nursery is not None:
+            try:
+                job = fork_snapshot(self.sm.snapshot, lambda data: store.write_snapshot_file(Snapshot(meta, data)))
+            except OSError as e:
+                log.warning("server %d: cannot fork to snapshot (%s); taking it on the event loop", self.node_id, e)
+            else:
+                self._snapshot_job = job
+                self.obs.snapshot_paused(job.fork_seconds)  # observability
+                self._nursery.start_soon(self._await_snapshot, meta, job)
+                return
         t0 = time.perf_counter()  # observability
         data = self.sm.snapshot()
         self.obs.snapshot_taken(t0, len(data))  # observability
+        self.obs.snapshot_paused(time.perf_counter() - t0)  # observability
         self.core.compact(index, data, retain=self.opts.snapshot_retain)
         self._last_snapshot_index = index
+        self._snapshot_due = self._next_snapshot_due()
         # The WAL keeps its entries until the snapshot file is durable (FIFO).
         self._enqueue(SaveSnapshot(Snapshot(self.core.snapshot_meta, data), index))
+
+    async def _await_snapshot(self, meta: SnapshotMeta, job: ChildSnapshot) -> None:
+        error = None
+        try:
+            await job.wait()
+        except SnapshotFailed as e:
+            error = str(e)
+        self._send_in.send_nowait(_SnapshotWritten(meta, job, error))
+
+    def _snapshot_written(self, item: _SnapshotWritten) -> None:
+        """In the loop: the child is gone.  On success its file is durable:
+        the core gets the data (mapped, for lagging followers), then the
+        disk thread adopts the file and only then compacts the WAL."""
+        self._snapshot_job = None
+        store = self.disk.store
+        meta = item.meta
+        data = None
+        error = item.error
+        if error is None:
+            try:
+                data = store.snapshot_data(meta)
+            except Exception as e:  # noqa: BLE001 - StorageError, OSError: the file is not usable
+                error = f"cannot read back {meta}: {e!r}"
+        if error is not None:
+            store.discard_snapshot_file(meta, item.job.pid)
+            self._snapshot_due = self._applied + max(1, self.opts.snapshot_entries // 4)  # try again soon, not at once
+            log.error("server %d: snapshot at index %d failed: %s; the log keeps growing until one succeeds",
+                      self.node_id, meta.index, error)
+            return
+        self.obs.snapshot_taken(item.job.started, len(data))  # observability
+        log.info("server %d: snapshot at index %d (%d bytes) written by a child in %.2f s; fork paused the loop "
+                 "%.1f ms", self.node_id, meta.index, len(data), time.perf_counter() - item.job.started,
+                 item.job.fork_seconds * 1e3)
+        self.core.compact(meta.index, data, retain=self.opts.snapshot_retain)
+        self._last_snapshot_index = max(self._last_snapshot_index, meta.index)
+        self._snapshot_due = self._next_snapshot_due()
+        self._enqueue(AdoptSnapshot(meta, meta.index))
