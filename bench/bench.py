@@ -738,22 +738,52 @@ def _snap_files(ens: "Ensemble") -> dict[int, list[str]]:
     return out
 
 
+def _probe_during(ens: "Ensemble", work) -> tuple[dict, object]:
+    """Run ``work()`` while the snapshot probe runs (in its own process);
+    (the probe's findings, work's result)."""
+    ctx = mp.get_context("spawn")
+    stop_evt, result_q = ctx.Event(), ctx.Queue()
+    probe = ctx.Process(target=_probe_main, args=([ens.endpoint(n) for n in ens.nodes], ens.addrs, 0.01,
+                                                  stop_evt, result_q), daemon=True)
+    probe.start()
+    try:
+        time.sleep(2.0)  # the probe's clients connected and settled
+        out = work()
+        time.sleep(2.0)  # the aftermath is in the probe's window too
+    finally:
+        stop_evt.set()
+    found = result_q.get(timeout=30)
+    probe.join(10)
+    return found, out
+
+
+def _probe_summary(found: dict) -> dict:
+    return {"max_gap_ms": {k: v["max_gap_ms"] for k, v in found["servers"].items()},
+            "max_latency_ms": {k: v["max_latency_ms"] for k, v in found["servers"].items()},
+            "gets": sum(v["gets"] for v in found["servers"].values()),
+            "errors": sum(v["errors"] for v in found["servers"].values()),
+            "leaders_seen": found["leaders_seen"]}
+
+
 def scale_nodes(args, base: str) -> dict:
     """1M nodes (1000 parents x 1000 children, 10 B each): RSS, snapshot size,
     the stall a snapshot causes, restart time of a follower from that
-    snapshot.  Own ensemble, created with multis of 1000 creates;
-    snapshot_entries is set so that the servers snapshot once all nodes are
-    in.  Then a probe (one client per server, a ``get`` every 10 ms, in its
-    own process) runs while single sets go on until every server has written
-    a new snapshot: it reports the longest gap between two gets on each
-    server and any leader change."""
+    snapshot.  Own ensemble, created with multis of 1000 creates.
+
+    The stall: a probe (one client per server, a ``get`` every 10 ms, in its
+    own process) reports the longest gap between two gets on each server
+    and every (leader, term) seen, in two windows with single sets going on:
+    a control window of ``CONTROL_SETS`` sets in which no server snapshots
+    (snapshot_entries is set above it), then sets until every server has
+    written a new snapshot."""
     import trio
 
     from coordclient import Client, ops
 
+    control_sets = 500
     total = args.scale_nodes
     batches = -(-total // 1000)
-    ens = Ensemble(None, 3, os.path.join(base, "s1"), snapshot_entries=batches + 40)
+    ens = Ensemble(None, 3, os.path.join(base, "s1"), snapshot_entries=batches + 40 + control_sets + 100)
     try:
         ens.wait_healthy(60)
         ep = ens.all_endpoints()
@@ -769,35 +799,33 @@ def scale_nodes(args, base: str) -> dict:
         t = mono()
         trio.run(_create_many, ens.endpoint(ens.leader() or 1), 0, total, 1000, 4)
         create_s = mono() - t
+        time.sleep(1)
+        loaded_rss = {str(n): _mb(proc_mem_kb(p, "VmRSS")) for n, p in ens.server_pids().items()}
 
-        before = {sid: set(f) for sid, f in _snap_files(ens).items()}
-        ctx = mp.get_context("spawn")
-        stop_evt, result_q = ctx.Event(), ctx.Queue()
-        probe = ctx.Process(target=_probe_main, args=([ens.endpoint(n) for n in ens.nodes], ens.addrs, 0.01,
-                                                      stop_evt, result_q), daemon=True)
-        probe.start()
-        time.sleep(2.0)  # the probe's clients connected and settled
-
-        async def nudge():
-            """Sets until every server wrote a snapshot (bounded in count and time)."""
+        async def sets(count: int, until_snapshots: dict | None = None):
+            """``count`` sets, or (until_snapshots: the snapshot files before)
+            sets until every server has a new snapshot file, at most ``count``."""
             async with Client(ep, session_timeout=30) as c:
                 i = 0
                 deadline = mono() + 120
-                while i < 20 * batches and mono() < deadline:
+                while i < count and mono() < deadline:
                     for _ in range(20):
                         await c.set("/s", b"%d" % i)
                         i += 1
-                    new = {sid: set(f) - before[sid] for sid, f in _snap_files(ens).items()}
-                    if all(new.values()):
-                        break
+                    if until_snapshots is not None:
+                        new = {sid: set(f) - until_snapshots[sid] for sid, f in _snap_files(ens).items()}
+                        if all(new.values()):
+                            break
                 return (await c.status())["nodes"], i
 
-        nodes, nudges = trio.run(nudge)
-        time.sleep(2.0)  # the last snapshot's aftermath is in the probe's window too
-        stop_evt.set()
-        probe_out = result_q.get(timeout=30)
-        probe.join(10)
-        log(f"S1: probe {probe_out}")
+        before = {sid: set(f) for sid, f in _snap_files(ens).items()}
+        log(f"S1: probe, control window ({control_sets} sets, no snapshot)")
+        control, _ = _probe_during(ens, lambda: trio.run(sets, control_sets))
+        control_snapshots = sum(len(set(f) - before[sid]) for sid, f in _snap_files(ens).items())
+        log(f"S1: control {control}")
+        log("S1: probe, sets until every server has written a snapshot")
+        found, (nodes, nudges) = _probe_during(ens, lambda: trio.run(sets, 20 * batches + 4000, before))
+        log(f"S1: probe {found}")
         time.sleep(1)
         rss = {str(n): _mb(proc_mem_kb(p, "VmRSS")) for n, p in ens.server_pids().items()}
         peak = {str(n): _mb(proc_mem_kb(p, "VmHWM")) for n, p in ens.server_pids().items()}
@@ -816,16 +844,17 @@ def scale_nodes(args, base: str) -> dict:
                 serving = mono() - t
                 break
             time.sleep(0.05)
+        snap = _probe_summary(found)
         return {"workload": "S1", "op": f"{total} nodes (1000 parents x 1000 children, 10 B each)",
                 "nodes_reported": nodes, "create_s": round(create_s, 1),
                 "create_nodes_per_s": round(total / create_s, 1), "server_rss_mb": rss,
                 "server_rss_bytes_per_node": {k: round(v * 2 ** 20 / total) for k, v in rss.items() if v},
+                "server_rss_mb_after_load": loaded_rss,
                 "server_peak_rss_mb": peak, "snapshot_mb": snaps,
-                "probe_sets_until_all_snapshotted": nudges,
-                "probe_max_gap_ms": {k: v["max_gap_ms"] for k, v in probe_out["servers"].items()},
-                "probe_max_latency_ms": {k: v["max_latency_ms"] for k, v in probe_out["servers"].items()},
-                "probe_errors": sum(v["errors"] for v in probe_out["servers"].values()),
-                "probe_leaders_seen": probe_out["leaders_seen"],
+                "probe_max_gap_ms": snap["max_gap_ms"], "probe_leaders_seen": snap["leaders_seen"],
+                "probe_snapshot_window": dict(snap, sets=nudges),
+                "probe_control_window": dict(_probe_summary(control), sets=control_sets,
+                                             snapshots_written=control_snapshots),
                 "restart_node": victim, "restart_to_serving_s": None if serving is None else round(serving, 2),
                 "restart_rss_mb": _mb(proc_mem_kb(ens.server_pids().get(victim), "VmRSS"))}
     finally:
@@ -929,7 +958,8 @@ def table(results: list[dict]) -> str:
                         f"mean {r['gap_ms_mean']} ms, max {r['gap_ms_max']} ms | - | - |")
         elif w == "S1":
             rows.append(f"| {w} | {r['op']} | RSS {r['server_rss_mb']} MB, snapshot {r['snapshot_mb']} MB, "
-                        f"probe max gap {r['probe_max_gap_ms']} ms, leaders {r['probe_leaders_seen']}, "
+                        f"probe max gap {r['probe_max_gap_ms']} ms (control window without snapshots "
+                        f"{r['probe_control_window']['max_gap_ms']} ms), leaders {r['probe_leaders_seen']}, "
                         f"restart to serving **{r['restart_to_serving_s']} s** | - | created at "
                         f"{r['create_nodes_per_s']} nodes/s | - | {r['server_peak_rss_mb']} |")
         elif w == "IDLE":

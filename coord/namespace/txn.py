@@ -52,7 +52,7 @@ def require(acl: ACL, auth: Auth, perm: int, path: str, what: str) -> None:
 
 
 class Txn:
-    __slots__ = ("tree", "sessions", "zxid", "t", "max_data", "auth", "undo", "events")
+    __slots__ = ("tree", "sessions", "zxid", "t", "max_data", "auth", "undo", "events", "_parent")
 
     def __init__(self, tree: Tree, sessions: SessionTable, zxid: int, t: int, max_data: int,
                  auth: Auth = UNCHECKED) -> None:
@@ -64,6 +64,7 @@ class Txn:
         self.auth = auth
         self.undo: list[tuple] = []  # (function, *args), run newest first
         self.events: list[tuple[str, str]] = []  # (EventType value, path)
+        self._parent = ""  # the last parent path an event named: one string for a multi's siblings
 
     def rollback(self) -> None:
         undo = self.undo
@@ -77,6 +78,16 @@ class Txn:
         put = self.tree.put
         self.undo.append((put, path, *put(path, rec, blob)))
 
+    def _parent_of(self, path: str) -> str:
+        """parent_of(path), the same object as the last one if equal: the
+        events of a multi of 1,000 creates under one parent, kept in the
+        history, then hold one copy of its path instead of 1,000."""
+        p = parent_of(path)
+        if p == self._parent:
+            return self._parent
+        self._parent = p
+        return p
+
     def _touch_children(self, ppath: str) -> None:
         """The parent's children changed at this zxid: cversion + 1, pzxid."""
         tree = self.tree
@@ -89,7 +100,7 @@ class Txn:
         z, t = self.zxid, self.t
         rec, blob = make(data, z, z, z, t, t, 0, 0, owner_sid, 0, self.tree.acls.number(acl))
         self._put(path, rec, blob)
-        ppath = parent_of(path)
+        ppath = self._parent_of(path)
         self._touch_children(ppath)
         if owner_sid:
             eph = self.sessions.get(owner_sid).ephemerals
@@ -101,7 +112,7 @@ class Txn:
     def _remove(self, path: str) -> None:
         rec = self.tree.get(path)
         self._put(path, None)
-        ppath = parent_of(path)
+        ppath = self._parent_of(path)
         self._touch_children(ppath)
         sid = owner(rec)
         if sid:

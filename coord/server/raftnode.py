@@ -101,13 +101,16 @@ class NodeOptions:
     tick_seconds: float = 0.05
     snapshot_entries: int = 10_000  # snapshot the state machine after this many applied entries...
     snapshot_jitter: float = 0.25  # ...plus a random part of up to this share of them, so servers do not all at once
-    snapshot_retain: int = 1_000  # keep this many entries before a snapshot for lagging followers
+    snapshot_log_bytes: int = 64 << 20  # ...or once the entries applied since the last one reach this size
+    snapshot_retain: int = 1_000  # keep this many entries before a snapshot for lagging followers...
+    snapshot_retain_bytes: int = 4 << 20  # ...or fewer, up to this many bytes of them (S1: 1,000 multis were 38 MB)
     snapshot_in_child: bool = True  # in a forked child (snapshotter.py), if the store writes files; else on the loop
+    snapshot_nice: int = 19  # the child's niceness: it takes the CPU the servers leave
     max_batch: int = 4096  # proposals per core.propose_batch call
 
     def __post_init__(self) -> None:
         if (self.tick_seconds <= 0 or self.snapshot_entries < 1 or self.snapshot_retain < 0 or self.max_batch < 1
-                or not 0 <= self.snapshot_jitter <= 1):
+                or not 0 <= self.snapshot_jitter <= 1 or self.snapshot_retain_bytes < 0 or self.snapshot_log_bytes < 1):
             raise ValueError(f"bad node options: {self}")
 
 
@@ -231,6 +234,7 @@ class RaftNode:
         self._last_snapshot_index = self.core.snapshot_meta.index
         self._snapshot_rng = random.Random(node_id if seed is None else seed)  # jitter only; never the core's
         self._snapshot_due = self._next_snapshot_due()
+        self._applied_bytes = 0  # data of the entries applied since the last snapshot began
         self._snapshot_job: ChildSnapshot | None = None  # a child writing a snapshot
         self._nursery: trio.Nursery | None = None
         self._send_in, self._recv_in = trio.open_memory_channel(math.inf)
@@ -568,6 +572,7 @@ class RaftNode:
         except Exception as exc:  # a deterministic state machine error is the proposer's answer
             error = exc
         self.entries_applied += 1
+        self._applied_bytes += len(e.data)
         if e.term == self._led_term and e.kind == EntryKind.NORMAL:
             self.obs.proposals_committed += 1  # observability: proposed here, as leader of its term
         pending = self._waiters.pop(e.index, None) if self._waiters else None
@@ -602,14 +607,21 @@ class RaftNode:
         return self._last_snapshot_index + n + self._snapshot_rng.randint(0, int(n * self.opts.snapshot_jitter))
 
     def _maybe_snapshot(self) -> None:
-        if self._applied < self._snapshot_due or self._snapshot_job is not None:
+        """Snapshot after ``snapshot_entries`` (plus jitter) entries, or
+        ``snapshot_log_bytes`` of them: the log is held in memory until a
+        snapshot, and its size, not only its length, is what costs memory
+        (ZooKeeper's snapCount and snapSizeLimitInKb)."""
+        if self._snapshot_job is not None or (self._applied < self._snapshot_due
+                                              and self._applied_bytes < self.opts.snapshot_log_bytes):
             return
+        self._applied_bytes = 0
         index = self._applied
         meta = self.core.snapshot_meta_at(index)
         store = self.disk.store
         if self.opts.snapshot_in_child and isinstance(store, SnapshotFiles) and self._nursery is not None:
             try:
-                job = fork_snapshot(self.sm.snapshot, lambda data: store.write_snapshot_file(Snapshot(meta, data)))
+                job = fork_snapshot(self.sm.snapshot, lambda data: store.write_snapshot_file(Snapshot(meta, data)),
+                                    nice=self.opts.snapshot_nice)
             except OSError as e:
                 log.warning("server %d: cannot fork to snapshot (%s); taking it on the event loop", self.node_id, e)
             else:
@@ -621,11 +633,26 @@ class RaftNode:
         data = self.sm.snapshot()
         self.obs.snapshot_taken(t0, len(data))  # observability
         self.obs.snapshot_paused(time.perf_counter() - t0)  # observability
-        self.core.compact(index, data, retain=self.opts.snapshot_retain)
+        self.core.compact(index, data, retain=self._retain(index))
         self._last_snapshot_index = index
         self._snapshot_due = self._next_snapshot_due()
         # The WAL keeps its entries until the snapshot file is durable (FIFO).
         self._enqueue(SaveSnapshot(Snapshot(self.core.snapshot_meta, data), index))
+
+    def _retain(self, index: int) -> int:
+        """How many entries up to ``index`` the core keeps after compacting
+        there: ``snapshot_retain`` at most, and only as many of the newest as
+        fit in ``snapshot_retain_bytes``."""
+        lo = max(index - self.opts.snapshot_retain + 1, self.core.log.first_index(), 1)
+        if lo > index:
+            return 0
+        budget, kept = self.opts.snapshot_retain_bytes, 0
+        for e in reversed(self.core.entries(lo, index + 1)):
+            budget -= len(e.data) + 24
+            if budget < 0:
+                break
+            kept += 1
+        return kept
 
     async def _await_snapshot(self, meta: SnapshotMeta, job: ChildSnapshot) -> None:
         error = None
@@ -659,7 +686,7 @@ class RaftNode:
         log.info("server %d: snapshot at index %d (%d bytes) written by a child in %.2f s; fork paused the loop "
                  "%.1f ms", self.node_id, meta.index, len(data), time.perf_counter() - item.job.started,
                  item.job.fork_seconds * 1e3)
-        self.core.compact(meta.index, data, retain=self.opts.snapshot_retain)
+        self.core.compact(meta.index, data, retain=self._retain(meta.index))
         self._last_snapshot_index = max(self._last_snapshot_index, meta.index)
         self._snapshot_due = self._next_snapshot_due()
         self._enqueue(AdoptSnapshot(meta, meta.index))
