@@ -57,6 +57,9 @@ class SnapshotFiles(Protocol):
     def snapshot_data(self, meta: SnapshotMeta) -> bytes | memoryview:
         """The file's data for the Raft core (mapped, not copied)."""
 
+    def release_snapshot_data(self, data: bytes | memoryview) -> None:
+        """Data from here was used up (restored): its pages may leave the process's RSS."""
+
 
 @dataclass(slots=True, frozen=True)
 class SaveSnapshot:

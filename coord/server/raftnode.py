@@ -219,6 +219,8 @@ class RaftNode:
         self._ticker = ticker
         if recovered_snapshot is not None and recovered_snapshot.meta.index > 0:
             state_machine.restore(recovered_snapshot.data)
+            if isinstance(store, SnapshotFiles):
+                store.release_snapshot_data(recovered_snapshot.data)  # mapped: its pages need not stay in RSS
         self.core = RaftCore(
             node_id,
             raft_config,

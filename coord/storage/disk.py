@@ -35,7 +35,7 @@ from coord.storage.errors import (
 )
 from coord.storage.fileio import FileIO
 from coord.storage.hardstate import HardStateFile
-from coord.storage.snapshots import SnapshotStore
+from coord.storage.snapshots import SnapshotStore, release_pages
 from coord.storage.wal import DEFAULT_SEGMENT_BYTES, WAL
 
 __all__ = ["DiskStorage", "Recovered"]
@@ -196,6 +196,10 @@ class DiskStorage:
             os.unlink(self._snaps.path_for(meta) + f".{pid}.tmp")
         except FileNotFoundError:
             pass
+
+    def release_snapshot_data(self, data: bytes | memoryview) -> None:
+        """Snapshot data read from here has been used (restored): its pages may leave RSS."""
+        release_pages(data)
 
     def snapshot_data(self, meta: SnapshotMeta) -> memoryview:
         """The data of the snapshot file of ``meta``, mapped read-only (see

@@ -30,13 +30,25 @@ from coord.storage.errors import CorruptSnapshotError, StorageError
 from coord.storage.fileio import FileIO
 from coord.storage.records import encode_record, read_record
 
-__all__ = ["SnapshotStore", "snapshot_name"]
+__all__ = ["SnapshotStore", "release_pages", "snapshot_name"]
 
 _NAME = re.compile(r"^snap-(\d{20})-(\d{20})\.snap$")
 
 
 def snapshot_name(index: int, term: int) -> str:
     return f"snap-{index:020d}-{term:020d}.snap"
+
+
+def release_pages(data: bytes | memoryview) -> None:
+    """Let the pages of a mapped snapshot leave this process's RSS (they stay
+    in the page cache and are read back if a follower needs them): after a
+    restart, the 88 MB a 1M-node snapshot's CRC check and restore touched."""
+    obj = data.obj if isinstance(data, memoryview) else None
+    if isinstance(obj, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+        try:
+            obj.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):  # closed, or refused: only memory accounting is at stake
+            pass
 
 
 class SnapshotStore:
