@@ -44,6 +44,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import re
 import signal
 import socket
 import statistics
@@ -192,7 +193,7 @@ class Ensemble:
     fsync on) or an external one given by its client endpoints."""
 
     def __init__(self, endpoints: str | None, n: int, base: str, snapshot_entries: int = 10_000,
-                 http: bool = False, http_endpoints: str | None = None):
+                 http: bool = False, http_endpoints: str | None = None, log_level: str = "warning"):
         self.cluster = None
         self.metrics_urls = [f"http://{e}/metrics" for e in (http_endpoints or "").split(",") if e]
         if endpoints:
@@ -200,7 +201,7 @@ class Ensemble:
         else:
             from tests.cluster import Cluster
 
-            self.cluster = Cluster(n, base, snapshot_entries=snapshot_entries, log_level="warning", http=http)
+            self.cluster = Cluster(n, base, snapshot_entries=snapshot_entries, log_level=log_level, http=http)
             self.cluster.start()
             self.addrs = [self.cluster.client_addr(s) for s in range(1, n + 1)]
             self.metrics_urls = [f"http://127.0.0.1:{p}/metrics" for _, p in sorted(self.cluster.http_ports.items())]
@@ -783,7 +784,8 @@ def scale_nodes(args, base: str) -> dict:
     control_sets = 500
     total = args.scale_nodes
     batches = -(-total // 1000)
-    ens = Ensemble(None, 3, os.path.join(base, "s1"), snapshot_entries=batches + 40 + control_sets + 100)
+    ens = Ensemble(None, 3, os.path.join(base, "s1"), snapshot_entries=batches + 40 + control_sets + 100,
+                   log_level="info")  # the servers log each snapshot's pause of the loop
     try:
         ens.wait_healthy(60)
         ep = ens.all_endpoints()
@@ -845,6 +847,10 @@ def scale_nodes(args, base: str) -> dict:
                 break
             time.sleep(0.05)
         snap = _probe_summary(found)
+        pauses = {}
+        for sid in ens.nodes:
+            with open(ens.cluster.log_path(sid), errors="replace") as f:
+                pauses[str(sid)] = [float(m) for m in re.findall(r"paused the loop ([0-9.]+) ms", f.read())]
         return {"workload": "S1", "op": f"{total} nodes (1000 parents x 1000 children, 10 B each)",
                 "nodes_reported": nodes, "create_s": round(create_s, 1),
                 "create_nodes_per_s": round(total / create_s, 1), "server_rss_mb": rss,
@@ -852,6 +858,7 @@ def scale_nodes(args, base: str) -> dict:
                 "server_rss_mb_after_load": loaded_rss,
                 "server_peak_rss_mb": peak, "snapshot_mb": snaps,
                 "probe_max_gap_ms": snap["max_gap_ms"], "probe_leaders_seen": snap["leaders_seen"],
+                "snapshot_loop_pause_ms": pauses,
                 "probe_snapshot_window": dict(snap, sets=nudges),
                 "probe_control_window": dict(_probe_summary(control), sets=control_sets,
                                              snapshots_written=control_snapshots),

@@ -635,6 +635,8 @@ class RaftNode:
         data = self.sm.snapshot()
         self.obs.snapshot_taken(t0, len(data))  # observability
         self.obs.snapshot_paused(time.perf_counter() - t0)  # observability
+        log.info("server %d: snapshot at index %d (%d bytes) taken on the event loop: paused the loop %.1f ms",
+                 self.node_id, index, len(data), self.obs.snapshot_pause * 1e3)
         self.core.compact(index, data, retain=self._retain(index))
         self._last_snapshot_index = index
         self._snapshot_due = self._next_snapshot_due()
