@@ -609,31 +609,59 @@ def test_restore_rejects_inconsistent_columns():
 
 
 def test_restore_rejects_inconsistent_records(ns):
-    """Format /3: children of a missing node, a name twice, a name with a
-    slash, a short record, a blob for a node that does not hold one, ACL
-    counts that do not add up, an ephemeral that does not exist."""
+    """Format /3: children of a missing node, a name twice (in one row or
+    across pieces), a name with a slash, a short record, a piece that is not
+    an encoded list, a blob for a node that does not hold one, ACL counts
+    that do not add up, an ephemeral that does not exist."""
     populate(ns)
     d = cbor2.loads(ns.sm.snapshot())
-    rec = d["dirs"][0][2][0]
+    first = cbor2.loads(d["dirs"][0])
+    rec = first[0][2][0]
+    top = first[0][1][0]  # a child of the root
 
-    def with_dirs(extra):
-        return dict(d, dirs=d["dirs"] + [extra])
+    def with_piece(*rows):
+        return dict(d, dirs=d["dirs"] + [cbor2.dumps(list(rows))])
 
     bads = [
-        with_dirs(["/no/such", ["k"], [rec]]),
-        with_dirs(["/f", ["k", "k"], [rec, rec]]),
-        with_dirs(["/f", ["a/b"], [rec]]),
-        with_dirs(["/f", ["k"], [rec[:10]]]),
-        with_dirs(["/f", ["k"], ["text"]]),
+        with_piece(["/no/such", ["k"], [rec]]),
+        with_piece(["/f", ["k", "k"], [rec, rec]]),
+        with_piece(["", [top], [rec]]),
+        with_piece(["/f", ["a/b"], [rec]]),
+        with_piece(["/f", ["k"], [rec[:10]]]),
+        with_piece(["/f", ["k"], ["text"]]),
+        dict(d, dirs=d["dirs"] + [b"\xff"]),
+        dict(d, dirs=d["dirs"] + [["/f", ["k"], [rec]]]),
         dict(d, blobs=d["blobs"] + [["/x", b"data"]]),
-        dict(d, acls=[[[d["acls"][0][0][0][0], d["acls"][0][0][1] + 1]], []]),
+        dict(d, acls=[[[d["acls"][0][0][0], d["acls"][0][0][1] + 1]], []]),
         dict(d, sessions=[row[:7] + [["/nowhere"]] for row in d["sessions"]]),
         dict(d, root=b"short"),
     ]
     for bad in bads:
+        before = ns.sm.dump()
         with pytest.raises(ValueError):
-            NamespaceStateMachine().restore(cbor2.dumps(bad))
+            ns.sm.restore(cbor2.dumps(bad))
+        assert ns.sm.dump() == before
     assert NamespaceStateMachine().restore(cbor2.dumps(d)) is None  # the undamaged one restores
+
+
+def test_restore_in_steps_of_bounded_work():
+    """restore_steps decodes one piece (~4,096 nodes) per step and changes
+    the state only at its end: reads in between see the old state."""
+    from coord.namespace.tree import PIECE
+
+    src = NS()
+    src.ok("create", path="/p")
+    for b in range(0, 10_000, 1_000):
+        src.ok("multi", ops=[{"op": "create", "path": f"/p/{i:05d}"} for i in range(b, b + 1_000)])
+    data = src.sm.snapshot()
+    dst = NS()
+    dst.ok("create", path="/old")
+    steps = 0
+    for _ in dst.sm.restore_steps(data):
+        steps += 1
+        assert dst.sm.exists("/old") is not None and dst.sm.exists("/p") is None
+    assert steps >= 10_002 // PIECE + 1
+    assert dst.sm.dump() == src.sm.dump() and dst.sm.snapshot() == data
 
 
 def test_determinism_across_replicas():

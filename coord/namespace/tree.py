@@ -35,7 +35,9 @@ from typing import Any, Iterator
 from coord.namespace.acl import ACL, OPEN_ACL, AclTable, acl_from_wire
 from coord.namespace.records import EXTERNAL, HDR, fields, make
 
-__all__ = ["Tree", "join"]
+__all__ = ["PIECE", "Tree", "TreeBuilder", "join", "tree_from_columns"]
+
+PIECE = 4096  # nodes per piece of a snapshot: one piece decodes in ~2 ms
 
 
 def join(parent: str, name: str) -> str:
@@ -184,106 +186,151 @@ class Tree:
 
     # -- snapshot ("coord-namespace/3") ------------------------------------------------
     def export(self) -> dict[str, Any]:
-        """The tree as snapshot fields: the root's record, [key, names,
-        records] per parent, [path, data] per blob, the ACL table.  Lists of
-        the objects the tree holds, so encoding them is one pass in C."""
-        return {"root": self.root, "dirs": [[k, list(d), list(d.values())] for k, d in self.dirs.items()],
-                "blobs": [[p, d] for p, d in self.blobs.items()], "acls": self.acls.to_wire()}
+        """The tree as snapshot fields: the root's record, [path, data] per
+        blob, the ACL table, and the children as pieces (``pieces``): lists
+        of the objects the tree holds, so encoding them is one pass in C."""
+        return {"root": self.root, "blobs": [[p, d] for p, d in self.blobs.items()], "acls": self.acls.to_wire()}
 
-    @classmethod
-    def from_export(cls, d: dict) -> "Tree":
-        """Inverse of export(); ValueError on fields that do not make a tree.
-        Checks the structure (types, sizes, every parent present, the ACL
-        counts add up), in passes that run in C; the bytes inside records are
-        trusted, as the snapshot file's CRC covers them."""
+    def pieces(self, size: int = PIECE) -> Iterator[list[list]]:
+        """The children as pieces of about ``size`` nodes each: lists of
+        [key, names, records] rows (a large parent's children span several
+        rows and pieces), parents' rows in the dicts' order.  Each piece is
+        encoded on its own, so a restore can decode one at a time and let the
+        event loop run in between (``TreeBuilder``)."""
+        piece: list[list] = []
+        n = 0
+        for key, kids in self.dirs.items():
+            names, recs = list(kids), list(kids.values())
+            for i in range(0, len(names), size):
+                piece.append([key, names[i:i + size], recs[i:i + size]])
+                n += len(piece[-1][1])
+                if n >= size:
+                    yield piece
+                    piece, n = [], 0
+        if piece:
+            yield piece
+
+
+class TreeBuilder:
+    """Builds a Tree from format /3 fields, one piece of children at a time
+    (``add``), then checks the whole and hands it over (``finish``).  The
+    checks are of structure (types, sizes, every parent present, the ACL
+    counts adding up) and run in C passes; the bytes inside records are
+    trusted, as the snapshot file's CRC covers them.  Raises ValueError."""
+
+    __slots__ = ("dirs", "count", "nbytes")
+
+    def __init__(self) -> None:
+        self.dirs: dict[str, dict[str, bytes]] = {}
+        self.count = 1
+        self.nbytes = 0
+
+    def add(self, rows: Any) -> int:
+        """One decoded piece: [[key, names, records], ...]; returns its nodes."""
+        added = 0
         try:
-            root, rows, blob_rows, acl_raw = d["root"], d["dirs"], d["blobs"], d["acls"]
-            if type(root) is not bytes or len(root) < HDR:
-                raise ValueError("bad root record")
-            dirs: dict[str, dict[str, bytes]] = {}
-            count, nbytes = 1, len(root) - HDR
             for key, names, recs in rows:
-                if type(key) is not str or key in dirs or type(names) is not list or type(recs) is not list:
+                if type(key) is not str or type(names) is not list or type(recs) is not list:
                     raise ValueError(f"bad children row {key!r}")
                 n = len(names)
-                kids = dict(zip(names, recs))
-                if not n or len(recs) != n or len(kids) != n:
-                    raise ValueError(f"children of {key!r}: {n} names, {len(recs)} records, {len(kids)} distinct")
+                if not n or len(recs) != n:
+                    raise ValueError(f"children of {key!r}: {n} names, {len(recs)} records")
                 if set(map(type, names)) != {str} or set(map(type, recs)) != {bytes}:
                     raise ValueError(f"children of {key!r}: names must be text, records bytes")
                 if min(map(len, names)) < 1 or min(map(len, recs)) < HDR or "/" in "".join(names):
                     raise ValueError(f"children of {key!r}: an empty name, a name with '/' or a short record")
-                dirs[key] = kids
-                count += n
-                nbytes += sum(map(len, recs)) - HDR * n
+                kids = self.dirs.get(key)
+                if kids is None:
+                    kids = self.dirs[key] = dict(zip(names, recs))
+                    grew = len(kids)
+                else:
+                    before = len(kids)
+                    kids.update(zip(names, recs))
+                    grew = len(kids) - before
+                if grew != n:
+                    raise ValueError(f"children of {key!r}: a name twice")
+                self.nbytes += sum(map(len, recs)) - HDR * n
+                added += n
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"bad children in snapshot: {e}") from None
+        self.count += added
+        return added
+
+    def finish(self, d: dict) -> Tree:
+        """The tree, given the other fields (root, blobs, acls)."""
+        try:
+            root, blob_rows, acl_raw = d["root"], d["blobs"], d["acls"]
+            if type(root) is not bytes or len(root) < HDR:
+                raise ValueError("bad root record")
+            dirs = self.dirs
             for key in dirs:
                 i = key.rfind("/")
                 if key and (i < 0 or key[i + 1:] not in dirs.get(key[:i], ())):
                     raise ValueError(f"children of {key!r}, a node that does not exist")
-            tree = cls.__new__(cls)
-            tree.root, tree.dirs, tree.blobs, tree.count = root, dirs, {}, count
+            tree = Tree.__new__(Tree)
+            tree.root, tree.dirs, tree.blobs, tree.count = root, dirs, {}, self.count
+            nbytes = self.nbytes + len(root) - HDR
             for path, data in blob_rows:
                 rec = tree.get(path) if type(path) is str else None
                 if rec is None or type(data) is not bytes or len(rec) != HDR or not _word(rec) & EXTERNAL:
                     raise ValueError(f"data for {path!r}, which is not a node with external data")
                 tree.blobs[path] = data
                 nbytes += len(data)
-            tree.acls = AclTable.from_wire(acl_raw, count)
+            tree.acls = AclTable.from_wire(acl_raw, self.count)
             tree.data_bytes = nbytes
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"bad node fields in snapshot: {e}") from None
         return tree
 
-    # -- snapshots of formats /1 and /2 ------------------------------------------------
-    @classmethod
-    def from_columns(cls, paths: list, datas: list, ints: list,
-                     access: dict | None = None) -> tuple["Tree", list[tuple[str, int]]]:
-        """Rebuild from the columns of formats /1 and /2: paths (parents
-        first), data, 8 ints per node (czxid mzxid pzxid ctime mtime version
-        cversion owner), and (/2) the access columns; also returns the
-        ephemerals as (path, owner).  Without ``access`` every node is open.
-        Raises ValueError on inconsistent columns."""
-        n = len(paths)
-        if not n or paths[0] != "/" or len(datas) != n or len(ints) != n * 8:
-            raise ValueError("inconsistent node columns")
-        acls, index, aversions = _legacy_access(access, n)
-        numbers: list[int | None] = [None] * len(acls)
-        tree = cls()
-        tree.acls.unref(0)
-        tree.count = 0
-        dirs, blobs = tree.dirs, tree.blobs
-        ephemerals: list[tuple[str, int]] = []
-        it = iter(ints)
-        try:
-            for k, (p, d, cz, mz, pz, ct, mt, v, cv, o) in enumerate(zip(paths, datas, it, it, it, it, it, it, it, it)):
-                j = index[k] if index else 0
-                num = numbers[j]
-                if num is None:
-                    num = numbers[j] = tree.acls.number(acls[j])
-                tree.acls.ref(num)
-                rec, blob = make(d, cz, mz, pz, ct, mt, v, cv, o, aversions[k] if aversions else 0, num)
-                if blob is not None:
-                    blobs[p] = blob
-                tree.data_bytes += len(d)
-                tree.count += 1
-                if k == 0:
-                    tree.root = rec
-                    continue
-                i = p.rfind("/")
-                key, name = p[:i], p[i + 1:]
-                if not name or key == "/" or tree.get(key or "/") is None:
-                    raise ValueError(f"{p!r} is not a path under an existing node")
-                kids = dirs.get(key)
-                if kids is None:
-                    kids = dirs[key] = {}
-                if name in kids:
-                    raise ValueError(f"{p!r} twice")
-                kids[name] = rec
-                if o:
-                    ephemerals.append((p, o))
-        except Exception as e:  # TypeError, struct.error, ...: a damaged snapshot
-            raise ValueError(f"bad node in snapshot: {e!r}") from None
-        return tree, ephemerals
+
+def tree_from_columns(paths: list, datas: list, ints: list,
+                      access: dict | None = None) -> tuple[Tree, list[tuple[str, int]]]:
+    """Rebuild from the columns of formats /1 and /2: paths (parents
+    first), data, 8 ints per node (czxid mzxid pzxid ctime mtime version
+    cversion owner), and (/2) the access columns; also returns the
+    ephemerals as (path, owner).  Without ``access`` every node is open.
+    Raises ValueError on inconsistent columns."""
+    n = len(paths)
+    if not n or paths[0] != "/" or len(datas) != n or len(ints) != n * 8:
+        raise ValueError("inconsistent node columns")
+    acls, index, aversions = _legacy_access(access, n)
+    numbers: list[int | None] = [None] * len(acls)
+    tree = Tree()
+    tree.acls.unref(0)
+    tree.count = 0
+    dirs, blobs = tree.dirs, tree.blobs
+    ephemerals: list[tuple[str, int]] = []
+    it = iter(ints)
+    try:
+        for k, (p, d, cz, mz, pz, ct, mt, v, cv, o) in enumerate(zip(paths, datas, it, it, it, it, it, it, it, it)):
+            j = index[k] if index else 0
+            num = numbers[j]
+            if num is None:
+                num = numbers[j] = tree.acls.number(acls[j])
+            tree.acls.ref(num)
+            rec, blob = make(d, cz, mz, pz, ct, mt, v, cv, o, aversions[k] if aversions else 0, num)
+            if blob is not None:
+                blobs[p] = blob
+            tree.data_bytes += len(d)
+            tree.count += 1
+            if k == 0:
+                tree.root = rec
+                continue
+            i = p.rfind("/")
+            key, name = p[:i], p[i + 1:]
+            if not name or key == "/" or tree.get(key or "/") is None:
+                raise ValueError(f"{p!r} is not a path under an existing node")
+            kids = dirs.get(key)
+            if kids is None:
+                kids = dirs[key] = {}
+            if name in kids:
+                raise ValueError(f"{p!r} twice")
+            kids[name] = rec
+            if o:
+                ephemerals.append((p, o))
+    except Exception as e:  # TypeError, struct.error, ...: a damaged snapshot
+        raise ValueError(f"bad node in snapshot: {e!r}") from None
+    return tree, ephemerals
 
 
 def _legacy_access(access: dict | None, n: int) -> tuple[list[ACL], list[int], list[int]]:

@@ -23,6 +23,7 @@ a parameter (``ticker``), so tests can drive time.
 
 from __future__ import annotations
 
+import collections
 import heapq
 import itertools
 import logging
@@ -30,7 +31,7 @@ import math
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import trio
 
@@ -81,6 +82,10 @@ class StateMachine(Protocol):
 
     def restore(self, data: bytes) -> None:
         """Replace the whole state by a snapshot's."""
+
+    # Optional: ``restore_steps(data) -> Iterator[None]``, the same in steps
+    # of bounded work, the state replaced at the end; the driver then
+    # installs a snapshot from the leader without holding its loop.
 
 
 class NotLeader(ProposalDropped):
@@ -173,6 +178,15 @@ class _SnapshotWritten:
 
 
 @dataclass(slots=True, frozen=True)
+class _Restored:
+    """The task restoring ``ready``'s snapshot has finished (``error``: it failed)."""
+
+    ready: Ready
+    error: Exception | None
+    seconds: float
+
+
+@dataclass(slots=True, frozen=True)
 class _CoreCall:
     """Run ``fn(core)`` inside the loop; its result or error resolves ``future``."""
 
@@ -238,6 +252,8 @@ class RaftNode:
         self._snapshot_due = self._next_snapshot_due()
         self._applied_bytes = 0  # data of the entries applied since the last snapshot began
         self._snapshot_job: ChildSnapshot | None = None  # a child writing a snapshot
+        self._restoring = False  # a task is restoring an installed snapshot into the state machine
+        self._backlog: collections.deque[Ready] = collections.deque()  # readies whose state machine part waits
         self._nursery: trio.Nursery | None = None
         self._send_in, self._recv_in = trio.open_memory_channel(math.inf)
         self.obs = RaftStats(self.core)  # observability counters (coord.observe)
@@ -465,6 +481,8 @@ class RaftNode:
                 item.future.fail(e)
         elif t is _SnapshotWritten:
             self._snapshot_written(item)
+        elif t is _Restored:
+            self._restored(item)
         elif t is _DiskFailed:
             raise item.error  # a storage error is fatal: stop the server rather than lie
         else:
@@ -541,17 +559,67 @@ class RaftNode:
         if type(work) is SaveSnapshot or type(work) is AdoptSnapshot:
             return
         rd: Ready = work
-        core = self.core
         for m in rd.messages_after_persist:
             self.send(m)
-        core.on_persisted(rd)
+        self.core.on_persisted(rd)
+        for ctx in rd.failed_reads:
+            f = self._reads.pop(ctx, None)
+            if f is not None:
+                f.fail(ReadFailed("no leader could confirm the read"))
+        if self._restoring or self._backlog:
+            self._backlog.append(rd)  # the state machine is being restored: its part waits, in order
+        else:
+            self._to_state_machine(rd)
+
+    def _to_state_machine(self, rd: Ready) -> None:
+        """The state machine's part of a durable ready: install its snapshot,
+        apply its committed entries, resolve read barriers.  A snapshot is
+        restored in steps by a task of its own when the state machine can
+        (``restore_steps``), the rest of this ready and of the ones after it
+        waiting until it is in."""
         if rd.snapshot is not None:
             self.obs.snapshot_installed(len(rd.snapshot.data))  # observability
+            steps = getattr(self.sm, "restore_steps", None)
+            if steps is not None and self._nursery is not None:
+                self._restoring = True
+                self._nursery.start_soon(self._restore, rd, steps(rd.snapshot.data))
+                return
             self.sm.restore(rd.snapshot.data)
-            self._last_snapshot_index = rd.snapshot.meta.index
-            self._set_applied(rd.snapshot.meta.index)
-            for idx in [i for i in self._waiters if i <= rd.snapshot.meta.index]:
-                self._waiters.pop(idx)[1].fail(ProposalDropped("replaced by a snapshot"))
+            self._installed(rd)
+        self._apply_ready(rd)
+
+    async def _restore(self, rd: Ready, steps: Iterator[None]) -> None:
+        """Run ``restore_steps`` with a checkpoint after each (bounded) step,
+        so the loop goes on serving reads, heartbeats and the log meanwhile."""
+        error = None
+        t0 = time.perf_counter()
+        try:
+            for _ in steps:
+                await trio.sleep(0)
+        except Exception as e:  # a damaged snapshot: raised in the loop, which stops the server as before
+            error = e
+        self._send_in.send_nowait(_Restored(rd, error, time.perf_counter() - t0))
+
+    def _restored(self, item: "_Restored") -> None:
+        if item.error is not None:
+            raise item.error
+        self._restoring = False
+        log.info("server %d: installed the snapshot at index %d in %.2f s of steps", self.node_id,
+                 item.ready.snapshot.meta.index, item.seconds)
+        self._installed(item.ready)
+        self._apply_ready(item.ready)
+        backlog = self._backlog
+        while backlog and not self._restoring:
+            self._to_state_machine(backlog.popleft())
+
+    def _installed(self, rd: Ready) -> None:
+        index = rd.snapshot.meta.index
+        self._last_snapshot_index = index
+        self._set_applied(index)
+        for idx in [i for i in self._waiters if i <= index]:
+            self._waiters.pop(idx)[1].fail(ProposalDropped("replaced by a snapshot"))
+
+    def _apply_ready(self, rd: Ready) -> None:
         for e in rd.committed:
             self._apply(e)
         if rd.committed:
@@ -561,10 +629,6 @@ class RaftNode:
             f = self._reads.pop(rs.context, None)
             if f is not None:
                 self._when_applied(rs.index, f)
-        for ctx in rd.failed_reads:
-            f = self._reads.pop(ctx, None)
-            if f is not None:
-                f.fail(ReadFailed("no leader could confirm the read"))
 
     def _apply(self, e: Entry) -> None:
         result = None
