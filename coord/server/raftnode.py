@@ -16,6 +16,13 @@ carried out exactly as ``coord.raft.types.Ready`` prescribes:
 * a change of leader, role or term (``Ready.soft_state``) is reported to
   ``on_soft_state`` and wakes ``wait_leader``.
 
+Snapshots of the state machine are due by ``snapshotschedule`` and written
+by a forked child (``snapshotter``): the loop pauses for the fork only, the
+WAL is compacted once the file is durable, and the core keeps the data
+mapped from the file.  A snapshot installed from the leader is restored in
+steps by a task of its own (``StateMachine.restore_steps``), the state
+machine's part of the readies after it waiting, in order, meanwhile.
+
 Callers wait on ``Future``s (``future.py``): ``propose``, ``read_index``,
 ``applied``, ``propose_membership``, ``transfer_leadership``.  The clock is
 a parameter (``ticker``), so tests can drive time.
@@ -53,6 +60,7 @@ from coord.raft.types import (
 from coord.observe.stats import RaftStats
 from coord.server.diskwriter import AdoptSnapshot, DiskWork, DiskWriter, LogStore, SaveSnapshot, SnapshotFiles
 from coord.server.future import Future
+from coord.server.snapshotschedule import SnapshotSchedule
 from coord.server.snapshotter import ChildSnapshot, SnapshotFailed, fork_snapshot
 
 log = logging.getLogger("coord.raftnode")
@@ -247,10 +255,11 @@ class RaftNode:
         self.soft = SoftState(0, Role.FOLLOWER, self.core.term)
         self._recovering = self.core.recovering
         self._led_term = -1  # the last term in which this server was leader
-        self._last_snapshot_index = self.core.snapshot_meta.index
-        self._snapshot_rng = random.Random(node_id if seed is None else seed)  # jitter only; never the core's
-        self._snapshot_due = self._next_snapshot_due()
-        self._applied_bytes = 0  # data of the entries applied since the last snapshot began
+        o = options
+        self._schedule = SnapshotSchedule(
+            entries=o.snapshot_entries, jitter=o.snapshot_jitter, log_bytes=o.snapshot_log_bytes,
+            retain=o.snapshot_retain, retain_bytes=o.snapshot_retain_bytes,
+            last_index=self.core.snapshot_meta.index, seed=node_id if seed is None else seed)
         self._snapshot_job: ChildSnapshot | None = None  # a child writing a snapshot
         self._restoring = False  # a task is restoring an installed snapshot into the state machine
         self._backlog: collections.deque[Ready] = collections.deque()  # readies whose state machine part waits
@@ -614,7 +623,7 @@ class RaftNode:
 
     def _installed(self, rd: Ready) -> None:
         index = rd.snapshot.meta.index
-        self._last_snapshot_index = index
+        self._schedule.taken(index)
         self._set_applied(index)
         for idx in [i for i in self._waiters if i <= index]:
             self._waiters.pop(idx)[1].fail(ProposalDropped("replaced by a snapshot"))
@@ -638,7 +647,7 @@ class RaftNode:
         except Exception as exc:  # a deterministic state machine error is the proposer's answer
             error = exc
         self.entries_applied += 1
-        self._applied_bytes += len(e.data)
+        self._schedule.applied(len(e.data))
         if e.term == self._led_term and e.kind == EntryKind.NORMAL:
             self.obs.proposals_committed += 1  # observability: proposed here, as leader of its term
         pending = self._waiters.pop(e.index, None) if self._waiters else None
@@ -668,19 +677,13 @@ class RaftNode:
     # ------------------------------------------------------------------
     # snapshots
     # ------------------------------------------------------------------
-    def _next_snapshot_due(self) -> int:
-        n = self.opts.snapshot_entries
-        return self._last_snapshot_index + n + self._snapshot_rng.randint(0, int(n * self.opts.snapshot_jitter))
-
     def _maybe_snapshot(self) -> None:
-        """Snapshot after ``snapshot_entries`` (plus jitter) entries, or
-        ``snapshot_log_bytes`` of them: the log is held in memory until a
-        snapshot, and its size, not only its length, is what costs memory
-        (ZooKeeper's snapCount and snapSizeLimitInKb)."""
-        if self._snapshot_job is not None or (self._applied < self._snapshot_due
-                                              and self._applied_bytes < self.opts.snapshot_log_bytes):
+        """A snapshot when one is due (``snapshotschedule``), in a forked
+        child when the store can write files from one (``snapshotter``),
+        else on the loop."""
+        if self._snapshot_job is not None or not self._schedule.is_due(self._applied):
             return
-        self._applied_bytes = 0
+        self._schedule.started()
         index = self._applied
         meta = self.core.snapshot_meta_at(index)
         store = self.disk.store
@@ -701,26 +704,13 @@ class RaftNode:
         self.obs.snapshot_paused(time.perf_counter() - t0)  # observability
         log.info("server %d: snapshot at index %d (%d bytes) taken on the event loop: paused the loop %.1f ms",
                  self.node_id, index, len(data), self.obs.snapshot_pause * 1e3)
-        self.core.compact(index, data, retain=self._retain(index))
-        self._last_snapshot_index = index
-        self._snapshot_due = self._next_snapshot_due()
+        self.core.compact(index, data, retain=self._to_keep(index))
+        self._schedule.taken(index)
         # The WAL keeps its entries until the snapshot file is durable (FIFO).
         self._enqueue(SaveSnapshot(Snapshot(self.core.snapshot_meta, data), index))
 
-    def _retain(self, index: int) -> int:
-        """How many entries up to ``index`` the core keeps after compacting
-        there: ``snapshot_retain`` at most, and only as many of the newest as
-        fit in ``snapshot_retain_bytes``."""
-        lo = max(index - self.opts.snapshot_retain + 1, self.core.log.first_index(), 1)
-        if lo > index:
-            return 0
-        budget, kept = self.opts.snapshot_retain_bytes, 0
-        for e in reversed(self.core.entries(lo, index + 1)):
-            budget -= len(e.data) + 24
-            if budget < 0:
-                break
-            kept += 1
-        return kept
+    def _to_keep(self, index: int) -> int:
+        return self._schedule.to_keep(index, self.core.log.first_index(), self.core.entries)
 
     async def _await_snapshot(self, meta: SnapshotMeta, job: ChildSnapshot) -> None:
         error = None
@@ -746,7 +736,7 @@ class RaftNode:
                 error = f"cannot read back {meta}: {e!r}"
         if error is not None:
             store.discard_snapshot_file(meta, item.job.pid)
-            self._snapshot_due = self._applied + max(1, self.opts.snapshot_entries // 4)  # try again soon, not at once
+            self._schedule.failed(self._applied)
             log.error("server %d: snapshot at index %d failed: %s; the log keeps growing until one succeeds",
                       self.node_id, meta.index, error)
             return
@@ -754,7 +744,6 @@ class RaftNode:
         log.info("server %d: snapshot at index %d (%d bytes) written by a child in %.2f s; fork paused the loop "
                  "%.1f ms", self.node_id, meta.index, len(data), time.perf_counter() - item.job.started,
                  item.job.fork_seconds * 1e3)
-        self.core.compact(meta.index, data, retain=self._retain(meta.index))
-        self._last_snapshot_index = max(self._last_snapshot_index, meta.index)
-        self._snapshot_due = self._next_snapshot_due()
+        self.core.compact(meta.index, data, retain=self._to_keep(meta.index))
+        self._schedule.taken(meta.index)
         self._enqueue(AdoptSnapshot(meta, meta.index))
