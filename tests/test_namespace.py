@@ -608,19 +608,33 @@ def test_restore_rejects_inconsistent_columns():
             NamespaceStateMachine().restore(cbor2.dumps(bad))
 
 
+def split_snapshot(data: bytes) -> tuple[dict, list]:
+    """Format /3: the header and the pieces of children."""
+    import io
+
+    decoder = cbor2.CBORDecoder(io.BytesIO(data))
+    header = decoder.decode()
+    return header, [decoder.decode() for _ in range(header["pieces"])]
+
+
+def join_snapshot(header: dict, pieces: list) -> bytes:
+    return cbor2.dumps(dict(header, pieces=len(pieces))) + b"".join(map(cbor2.dumps, pieces))
+
+
 def test_restore_rejects_inconsistent_records(ns):
     """Format /3: children of a missing node, a name twice (in one row or
     across pieces), a name with a slash, a short record, a piece that is not
-    an encoded list, a blob for a node that does not hold one, ACL counts
-    that do not add up, an ephemeral that does not exist."""
+    a list of rows, fewer pieces than announced or data after the last, a
+    blob for a node that does not hold one, ACL counts that do not add up,
+    an ephemeral that does not exist."""
     populate(ns)
-    d = cbor2.loads(ns.sm.snapshot())
-    first = cbor2.loads(d["dirs"][0])
-    rec = first[0][2][0]
-    top = first[0][1][0]  # a child of the root
+    data = ns.sm.snapshot()
+    d, pieces = split_snapshot(data)
+    rec = pieces[0][0][2][0]
+    top = pieces[0][0][1][0]  # a child of the root
 
     def with_piece(*rows):
-        return dict(d, dirs=d["dirs"] + [cbor2.dumps(list(rows))])
+        return join_snapshot(d, pieces + [list(rows)])
 
     bads = [
         with_piece(["/no/such", ["k"], [rec]]),
@@ -629,19 +643,22 @@ def test_restore_rejects_inconsistent_records(ns):
         with_piece(["/f", ["a/b"], [rec]]),
         with_piece(["/f", ["k"], [rec[:10]]]),
         with_piece(["/f", ["k"], ["text"]]),
-        dict(d, dirs=d["dirs"] + [b"\xff"]),
-        dict(d, dirs=d["dirs"] + [["/f", ["k"], [rec]]]),
-        dict(d, blobs=d["blobs"] + [["/x", b"data"]]),
-        dict(d, acls=[[[d["acls"][0][0][0], d["acls"][0][0][1] + 1]], []]),
-        dict(d, sessions=[row[:7] + [["/nowhere"]] for row in d["sessions"]]),
-        dict(d, root=b"short"),
+        join_snapshot(d, pieces + ["not rows"]),
+        join_snapshot(d, pieces) + b"\x00",
+        join_snapshot(d, pieces)[:-3],
+        cbor2.dumps(dict(d, pieces=len(pieces) + 1)) + b"".join(map(cbor2.dumps, pieces)),
+        join_snapshot(dict(d, blobs=d["blobs"] + [["/x", b"data"]]), pieces),
+        join_snapshot(dict(d, acls=[[[d["acls"][0][0][0], d["acls"][0][0][1] + 1]], []]), pieces),
+        join_snapshot(dict(d, sessions=[row[:7] + [["/nowhere"]] for row in d["sessions"]]), pieces),
+        join_snapshot(dict(d, root=b"short"), pieces),
     ]
     for bad in bads:
         before = ns.sm.dump()
         with pytest.raises(ValueError):
-            ns.sm.restore(cbor2.dumps(bad))
+            ns.sm.restore(bad)
         assert ns.sm.dump() == before
-    assert NamespaceStateMachine().restore(cbor2.dumps(d)) is None  # the undamaged one restores
+    assert join_snapshot(d, pieces) == data
+    NamespaceStateMachine().restore(memoryview(data))  # the undamaged one restores, from a memoryview too
 
 
 def test_restore_in_steps_of_bounded_work():

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import gc
 import heapq
+import io
 import logging
 from typing import Any, Callable, Iterator
 
@@ -330,19 +331,23 @@ class NamespaceStateMachine:
     # snapshots
     # ------------------------------------------------------------------
     def snapshot(self, *, redact_secrets: bool = False) -> bytes:
-        """CBOR, format "coord-namespace/3": the tree's fields
-        (``Tree.export``), its children as pieces of ~4,096 nodes each encoded
-        on their own (so that ``restore_steps`` can decode them one at a
-        time), sessions as rows (with their ephemerals).  ``redact_secrets``:
-        session secrets left out (a copy for an operator, never for a server
-        to restore: those sessions could not resume)."""
+        """Format "coord-namespace/3", a sequence of CBOR items: a header
+        map (format, zxid, the tree's fields from ``Tree.export``, sessions
+        as rows with their ephemerals, and how many pieces follow), then the
+        children in pieces of ~4,096 nodes (``Tree.pieces``), so that
+        ``restore_steps`` can decode one piece at a time.
+        ``redact_secrets``: session secrets left out (a copy for an
+        operator, never for a server to restore: those sessions could not
+        resume)."""
         enabled = gc.isenabled()
         gc.disable()  # the lists built here hold no cycles; a collection would only walk the tree
         try:
             tree = self._tree
-            return cbor2.dumps({"format": SNAPSHOT_FORMAT, "zxid": self._last_zxid, **tree.export(),
-                                "dirs": [cbor2.dumps(piece) for piece in tree.pieces()],
-                                "sessions": self._sessions.to_rows(redact_secrets=redact_secrets)})
+            pieces = [cbor2.dumps(piece) for piece in tree.pieces()]
+            header = cbor2.dumps({"format": SNAPSHOT_FORMAT, "zxid": self._last_zxid, **tree.export(),
+                                  "sessions": self._sessions.to_rows(redact_secrets=redact_secrets),
+                                  "pieces": len(pieces)})
+            return b"".join([header, *pieces])
         finally:
             if enabled:
                 gc.enable()
@@ -361,19 +366,18 @@ class NamespaceStateMachine:
                 gc.enable()
 
     def restore_steps(self, data: bytes | memoryview) -> Iterator[None]:
-        """``restore`` in steps of bounded work (a piece of ~4,096 nodes,
-        ~2-5 ms), for a caller that lets its event loop run between them:
+        """``restore`` in steps of bounded work (one piece of ~4,096 nodes,
+        a few ms), for a caller that lets its event loop run between them:
         installing a 1M-node snapshot held a follower's loop ~0.5 s in one
-        go.  The state changes only at the end, all at once; until then
+        go.  The items are decoded from ``data`` in place, never copied
+        whole.  The state changes only at the end, all at once; until then
         reads see the old state.  Raises ValueError as ``restore``; nothing
         else may change this state machine while the steps run."""
         if not len(data):
             self._install(Tree(), SessionTable(self._sessions.window), 0)
             return
-        try:
-            d = cbor2.loads(data)
-        except Exception as e:
-            raise ValueError(f"namespace snapshot is not CBOR: {e}") from None
+        decoder, fp = _decoder(data)
+        d = _next_item(decoder, "namespace snapshot is not CBOR")
         fmt = d.get("format") if type(d) is dict else None
         if fmt != SNAPSHOT_FORMAT and fmt not in _OLD_FORMATS:
             raise ValueError("not a namespace snapshot")
@@ -389,22 +393,18 @@ class NamespaceStateMachine:
                     sessions.by_id[owner].ephemerals.add(path)
             else:
                 builder = TreeBuilder()
-                pieces = d["dirs"]
-                if type(pieces) is not list:
-                    raise ValueError("bad children")
-                for piece in pieces:
-                    if type(piece) is not bytes:
-                        raise ValueError("bad piece of children")
-                    try:
-                        rows = cbor2.loads(piece)
-                    except Exception as e:
-                        raise ValueError(f"a piece of children is not CBOR: {e}") from None
-                    builder.add(rows)
+                count = d["pieces"]
+                if type(count) is not int or count < 0:
+                    raise ValueError("bad count of pieces")
+                for _ in range(count):
+                    builder.add(_next_item(decoder, "a piece of children is not CBOR"))
                     yield
                 tree = builder.finish(d)
                 for s in sessions.by_id.values():
                     if any(tree.get(p) is None for p in s.ephemerals):
                         raise ValueError("an ephemeral node that does not exist")
+            if fp.read(1):
+                raise ValueError("data after the snapshot's last item")
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"damaged namespace snapshot: {e!r}") from None
         self._install(tree, sessions, zxid)
@@ -413,3 +413,36 @@ class NamespaceStateMachine:
         self._tree, self._sessions, self._last_zxid = tree, sessions, zxid
         self._session_epoch += 1
         self._history.reset(zxid)
+
+
+class _View(io.RawIOBase):
+    """A buffer (a memoryview of a mapped file, say) as a raw stream."""
+
+    def __init__(self, data: bytes | memoryview) -> None:
+        self._data = memoryview(data).cast("B")
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        chunk = self._data[self._pos:self._pos + len(buf)]
+        n = len(chunk)
+        buf[:n] = chunk
+        self._pos += n
+        return n
+
+
+def _decoder(data: bytes | memoryview) -> tuple[cbor2.CBORDecoder, io.IOBase]:
+    """A decoder of the CBOR items in ``data``, one at a time, copying only
+    what each item needs: ``bytes`` are read in place, anything else (a
+    mapped file) through a 1 MiB buffer."""
+    fp = io.BytesIO(data) if type(data) is bytes else io.BufferedReader(_View(data), 1 << 20)
+    return cbor2.CBORDecoder(fp), fp
+
+
+def _next_item(decoder: cbor2.CBORDecoder, what: str) -> Any:
+    try:
+        return decoder.decode()
+    except Exception as e:  # CBORDecodeError, EOFError, ...: cbor2 raises several types on garbage
+        raise ValueError(f"{what}: {e}") from None

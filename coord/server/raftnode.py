@@ -38,7 +38,7 @@ import math
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol, runtime_checkable
 
 import trio
 
@@ -74,6 +74,7 @@ __all__ = [
     "RaftNode",
     "ReadFailed",
     "StateMachine",
+    "SteppedRestore",
 ]
 
 
@@ -91,9 +92,15 @@ class StateMachine(Protocol):
     def restore(self, data: bytes) -> None:
         """Replace the whole state by a snapshot's."""
 
-    # Optional: ``restore_steps(data) -> Iterator[None]``, the same in steps
-    # of bounded work, the state replaced at the end; the driver then
-    # installs a snapshot from the leader without holding its loop.
+
+@runtime_checkable
+class SteppedRestore(Protocol):
+    """A state machine that can also restore in steps (optional)."""
+
+    def restore_steps(self, data: bytes | memoryview) -> Iterator[None]:
+        """``restore`` in steps of bounded work, the state replaced at the
+        end: the driver then installs a snapshot from the leader without
+        holding its loop for the whole of it."""
 
 
 class NotLeader(ProposalDropped):
@@ -588,10 +595,9 @@ class RaftNode:
         waiting until it is in."""
         if rd.snapshot is not None:
             self.obs.snapshot_installed(len(rd.snapshot.data))  # observability
-            steps = getattr(self.sm, "restore_steps", None)
-            if steps is not None and self._nursery is not None:
+            if isinstance(self.sm, SteppedRestore) and self._nursery is not None:
                 self._restoring = True
-                self._nursery.start_soon(self._restore, rd, steps(rd.snapshot.data))
+                self._nursery.start_soon(self._restore, rd, self.sm.restore_steps(rd.snapshot.data))
                 return
             self.sm.restore(rd.snapshot.data)
             self._installed(rd)
