@@ -204,10 +204,9 @@ class NamespaceStateMachine:
         return rec
 
     def get(self, path: str, auth: Auth = UNCHECKED) -> tuple[bytes, list[int]]:
-        rec = self._node(path)
-        tree = self._tree
-        require(tree.acl(rec), auth, READ, path, "get")
-        return tree.data(path, rec), tree.stat(path, rec)
+        data, stat, acl = self._tree.read(path, self._node(path))
+        require(acl, auth, READ, path, "get")
+        return data, stat
 
     def exists(self, path: str) -> list[int] | None:
         """Needs no permission (as in ZooKeeper)."""
@@ -215,9 +214,10 @@ class NamespaceStateMachine:
         return None if rec is None else self._tree.stat(path, rec)
 
     def children(self, path: str, auth: Auth = UNCHECKED) -> list[str]:
-        rec = self._node(path)
-        require(self._tree.acl(rec), auth, READ, path, "children")
-        return self._tree.child_names(path)
+        tree = self._tree
+        require(tree.acl(self._node(path)), auth, READ, path, "children")
+        kids = tree.dirs.get("" if path == "/" else path)
+        return sorted(kids) if kids else []
 
     def children_with_stats(self, path: str, auth: Auth = UNCHECKED) -> list[tuple[str, list[int]]]:
         names = self.children(path, auth)

@@ -92,6 +92,14 @@ class Tree:
         return [cz, mz, pz, ct, mt, v, cv, o, len(self.blobs[path]) if w & EXTERNAL else len(rec) - HDR,
                 len(kids) if kids else 0, av]
 
+    def read(self, path: str, rec: bytes) -> tuple[bytes, list[int], ACL]:
+        """(data, stat, ACL) of the node: what a ``get`` needs, in one unpack."""
+        cz, mz, pz, ct, mt, v, cv, o, av, w = fields(rec)
+        data = self.blobs[path] if w & EXTERNAL else rec[HDR:]
+        kids = self.dirs.get("" if path == "/" else path)
+        return (data, [cz, mz, pz, ct, mt, v, cv, o, len(data), len(kids) if kids else 0, av],
+                self.acls.acls[w >> 1])
+
     def acl(self, rec: bytes) -> ACL:
         return self.acls.acls[_word(rec) >> 1]
 
