@@ -44,6 +44,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import re
 import signal
 import socket
 import statistics
@@ -192,7 +193,7 @@ class Ensemble:
     fsync on) or an external one given by its client endpoints."""
 
     def __init__(self, endpoints: str | None, n: int, base: str, snapshot_entries: int = 10_000,
-                 http: bool = False, http_endpoints: str | None = None):
+                 http: bool = False, http_endpoints: str | None = None, log_level: str = "warning"):
         self.cluster = None
         self.metrics_urls = [f"http://{e}/metrics" for e in (http_endpoints or "").split(",") if e]
         if endpoints:
@@ -200,7 +201,7 @@ class Ensemble:
         else:
             from tests.cluster import Cluster
 
-            self.cluster = Cluster(n, base, snapshot_entries=snapshot_entries, log_level="warning", http=http)
+            self.cluster = Cluster(n, base, snapshot_entries=snapshot_entries, log_level=log_level, http=http)
             self.cluster.start()
             self.addrs = [self.cluster.client_addr(s) for s in range(1, n + 1)]
             self.metrics_urls = [f"http://127.0.0.1:{p}/metrics" for _, p in sorted(self.cluster.http_ports.items())]
@@ -672,18 +673,119 @@ async def _create_many(endpoint: str, start: int, stop: int, batch: int, infligh
                 n.start_soon(task)
 
 
+async def _snapshot_probe(endpoints: list[str], addrs: list[tuple[str, int]], period: float, stop_evt,
+                          result_q) -> None:
+    """One client per server, each doing ``get("/s")`` every ``period`` s, and
+    a status poll of every server every 100 ms, until ``stop_evt`` is set.
+    Reports per server the longest gap between two successful gets and the
+    slowest get, and every (leader, term) seen: a leader change shows as more
+    than one."""
+    import trio
+
+    from coord.cli import probe_status
+    from coordclient import Client
+    from coordclient.errors import CoordError
+
+    out: dict = {"servers": {}, "leaders_seen": []}
+
+    async def getter(n: int, ep: str) -> None:
+        st = out["servers"][str(n)] = {"gets": 0, "errors": 0, "max_gap_ms": 0.0, "max_latency_ms": 0.0}
+        async with Client(ep, session_timeout=30) as c:
+            last = mono()
+            nxt = last
+            while not stop_evt.is_set():
+                t = mono()
+                try:
+                    await c.get("/s")
+                except CoordError:
+                    st["errors"] += 1
+                else:
+                    now = mono()
+                    st["gets"] += 1
+                    st["max_gap_ms"] = max(st["max_gap_ms"], round((now - last) * 1e3, 1))
+                    st["max_latency_ms"] = max(st["max_latency_ms"], round((now - t) * 1e3, 1))
+                    last = now
+                nxt += period
+                await trio.sleep(max(0.0, nxt - mono()))
+
+    async def watch_roles() -> None:
+        seen = out["leaders_seen"]
+        while not stop_evt.is_set():
+            for a in addrs:
+                s = await probe_status(a, timeout=0.5)
+                if s is not None and s.get("role") == "leader" and (s["server_id"], s["term"]) not in seen:
+                    seen.append((s["server_id"], s["term"]))
+            await trio.sleep(0.1)
+
+    async with trio.open_nursery() as n:
+        for i, ep in enumerate(endpoints, 1):
+            n.start_soon(getter, i, ep)
+        n.start_soon(watch_roles)
+    result_q.put(out)
+
+
+def _probe_main(endpoints, addrs, period, stop_evt, result_q) -> None:
+    import trio
+
+    trio.run(_snapshot_probe, endpoints, addrs, period, stop_evt, result_q)
+
+
+def _snap_files(ens: "Ensemble") -> dict[int, list[str]]:
+    out = {}
+    for sid in ens.nodes:
+        d = os.path.join(ens.cluster.base, f"data{sid}")
+        out[sid] = sorted((os.path.join(r, f) for r, _, fs in os.walk(d) for f in fs if f.endswith(".snap")),
+                          key=os.path.getmtime)
+    return out
+
+
+def _probe_during(ens: "Ensemble", work) -> tuple[dict, object]:
+    """Run ``work()`` while the snapshot probe runs (in its own process);
+    (the probe's findings, work's result)."""
+    ctx = mp.get_context("spawn")
+    stop_evt, result_q = ctx.Event(), ctx.Queue()
+    probe = ctx.Process(target=_probe_main, args=([ens.endpoint(n) for n in ens.nodes], ens.addrs, 0.01,
+                                                  stop_evt, result_q), daemon=True)
+    probe.start()
+    try:
+        time.sleep(2.0)  # the probe's clients connected and settled
+        out = work()
+        time.sleep(2.0)  # the aftermath is in the probe's window too
+    finally:
+        stop_evt.set()
+    found = result_q.get(timeout=30)
+    probe.join(10)
+    return found, out
+
+
+def _probe_summary(found: dict) -> dict:
+    return {"max_gap_ms": {k: v["max_gap_ms"] for k, v in found["servers"].items()},
+            "max_latency_ms": {k: v["max_latency_ms"] for k, v in found["servers"].items()},
+            "gets": sum(v["gets"] for v in found["servers"].values()),
+            "errors": sum(v["errors"] for v in found["servers"].values()),
+            "leaders_seen": found["leaders_seen"]}
+
+
 def scale_nodes(args, base: str) -> dict:
     """1M nodes (1000 parents x 1000 children, 10 B each): RSS, snapshot size,
-    restart time of a follower from that snapshot.  Own ensemble, created
-    with multis of 1000 creates; snapshot_entries is set so that the servers
-    snapshot once all nodes are in (a few small writes cross the threshold)."""
+    the stall a snapshot causes, restart time of a follower from that
+    snapshot.  Own ensemble, created with multis of 1000 creates.
+
+    The stall: a probe (one client per server, a ``get`` every 10 ms, in its
+    own process) reports the longest gap between two gets on each server
+    and every (leader, term) seen, in two windows with single sets going on:
+    a control window of ``CONTROL_SETS`` sets in which no server snapshots
+    (snapshot_entries is set above it), then sets until every server has
+    written a new snapshot."""
     import trio
 
     from coordclient import Client, ops
 
+    control_sets = 500
     total = args.scale_nodes
     batches = -(-total // 1000)
-    ens = Ensemble(None, 3, os.path.join(base, "s1"), snapshot_entries=batches + 40)
+    ens = Ensemble(None, 3, os.path.join(base, "s1"), snapshot_entries=batches + 40 + control_sets + 100,
+                   log_level="info")  # the servers log each snapshot's pause of the loop
     try:
         ens.wait_healthy(60)
         ep = ens.all_endpoints()
@@ -699,23 +801,38 @@ def scale_nodes(args, base: str) -> dict:
         t = mono()
         trio.run(_create_many, ens.endpoint(ens.leader() or 1), 0, total, 1000, 4)
         create_s = mono() - t
+        time.sleep(1)
+        loaded_rss = {str(n): _mb(proc_mem_kb(p, "VmRSS")) for n, p in ens.server_pids().items()}
 
-        async def nudge():
+        async def sets(count: int, until_snapshots: dict | None = None):
+            """``count`` sets, or (until_snapshots: the snapshot files before)
+            sets until every server has a new snapshot file, at most ``count``."""
             async with Client(ep, session_timeout=30) as c:
-                for i in range(120):
-                    await c.set("/s", b"%d" % i)
-                return (await c.status())["nodes"]
+                i = 0
+                deadline = mono() + 120
+                while i < count and mono() < deadline:
+                    for _ in range(20):
+                        await c.set("/s", b"%d" % i)
+                        i += 1
+                    if until_snapshots is not None:
+                        new = {sid: set(f) - until_snapshots[sid] for sid, f in _snap_files(ens).items()}
+                        if all(new.values()):
+                            break
+                return (await c.status())["nodes"], i
 
-        nodes = trio.run(nudge)
-        time.sleep(3)  # let every server write its snapshot
+        before = {sid: set(f) for sid, f in _snap_files(ens).items()}
+        log(f"S1: probe, control window ({control_sets} sets, no snapshot)")
+        control, _ = _probe_during(ens, lambda: trio.run(sets, control_sets))
+        control_snapshots = sum(len(set(f) - before[sid]) for sid, f in _snap_files(ens).items())
+        log(f"S1: control {control}")
+        log("S1: probe, sets until every server has written a snapshot")
+        found, (nodes, nudges) = _probe_during(ens, lambda: trio.run(sets, 20 * batches + 4000, before))
+        log(f"S1: probe {found}")
+        time.sleep(1)
         rss = {str(n): _mb(proc_mem_kb(p, "VmRSS")) for n, p in ens.server_pids().items()}
         peak = {str(n): _mb(proc_mem_kb(p, "VmHWM")) for n, p in ens.server_pids().items()}
-        snaps = {}
-        for sid in ens.nodes:
-            d = os.path.join(ens.cluster.base, f"data{sid}")
-            files = sorted((os.path.join(r, f) for r, _, fs in os.walk(d) for f in fs if f.endswith(".snap")),
-                           key=os.path.getmtime)
-            snaps[str(sid)] = round(os.path.getsize(files[-1]) / 2 ** 20, 1) if files else None
+        snaps = {str(sid): round(os.path.getsize(f[-1]) / 2 ** 20, 1) if f else None
+                 for sid, f in _snap_files(ens).items()}
         roles = ens.wait_healthy()
         victim = [n for n, r in roles.items() if r == "follower"][0]
         target = ens.statuses()[victim]["applied"]
@@ -729,10 +846,22 @@ def scale_nodes(args, base: str) -> dict:
                 serving = mono() - t
                 break
             time.sleep(0.05)
+        snap = _probe_summary(found)
+        pauses = {}
+        for sid in ens.nodes:
+            with open(ens.cluster.log_path(sid), errors="replace") as f:
+                pauses[str(sid)] = [float(m) for m in re.findall(r"paused the loop ([0-9.]+) ms", f.read())]
         return {"workload": "S1", "op": f"{total} nodes (1000 parents x 1000 children, 10 B each)",
                 "nodes_reported": nodes, "create_s": round(create_s, 1),
                 "create_nodes_per_s": round(total / create_s, 1), "server_rss_mb": rss,
+                "server_rss_bytes_per_node": {k: round(v * 2 ** 20 / total) for k, v in rss.items() if v},
+                "server_rss_mb_after_load": loaded_rss,
                 "server_peak_rss_mb": peak, "snapshot_mb": snaps,
+                "probe_max_gap_ms": snap["max_gap_ms"], "probe_leaders_seen": snap["leaders_seen"],
+                "snapshot_loop_pause_ms": pauses,
+                "probe_snapshot_window": dict(snap, sets=nudges),
+                "probe_control_window": dict(_probe_summary(control), sets=control_sets,
+                                             snapshots_written=control_snapshots),
                 "restart_node": victim, "restart_to_serving_s": None if serving is None else round(serving, 2),
                 "restart_rss_mb": _mb(proc_mem_kb(ens.server_pids().get(victim), "VmRSS"))}
     finally:
@@ -836,6 +965,8 @@ def table(results: list[dict]) -> str:
                         f"mean {r['gap_ms_mean']} ms, max {r['gap_ms_max']} ms | - | - |")
         elif w == "S1":
             rows.append(f"| {w} | {r['op']} | RSS {r['server_rss_mb']} MB, snapshot {r['snapshot_mb']} MB, "
+                        f"probe max gap {r['probe_max_gap_ms']} ms (control window without snapshots "
+                        f"{r['probe_control_window']['max_gap_ms']} ms), leaders {r['probe_leaders_seen']}, "
                         f"restart to serving **{r['restart_to_serving_s']} s** | - | created at "
                         f"{r['create_nodes_per_s']} nodes/s | - | {r['server_peak_rss_mb']} |")
         elif w == "IDLE":

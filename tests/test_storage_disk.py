@@ -149,6 +149,42 @@ def test_keeps_two_snapshots_and_never_falls_back(tmp_path):
         reopen(tmp_path)
 
 
+def test_a_snapshot_file_written_apart_then_adopted(tmp_path):
+    """What a forked child does (write_snapshot_file: the file only, under a
+    temp name of its own), then the parent (adopt_snapshot: only then may
+    the log be compacted); data comes back mapped, not copied, and stays
+    readable after its pages are released."""
+    s = DiskStorage(tmp_path, fsync=False, segment_bytes=64)
+    s.open()
+    s.save(HardState(1, 1, 30), ents(1, 30), None)
+    for i in (5, 10):
+        s.save_snapshot(snap(i, 1))
+    big = snap(20, 1, data=bytes(range(256)) * 1000)
+    s.write_snapshot_file(big)
+    with pytest.raises(StorageError, match="snapshot"):
+        s.compact(20)  # written, not adopted: the log stays
+    data = s.snapshot_data(big.meta)
+    assert isinstance(data, memoryview) and data == big.data
+    s.adopt_snapshot(big.meta)
+    s.compact(20)
+    assert sorted(os.listdir(tmp_path / "snap")) == ["snap-%020d-%020d.snap" % (i, 1) for i in (10, 20)]
+    s.discard_snapshot_file(big.meta, 12345)  # nothing left behind: no error
+    s.close()
+    r = reopen(tmp_path, segment_bytes=64)
+    assert isinstance(r.snapshot.data, memoryview) and r.snapshot == big and r.entries == ents(21, 30)
+    DiskStorage(tmp_path, fsync=False).release_snapshot_data(r.snapshot.data)
+    assert r.snapshot.data == big.data
+
+
+def test_a_child_s_leftover_temp_file_is_removed_at_open(tmp_path):
+    s = DiskStorage(tmp_path, fsync=False)
+    s.open()
+    s.close()
+    (tmp_path / "snap" / ("snap-%020d-%020d.snap.4242.tmp" % (7, 1))).write_bytes(b"half a snapshot")
+    assert reopen(tmp_path).snapshot is None
+    assert os.listdir(tmp_path / "snap") == []
+
+
 def test_corrupt_hard_state(tmp_path):
     s = DiskStorage(tmp_path, fsync=False)
     s.open()

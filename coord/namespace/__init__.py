@@ -1,7 +1,8 @@
 """The replicated namespace: znodes, sessions and change events.
 
 ``NamespaceStateMachine`` (state.py) is what the Raft driver applies; the
-other modules are its parts: ``tree`` (nodes and stats), ``sessions``
+other modules are its parts: ``tree`` (nodes and stats, each node a
+``records`` record), ``acl`` (access control and the ACL table), ``sessions``
 (the session table and exactly-once memory), ``txn`` (one command's
 all-or-nothing changes), ``history`` (recent events for watches) and
 ``commands`` (the command format).

@@ -18,9 +18,10 @@ Schemes:
 
 Checks happen where the answer is fixed for every server: writes when the
 command is applied (its identities travel inside it, see
-``commands.parse_request``), reads on the server that answers them.  ACL
-tuples are interned (``intern``): a million nodes with the same ACL share one
-tuple, as in ZooKeeper's reference-counted ACL cache.
+``commands.parse_request``), reads on the server that answers them.  A tree
+keeps each distinct ACL once in an ``AclTable`` and its nodes store the
+ACL's number: a million nodes with the same ACL share one tuple, as in
+ZooKeeper's reference-counted ACL cache.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from coordclient.errors import AuthFailedError, InvalidACLError
 
 __all__ = [
     "ACL", "ACLEntry", "ADMIN", "ALL", "Auth", "CREATE", "DELETE", "OPEN_ACL", "READ", "WRITE",
-    "acl_from_wire", "acl_to_wire", "allowed", "digest_id", "expand", "intern", "parse_acl_text",
+    "AclTable", "acl_from_wire", "acl_to_wire", "allowed", "digest_id", "expand", "intern", "parse_acl_text",
     "parse_identity", "perms_text",
 ]
 
@@ -156,9 +157,11 @@ def digest_id(credential: str) -> str:
 
 
 def expand(acl: ACL, auth: Auth) -> ACL:
-    """Replace ``auth`` entries by the session's authenticated identities."""
+    """Replace ``auth`` entries by the session's authenticated identities.
+    (Not interned: the tree's ``AclTable`` shares equal ACLs, and forgets
+    them when no node uses them, which a global intern table never would.)"""
     if not any(e.scheme == "auth" for e in acl):
-        return intern(acl)
+        return acl
     mine = sorted((s, i) for s, i in auth.ids if s in ("digest", "x509"))
     out: list[ACLEntry] = []
     for e in acl:
@@ -168,7 +171,85 @@ def expand(acl: ACL, auth: Auth) -> ACL:
         if not mine:
             raise _bad("an 'auth' ACL needs an authenticated session (add_auth first)")
         out.extend(ACLEntry(e.perms, s, i) for s, i in mine)
-    return intern(tuple(dict.fromkeys(out)))
+    return tuple(dict.fromkeys(out))
+
+
+class AclTable:
+    """The distinct ACLs of one tree, numbered, each with the count of nodes
+    using it.  A node stores the number (4 bytes in its record) instead of a
+    reference; an ACL no node uses any more is forgotten and its number
+    reused (last freed, first reused: the same numbers on every replica, as
+    every replica runs the same changes).  Number 0 is OPEN_ACL, always."""
+
+    __slots__ = ("acls", "ids", "refs", "free")
+
+    def __init__(self) -> None:
+        self.acls: list[ACL | None] = [OPEN_ACL]  # by number; None: a free number
+        self.ids: dict[ACL, int] = {OPEN_ACL: 0}
+        self.refs: list[int] = [0]
+        self.free: list[int] = []
+
+    def __len__(self) -> int:
+        """Distinct ACLs in use (and OPEN_ACL)."""
+        return len(self.ids)
+
+    def number(self, acl: ACL) -> int:
+        """The number of ``acl``, given one if it has none (use it at once:
+        ``ref`` it, or it stays allocated with no user)."""
+        i = self.ids.get(acl)
+        if i is None:
+            if self.free:
+                i = self.free.pop()
+                self.acls[i], self.refs[i] = acl, 0
+            else:
+                i = len(self.acls)
+                self.acls.append(acl)
+                self.refs.append(0)
+            self.ids[acl] = i
+        return i
+
+    def ref(self, i: int) -> None:
+        self.refs[i] += 1
+
+    def unref(self, i: int) -> None:
+        n = self.refs[i] = self.refs[i] - 1
+        if n == 0 and i:
+            del self.ids[self.acls[i]]
+            self.acls[i] = None
+            self.free.append(i)
+
+    def to_wire(self) -> list:
+        """[[ACL in wire form or None, node count] by number, [free numbers]]."""
+        return [[[None if a is None else acl_to_wire(a), r] for a, r in zip(self.acls, self.refs)], list(self.free)]
+
+    @classmethod
+    def from_wire(cls, raw: Any, nodes: int) -> "AclTable":
+        """Inverse of to_wire; ValueError unless it is consistent with a tree of ``nodes`` nodes."""
+        try:
+            rows, free = raw
+            t = cls()
+            t.acls, t.refs, t.ids = [], [], {}
+            for i, (wire, refs) in enumerate(rows):
+                if type(refs) is not int or refs < 0:
+                    raise ValueError("bad count")
+                if wire is None:
+                    t.acls.append(None)
+                    t.refs.append(0)
+                    continue
+                acl = acl_from_wire(wire)
+                acl = OPEN_ACL if acl == OPEN_ACL else acl
+                if acl in t.ids or (i == 0) != (acl is OPEN_ACL) or not refs and i:
+                    raise ValueError(f"ACL {i} is a duplicate, misplaced or unused")
+                t.acls.append(acl)
+                t.refs.append(refs)
+                t.ids[acl] = i
+            t.free = list(free)
+        except (TypeError, ValueError, InvalidACLError) as e:
+            raise ValueError(f"bad ACL table: {e!r}") from None
+        holes = [i for i, a in enumerate(t.acls) if a is None]
+        if not t.acls or t.acls[0] is not OPEN_ACL or sorted(t.free) != holes or sum(t.refs) != nodes:
+            raise ValueError("ACL table inconsistent with the tree")
+        return t
 
 
 def allowed(acl: ACL, auth: Auth, perm: int) -> bool:

@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import gc
 import heapq
+import io
 import logging
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import cbor2
 
@@ -39,7 +40,7 @@ from coord.namespace.acl import ADMIN, READ, UNCHECKED, Auth, acl_to_wire, allow
 from coord.namespace.commands import Command, LogCommand, decode_entry
 from coord.namespace.history import Event, EventHistory
 from coord.namespace.sessions import DEFAULT_DEDUP_WINDOW, SessionTable
-from coord.namespace.tree import ACLS, DATA, KIDS, Tree, child_names, join, stat
+from coord.namespace.tree import Tree, TreeBuilder, join, tree_from_columns
 from coord.namespace.txn import Txn, require
 from coord.raft.types import Entry, EntryKind
 from coordclient.errors import CoordError, InvalidPathError, MultiError, NoAuthError, NoNodeError, SessionExpiredError
@@ -47,7 +48,8 @@ from coordclient.protocol import DEFAULT_MAX_DATA, parent_of, validate_path
 
 log = logging.getLogger("coord.namespace")
 
-SNAPSHOT_FORMAT = "coord-namespace/2"  # /1 (before ACLs) is still read
+SNAPSHOT_FORMAT = "coord-namespace/3"  # /2 (node columns) and /1 (/2 before ACLs) are still read
+_OLD_FORMATS = ("coord-namespace/2", "coord-namespace/1")
 DEFAULT_HISTORY = 100_000
 
 EventListener = Callable[[int, list[tuple[str, str]]], None]
@@ -140,7 +142,7 @@ class NamespaceStateMachine:
                 except CoordError as e:
                     return error_result(e), None
                 if prior is not None:
-                    return dict(prior), None
+                    return prior, None
         txn = Txn(self._tree, self._sessions, zxid, cmd.t, self.max_data_bytes,
                   UNCHECKED if cmd.auth is None else cmd.auth)
         try:
@@ -154,8 +156,7 @@ class NamespaceStateMachine:
         else:
             result, events = {"ok": True, "r": r, "zxid": zxid}, txn.events  # zxid: a retry answers the original's
         if cmd.dedup:
-            session.remember(cmd.seq, result, self._sessions.window)
-            result = dict(result)  # the remembered one is replicated state: callers get their own copy
+            session.remember(cmd.seq, result, self._sessions.window)  # encoded: callers keep this copy
         return result, events
 
     def _session_open(self, cmd: Command, txn: Txn) -> dict:
@@ -186,47 +187,51 @@ class NamespaceStateMachine:
     # ------------------------------------------------------------------
     # reads
     # ------------------------------------------------------------------
-    def _lookup(self, path: Any) -> list | None:
+    def _lookup(self, path: Any) -> bytes | None:
         if type(path) is str:
-            node = self._tree.get(path)
-            if node is not None:  # valid: it was checked when created
-                return node
+            rec = self._tree.get(path)
+            if rec is not None:  # valid: it was checked when created
+                return rec
         why = validate_path(path)
         if why is not None:
             raise InvalidPathError(f"{why}: {path!r}"[:300], path=path if isinstance(path, str) else None)
         return None
 
-    def _node(self, path: Any) -> list:
-        node = self._lookup(path)
-        if node is None:
+    def _node(self, path: Any) -> bytes:
+        rec = self._lookup(path)
+        if rec is None:
             raise NoNodeError(f"{path} does not exist", path=path)
-        return node
+        return rec
 
     def get(self, path: str, auth: Auth = UNCHECKED) -> tuple[bytes, list[int]]:
-        node = self._node(path)
-        require(node, auth, READ, path, "get")
-        return node[DATA], stat(node)
+        data, stat, acl = self._tree.read(path, self._node(path))
+        require(acl, auth, READ, path, "get")
+        return data, stat
 
     def exists(self, path: str) -> list[int] | None:
         """Needs no permission (as in ZooKeeper)."""
-        node = self._lookup(path)
-        return None if node is None else stat(node)
+        rec = self._lookup(path)
+        return None if rec is None else self._tree.stat(path, rec)
 
     def children(self, path: str, auth: Auth = UNCHECKED) -> list[str]:
-        node = self._node(path)
-        require(node, auth, READ, path, "children")
-        return child_names(node)
+        tree = self._tree
+        require(tree.acl(self._node(path)), auth, READ, path, "children")
+        kids = tree.dirs.get("" if path == "/" else path)
+        return sorted(kids) if kids else []
 
     def children_with_stats(self, path: str, auth: Auth = UNCHECKED) -> list[tuple[str, list[int]]]:
-        nodes = self._tree.nodes
-        return [(name, stat(nodes[join(path, name)])) for name in self.children(path, auth)]
+        names = self.children(path, auth)
+        tree = self._tree
+        kids = tree.children(path) or {}
+        return [(name, tree.stat(join(path, name), kids[name])) for name in names]
 
     def get_acl(self, path: str, auth: Auth = UNCHECKED) -> tuple[list, list[int]]:
         """(ACL in wire form, stat); needs READ or ADMIN on the node."""
-        node = self._node(path)
-        if not (allowed(node[ACLS], auth, READ) or allowed(node[ACLS], auth, ADMIN)):
+        rec = self._node(path)
+        acl = self._tree.acl(rec)
+        if not (allowed(acl, auth, READ) or allowed(acl, auth, ADMIN)):
             raise NoAuthError(f"get_acl needs READ or ADMIN permission on {path}", path=path)
-        return acl_to_wire(node[ACLS]), stat(node)
+        return acl_to_wire(acl), self._tree.stat(path, rec)
 
     def may_read(self, path: str, auth: Auth) -> bool:
         """Whether ``auth`` may know about a change at ``path`` (a watch event):
@@ -234,12 +239,12 @@ class NamespaceStateMachine:
         children listing would show the deletion)."""
         if auth.superuser:
             return True
-        nodes = self._tree.nodes
-        node = nodes.get(path)
-        while node is None and path != "/":
+        tree = self._tree
+        rec = tree.get(path)
+        while rec is None and path != "/":
             path = parent_of(path)
-            node = nodes.get(path)
-        return node is not None and allowed(node[ACLS], auth, READ)
+            rec = tree.get(path)
+        return rec is not None and allowed(tree.acl(rec), auth, READ)
 
     def session_ids(self, sid: int) -> tuple[tuple[str, str], ...]:
         """The identities a session added with add_auth (replicated)."""
@@ -270,7 +275,8 @@ class NamespaceStateMachine:
         sorted, and the number of children.  One pass over the children and
         a partial sort: a page of a node with a million children does not
         sort the million."""
-        kids = self._node(path)[KIDS] or ()
+        self._node(path)
+        kids = self._tree.children(path) or ()
         if after:
             return heapq.nsmallest(limit, (k for k in kids if k > after)), len(kids)
         return heapq.nsmallest(limit, kids), len(kids)
@@ -312,8 +318,11 @@ class NamespaceStateMachine:
 
     def dump(self) -> dict:
         """The whole replicated state in a canonical form (for comparisons)."""
-        nodes = {p: (n[DATA], stat(n), child_names(n), acl_to_wire(n[ACLS])) for p, n in sorted(self._tree.nodes.items())}
-        sessions = {sid: (s.timeout_ms, s.secret, s.last_t, sorted(s.ephemerals), s.floor, sorted(s.results.items()),
+        tree = self._tree
+        nodes = {p: (tree.data(p, r), tree.stat(p, r), tree.child_names(p), acl_to_wire(tree.acl(r)))
+                 for p, r in sorted(tree.walk())}
+        sessions = {sid: (s.timeout_ms, s.secret, s.last_t, sorted(s.ephemerals), s.floor,
+                          [(seq, cbor2.loads(r)) for seq, r in sorted(s.results.items())],
                           s.ids)
                     for sid, s in sorted(self._sessions.by_id.items())}
         return {"last_zxid": self._last_zxid, "nodes": nodes, "sessions": sessions}
@@ -322,54 +331,118 @@ class NamespaceStateMachine:
     # snapshots
     # ------------------------------------------------------------------
     def snapshot(self, *, redact_secrets: bool = False) -> bytes:
-        """CBOR: nodes as columns (paths, data, 8 ints each, ACLs), sessions as
-        rows.  The ephemerals of a session are not stored: owners say it.
-        ``redact_secrets``: session secrets left out (a copy for an operator,
-        never for a server to restore: those sessions could not resume)."""
+        """Format "coord-namespace/3", a sequence of CBOR items: a header
+        map (format, zxid, the tree's fields from ``Tree.export``, sessions
+        as rows with their ephemerals, and how many pieces follow), then the
+        children in pieces of ~4,096 nodes (``Tree.pieces``), so that
+        ``restore_steps`` can decode one piece at a time.
+        ``redact_secrets``: session secrets left out (a copy for an
+        operator, never for a server to restore: those sessions could not
+        resume)."""
         enabled = gc.isenabled()
-        gc.disable()  # building a million small lists would trigger many useless full collections
+        gc.disable()  # the lists built here hold no cycles; a collection would only walk the tree
         try:
-            paths, datas, ints, access = self._tree.export()
-            return cbor2.dumps({"format": SNAPSHOT_FORMAT, "zxid": self._last_zxid, "paths": paths,
-                                "data": datas, "ints": ints, "access": access,
-                                "sessions": self._sessions.to_rows(redact_secrets=redact_secrets)})
+            tree = self._tree
+            pieces = [cbor2.dumps(piece) for piece in tree.pieces()]
+            header = cbor2.dumps({"format": SNAPSHOT_FORMAT, "zxid": self._last_zxid, **tree.export(),
+                                  "sessions": self._sessions.to_rows(redact_secrets=redact_secrets),
+                                  "pieces": len(pieces)})
+            return b"".join([header, *pieces])
         finally:
             if enabled:
                 gc.enable()
 
-    def restore(self, data: bytes) -> None:
+    def restore(self, data: bytes | memoryview) -> None:
         """Replace the whole state by a snapshot's; the history restarts empty
         at its zxid.  Empty data means the initial state.  Raises ValueError
         (state unchanged) on a snapshot that is not ours or is damaged."""
-        if not data:
-            tree, sessions, zxid = Tree(), SessionTable(self._sessions.window), 0
-        else:
-            enabled = gc.isenabled()
-            gc.disable()
-            try:
-                tree, sessions, zxid = self._decode_snapshot(data)
-            finally:
-                if enabled:
-                    gc.enable()
+        enabled = gc.isenabled()
+        gc.disable()  # decoding makes a million objects, none in a cycle: collections would be wasted
+        try:
+            for _ in self.restore_steps(data):
+                pass
+        finally:
+            if enabled:
+                gc.enable()
+
+    def restore_steps(self, data: bytes | memoryview) -> Iterator[None]:
+        """``restore`` in steps of bounded work (one piece of ~4,096 nodes,
+        a few ms), for a caller that lets its event loop run between them:
+        installing a 1M-node snapshot held a follower's loop ~0.5 s in one
+        go.  The items are decoded from ``data`` in place, never copied
+        whole.  The state changes only at the end, all at once; until then
+        reads see the old state.  Raises ValueError as ``restore``; nothing
+        else may change this state machine while the steps run."""
+        if not len(data):
+            self._install(Tree(), SessionTable(self._sessions.window), 0)
+            return
+        decoder, fp = _decoder(data)
+        d = _next_item(decoder, "namespace snapshot is not CBOR")
+        fmt = d.get("format") if type(d) is dict else None
+        if fmt != SNAPSHOT_FORMAT and fmt not in _OLD_FORMATS:
+            raise ValueError("not a namespace snapshot")
+        yield
+        try:
+            zxid = d["zxid"]
+            if type(zxid) is not int:
+                raise ValueError("bad zxid")
+            sessions = SessionTable.from_rows(d["sessions"], self._sessions.window)
+            if fmt != SNAPSHOT_FORMAT:
+                tree, ephemerals = tree_from_columns(d["paths"], d["data"], d["ints"], d.get("access"))
+                for path, owner in ephemerals:
+                    sessions.by_id[owner].ephemerals.add(path)
+            else:
+                builder = TreeBuilder()
+                count = d["pieces"]
+                if type(count) is not int or count < 0:
+                    raise ValueError("bad count of pieces")
+                for _ in range(count):
+                    builder.add(_next_item(decoder, "a piece of children is not CBOR"))
+                    yield
+                tree = builder.finish(d)
+                for s in sessions.by_id.values():
+                    if any(tree.get(p) is None for p in s.ephemerals):
+                        raise ValueError("an ephemeral node that does not exist")
+            if fp.read(1):
+                raise ValueError("data after the snapshot's last item")
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"damaged namespace snapshot: {e!r}") from None
+        self._install(tree, sessions, zxid)
+
+    def _install(self, tree: Tree, sessions: SessionTable, zxid: int) -> None:
         self._tree, self._sessions, self._last_zxid = tree, sessions, zxid
         self._session_epoch += 1
         self._history.reset(zxid)
 
-    def _decode_snapshot(self, data: bytes) -> tuple[Tree, SessionTable, int]:
-        try:
-            d = cbor2.loads(data)
-        except Exception as e:
-            raise ValueError(f"namespace snapshot is not CBOR: {e}") from None
-        if type(d) is not dict or d.get("format") not in (SNAPSHOT_FORMAT, "coord-namespace/1"):
-            raise ValueError("not a namespace snapshot")
-        try:
-            tree, ephemerals = Tree.from_columns(d["paths"], d["data"], d["ints"], d.get("access"))
-            sessions = SessionTable.from_rows(d["sessions"], self._sessions.window)
-            for path, owner in ephemerals:
-                sessions.by_id[owner].ephemerals.add(path)
-            zxid = d["zxid"]
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"damaged namespace snapshot: {e!r}") from None
-        if type(zxid) is not int:
-            raise ValueError("damaged namespace snapshot: bad zxid")
-        return tree, sessions, zxid
+
+class _View(io.RawIOBase):
+    """A buffer (a memoryview of a mapped file, say) as a raw stream."""
+
+    def __init__(self, data: bytes | memoryview) -> None:
+        self._data = memoryview(data).cast("B")
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        chunk = self._data[self._pos:self._pos + len(buf)]
+        n = len(chunk)
+        buf[:n] = chunk
+        self._pos += n
+        return n
+
+
+def _decoder(data: bytes | memoryview) -> tuple[cbor2.CBORDecoder, io.IOBase]:
+    """A decoder of the CBOR items in ``data``, one at a time, copying only
+    what each item needs: ``bytes`` are read in place, anything else (a
+    mapped file) through a 1 MiB buffer."""
+    fp = io.BytesIO(data) if type(data) is bytes else io.BufferedReader(_View(data), 1 << 20)
+    return cbor2.CBORDecoder(fp), fp
+
+
+def _next_item(decoder: cbor2.CBORDecoder, what: str) -> Any:
+    try:
+        return decoder.decode()
+    except Exception as e:  # CBORDecodeError, EOFError, ...: cbor2 raises several types on garbage
+        raise ValueError(f"{what}: {e}") from None

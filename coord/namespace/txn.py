@@ -12,25 +12,11 @@ matching ``coordclient.errors`` exception.
 
 from __future__ import annotations
 
-from coord.namespace.acl import ADMIN, CREATE, DELETE, OPEN_ACL, READ, UNCHECKED, WRITE, Auth, allowed, expand, intern
+from coord.namespace.acl import ADMIN, ACL, CREATE, DELETE, OPEN_ACL, READ, UNCHECKED, WRITE, Auth, allowed, expand
 from coord.namespace.commands import Check, Create, Delete, SetACL, SetData, multi_failure
+from coord.namespace.records import CVERSION, EXTERNAL, OWNER, VERSION, fields, make, owner, repack
 from coord.namespace.sessions import SessionTable
-from coord.namespace.tree import (
-    ACLS,
-    AVERSION,
-    CVERSION,
-    DATA,
-    KIDS,
-    MTIME,
-    MZXID,
-    OWNER,
-    PZXID,
-    VERSION,
-    Node,
-    Tree,
-    new_node,
-    stat,
-)
+from coord.namespace.tree import Tree
 from coordclient.errors import (
     BadArgumentsError,
     BadVersionError,
@@ -59,14 +45,14 @@ def check_path(path: str) -> None:
 _PERM_NAMES = {READ: "READ", WRITE: "WRITE", CREATE: "CREATE", DELETE: "DELETE", ADMIN: "ADMIN"}
 
 
-def require(node: Node, auth: Auth, perm: int, path: str, what: str) -> None:
-    """NoAuth unless ``auth`` has ``perm`` on ``node`` (whose path is ``path``)."""
-    if not allowed(node[ACLS], auth, perm):
+def require(acl: ACL, auth: Auth, perm: int, path: str, what: str) -> None:
+    """NoAuth unless ``auth`` has ``perm`` on a node with ``acl`` (at ``path``)."""
+    if not allowed(acl, auth, perm):
         raise NoAuthError(f"{what} needs {_PERM_NAMES[perm]} permission on {path}", path=path)
 
 
 class Txn:
-    __slots__ = ("tree", "sessions", "zxid", "t", "max_data", "auth", "undo", "events")
+    __slots__ = ("tree", "sessions", "zxid", "t", "max_data", "auth", "undo", "events", "_parent")
 
     def __init__(self, tree: Tree, sessions: SessionTable, zxid: int, t: int, max_data: int,
                  auth: Auth = UNCHECKED) -> None:
@@ -78,6 +64,7 @@ class Txn:
         self.auth = auth
         self.undo: list[tuple] = []  # (function, *args), run newest first
         self.events: list[tuple[str, str]] = []  # (EventType value, path)
+        self._parent = ""  # the last parent path an event named: one string for a multi's siblings
 
     def rollback(self) -> None:
         undo = self.undo
@@ -87,58 +74,74 @@ class Txn:
         self.events.clear()
 
     # -- logged primitives -----------------------------------------------------
-    def _insert(self, path: str, data: bytes, owner: int, acl=OPEN_ACL) -> Node:
-        node = new_node(data, self.zxid, self.t, owner, acl)
-        parent, cv, pz = self.tree.insert(path, node)
-        self.undo.append((self._uninsert, path, parent, cv, pz))
-        if owner:
-            eph = self.sessions.get(owner).ephemerals
+    def _put(self, path: str, rec: bytes | None, blob: bytes | None = None) -> None:
+        put = self.tree.put
+        self.undo.append((put, path, *put(path, rec, blob)))
+
+    def _parent_of(self, path: str) -> str:
+        """parent_of(path), the same object as the last one if equal: the
+        events of a multi of 1,000 creates under one parent, kept in the
+        history, then hold one copy of its path instead of 1,000."""
+        p = parent_of(path)
+        if p == self._parent:
+            return self._parent
+        self._parent = p
+        return p
+
+    def _touch_children(self, ppath: str) -> None:
+        """The parent's children changed at this zxid: cversion + 1, pzxid."""
+        tree = self.tree
+        rec = tree.get(ppath)
+        cz, mz, _, ct, mt, v, cv, o, av, w = fields(rec)
+        self._put(ppath, repack(rec, cz, mz, self.zxid, ct, mt, v, cv + 1, o, av, w),
+                  tree.blobs[ppath] if w & EXTERNAL else None)
+
+    def _insert(self, path: str, data: bytes, owner_sid: int, acl: ACL = OPEN_ACL) -> bytes:
+        z, t = self.zxid, self.t
+        rec, blob = make(data, z, z, z, t, t, 0, 0, owner_sid, 0, self.tree.acls.number(acl))
+        self._put(path, rec, blob)
+        ppath = self._parent_of(path)
+        self._touch_children(ppath)
+        if owner_sid:
+            eph = self.sessions.get(owner_sid).ephemerals
             eph.add(path)
             self.undo.append((eph.discard, path))
-        self.events += ((CREATED, path), (CHILDREN, parent_of(path)))
-        return node
-
-    def _uninsert(self, path: str, parent: Node, cv: int, pz: int) -> None:
-        self.tree.unlink(path)
-        parent[CVERSION], parent[PZXID] = cv, pz
+        self.events += ((CREATED, path), (CHILDREN, ppath))
+        return rec
 
     def _remove(self, path: str) -> None:
-        node, parent, cv, pz = self.tree.remove(path, self.zxid)
-        self.undo.append((self._unremove, path, node, parent, cv, pz))
-        owner = node[OWNER]
-        if owner:
-            session = self.sessions.get(owner)
+        rec = self.tree.get(path)
+        self._put(path, None)
+        ppath = self._parent_of(path)
+        self._touch_children(ppath)
+        sid = owner(rec)
+        if sid:
+            session = self.sessions.get(sid)
             if session is not None:
                 session.ephemerals.discard(path)
                 self.undo.append((session.ephemerals.add, path))
-        self.events += ((DELETED, path), (CHILDREN, parent_of(path)))
+        self.events += ((DELETED, path), (CHILDREN, ppath))
 
-    def _unremove(self, path: str, node: Node, parent: Node, cv: int, pz: int) -> None:
-        self.tree.relink(path, node)
-        parent[CVERSION], parent[PZXID] = cv, pz
-
-    def _unset(self, node: Node, data: bytes, version: int, mzxid: int, mtime: int) -> None:
-        self.tree.data_bytes += len(data) - len(node[DATA])
-        node[DATA], node[VERSION], node[MZXID], node[MTIME] = data, version, mzxid, mtime
-
-    def _lookup(self, path: str) -> Node | None:
-        """The node at ``path`` or None; InvalidPath for a bad path.  Only
+    def _lookup(self, path: str) -> bytes | None:
+        """The record at ``path`` or None; InvalidPath for a bad path.  Only
         misses are checked: every path in the tree was checked when created."""
-        node = self.tree.get(path)
-        if node is None:
+        rec = self.tree.get(path)
+        if rec is None:
             check_path(path)
-        return node
+        return rec
 
     @staticmethod
-    def _exists(node: Node | None, path: str) -> Node:
-        if node is None:
+    def _exists(rec: bytes | None, path: str) -> bytes:
+        if rec is None:
             raise NoNodeError(f"{path} does not exist", path=path)
-        return node
+        return rec
 
     @staticmethod
-    def _check_version(node: Node, version: int, path: str) -> None:
-        if version != -1 and node[VERSION] != version:
-            raise BadVersionError(f"{path} is at version {node[VERSION]}, not {version}", path=path)
+    def _check_version(rec: bytes, version: int, path: str) -> None:
+        if version != -1:
+            current = fields(rec)[VERSION]
+            if current != version:
+                raise BadVersionError(f"{path} is at version {current}, not {version}", path=path)
 
     def _check_size(self, data: bytes, path: str) -> None:
         if len(data) > self.max_data:
@@ -165,99 +168,99 @@ class Txn:
         self._check_size(op.data, path)
         if op.eph and self.sessions.get(sid) is None:
             raise SessionExpiredError("an ephemeral node needs a live session", path=path)
+        tree = self.tree
         acl = OPEN_ACL if op.acl is None else expand(op.acl, self.auth)
         ppath = parent_of(probe)
-        parent = self.tree.get(ppath)
+        parent = tree.get(ppath)
         if parent is None:
             if not op.parents:
                 raise NoNodeError(f"parent {ppath} does not exist", path=path)
             parent = self._make_parents(ppath, path, acl)
         else:
-            require(parent, self.auth, CREATE, ppath, "create")
-        if parent[OWNER]:
+            require(tree.acl(parent), self.auth, CREATE, ppath, "create")
+        pf = fields(parent)
+        if pf[OWNER]:
             raise NoChildrenForEphemeralsError(f"{ppath} is ephemeral", path=path)
         if op.sq:
-            path = f"{path}{parent[CVERSION]:010d}"
+            path = f"{path}{pf[CVERSION]:010d}"
             check_path(path)
-        if path in self.tree.nodes:
+        if tree.get(path) is not None:
             raise NodeExistsError(f"{path} already exists", path=path)
-        node = self._insert(path, op.data, sid if op.eph else 0, acl)
-        return {"path": path, "stat": stat(node)}
+        rec = self._insert(path, op.data, sid if op.eph else 0, acl)
+        return {"path": path, "stat": tree.stat(path, rec)}
 
-    def _make_parents(self, ppath: str, path: str, acl) -> Node:
+    def _make_parents(self, ppath: str, path: str, acl: ACL) -> bytes:
         """Create the missing ancestors of ``path`` down to ``ppath``
         (persistent, empty, with the node's own ACL); CREATE is needed on the
-        nearest existing ancestor."""
+        nearest existing ancestor.  Returns ``ppath``'s record."""
+        tree = self.tree
         missing = []
         p = ppath
-        while (anchor := self.tree.get(p)) is None:
+        while (anchor := tree.get(p)) is None:
             missing.append(p)
             p = parent_of(p)
-        require(anchor, self.auth, CREATE, p, "create")
-        if anchor[OWNER]:
+        require(tree.acl(anchor), self.auth, CREATE, p, "create")
+        if owner(anchor):
             raise NoChildrenForEphemeralsError(f"{p} is ephemeral", path=path)
         for p in reversed(missing):
-            node = self._insert(p, b"", 0, acl)
-        return node
+            self._insert(p, b"", 0, acl)
+        return tree.get(ppath)
 
     def set(self, op: SetData) -> dict:
         path = op.path
-        node = self._lookup(path)
+        rec = self._lookup(path)
         self._check_size(op.data, path)
-        node = self._exists(node, path)
-        require(node, self.auth, WRITE, path, "set")
-        self._check_version(node, op.version, path)
-        self.undo.append((self._unset, node, node[DATA], node[VERSION], node[MZXID], node[MTIME]))
-        self.tree.data_bytes += len(op.data) - len(node[DATA])
-        node[DATA] = op.data
-        node[VERSION] += 1
-        node[MZXID] = self.zxid
-        node[MTIME] = self.t
+        rec = self._exists(rec, path)
+        tree = self.tree
+        require(tree.acl(rec), self.auth, WRITE, path, "set")
+        self._check_version(rec, op.version, path)
+        cz, _, pz, ct, _, v, cv, o, av, w = fields(rec)
+        new, blob = make(op.data, cz, self.zxid, pz, ct, self.t, v + 1, cv, o, av, w >> 1)
+        self._put(path, new, blob)
         self.events.append((CHANGED, path))
-        return {"stat": stat(node)}
+        return {"stat": tree.stat(path, new)}
 
     def delete(self, op: Delete) -> dict:
         path = op.path
-        node = self._lookup(path)
+        rec = self._lookup(path)
         if path == "/":
             raise BadArgumentsError("the root cannot be deleted", path=path)
+        tree = self.tree
         ppath = parent_of(path)
-        parent = self.tree.get(ppath)
+        parent = tree.get(ppath)
         if parent is not None:  # as ZooKeeper: the parent's ACL first (no existence leak)
-            require(parent, self.auth, DELETE, ppath, "delete")
-        node = self._exists(node, path)
-        self._check_version(node, op.version, path)
-        if node[KIDS]:
+            require(tree.acl(parent), self.auth, DELETE, ppath, "delete")
+        rec = self._exists(rec, path)
+        self._check_version(rec, op.version, path)
+        kids = tree.children(path)
+        if kids:
             if not op.recursive:
-                raise NotEmptyError(f"{path} has {len(node[KIDS])} children", path=path)
-            for p in self.tree.subtree_postorder(path):
+                raise NotEmptyError(f"{path} has {len(kids)} children", path=path)
+            for p in tree.subtree_postorder(path):
                 q = parent_of(p)
-                require(self.tree.nodes[q], self.auth, DELETE, q, "delete")
+                require(tree.acl(tree.get(q)), self.auth, DELETE, q, "delete")
                 self._remove(p)
         self._remove(path)
         return {}
 
     def check(self, op: Check) -> dict:
-        node = self._exists(self._lookup(op.path), op.path)
-        require(node, self.auth, READ, op.path, "check")
-        self._check_version(node, op.version, op.path)
+        rec = self._exists(self._lookup(op.path), op.path)
+        require(self.tree.acl(rec), self.auth, READ, op.path, "check")
+        self._check_version(rec, op.version, op.path)
         return {}
 
     def set_acl(self, op: SetACL) -> dict:
         path = op.path
-        node = self._exists(self._lookup(path), path)
-        require(node, self.auth, ADMIN, path, "set_acl")
-        if op.version != -1 and node[AVERSION] != op.version:
-            raise BadVersionError(f"the ACL of {path} is at version {node[AVERSION]}, not {op.version}", path=path)
-        acl = expand(op.acl, self.auth)
-        self.undo.append((self._unset_acl, node, node[ACLS], node[AVERSION]))
-        node[ACLS] = intern(acl)
-        node[AVERSION] += 1
-        return {"stat": stat(node)}
-
-    @staticmethod
-    def _unset_acl(node: Node, acl, aversion: int) -> None:
-        node[ACLS], node[AVERSION] = acl, aversion
+        tree = self.tree
+        rec = self._exists(self._lookup(path), path)
+        require(tree.acl(rec), self.auth, ADMIN, path, "set_acl")
+        cz, mz, pz, ct, mt, v, cv, o, av, w = fields(rec)
+        if op.version != -1 and av != op.version:
+            raise BadVersionError(f"the ACL of {path} is at version {av}, not {op.version}", path=path)
+        number = tree.acls.number(expand(op.acl, self.auth))
+        new = repack(rec, cz, mz, pz, ct, mt, v, cv, o, av + 1, number << 1 | w & EXTERNAL)
+        self._put(path, new, tree.blobs[path] if w & EXTERNAL else None)
+        return {"stat": tree.stat(path, new)}
 
     def multi(self, ops: tuple, sid: int) -> dict:
         results = []

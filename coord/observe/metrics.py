@@ -119,6 +119,9 @@ class CoordCollector(Collector):
                          st.snapshot_seconds)
         yield _gauge("coord_raft_snapshot_size_bytes", "Size of the last snapshot taken or installed",
                      st.snapshot_bytes)
+        yield _gauge("coord_raft_snapshot_pause_seconds",
+                     "How long the last snapshot taken held the event loop (the fork when a child wrote it)",
+                     st.snapshot_pause)
         yield _gauge("coord_raft_voters", "Voters in the configuration in effect", len(m.all_voters()))
         yield _gauge("coord_raft_learners", "Learners in the configuration in effect", len(m.learners))
         yield _gauge("coord_raft_joint_config", "1 while a joint-consensus membership change is in progress",

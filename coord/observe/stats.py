@@ -120,6 +120,7 @@ class RaftStats:
         self.snapshots_installed = 0
         self.snapshot_seconds = Histogram(LATENCY_BUCKETS)
         self.snapshot_bytes = 0  # size of the last snapshot taken or installed
+        self.snapshot_pause = 0.0  # how long the last snapshot held the event loop (a fork, or all of it)
 
     def observe_core(self, core: Any) -> None:
         term = core.term
@@ -153,6 +154,9 @@ class RaftStats:
         self.snapshots_taken += 1
         self.snapshot_seconds.observe(time.perf_counter() - started)
         self.snapshot_bytes = size
+
+    def snapshot_paused(self, seconds: float) -> None:
+        self.snapshot_pause = seconds
 
     def snapshot_installed(self, size: int) -> None:
         self.snapshots_installed += 1

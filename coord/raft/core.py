@@ -92,7 +92,7 @@ class RaftCore:
         self.cfg = config
         self.rng = rng
 
-        snap_data: bytes | None = None
+        snap_data: bytes | memoryview | None = None
         if isinstance(snapshot, Snapshot):
             snap_data = snapshot.data
             snapshot = snapshot.meta
@@ -353,18 +353,26 @@ class RaftCore:
         else:
             self._failed_reads.append(context)
 
-    def compact(self, index: int, data: bytes, *, retain: int = 0) -> None:
-        """The driver holds a durable state machine snapshot at ``index``.  Entries
-        up to ``index - retain`` are dropped; keeping a few lets slightly lagging
-        followers catch up from the log instead of a snapshot."""
-        if index <= self.snapshot_meta.index:
-            return
+    def snapshot_meta_at(self, index: int) -> SnapshotMeta:
+        """The metadata of a snapshot of the state machine at applied index
+        ``index``: its term and the configuration in force there (for the
+        driver to name and head the file before ``compact``)."""
         if index > self.log.applied:
             raise ValueError(f"cannot snapshot at {index}: only {self.log.applied} applied")
         term = self.log.term(index)
         if term is None:
             raise ValueError(f"cannot snapshot at {index}: entry not in the log")
-        self.snapshot_meta = SnapshotMeta(index, term, self._membership_at(index))
+        return SnapshotMeta(index, term, self._membership_at(index))
+
+    def compact(self, index: int, data: bytes | memoryview, *, retain: int = 0) -> None:
+        """The driver holds a durable state machine snapshot at ``index``.  Entries
+        up to ``index - retain`` are dropped; keeping a few lets slightly lagging
+        followers catch up from the log instead of a snapshot.  ``data`` may be
+        a memoryview (of a mapped snapshot file): only its length and slices
+        are used."""
+        if index <= self.snapshot_meta.index:
+            return
+        self.snapshot_meta = self.snapshot_meta_at(index)
         self._snap_data = data
         cut = max(self.log.offset, index - max(0, retain))
         self.log.compact(cut)
@@ -709,7 +717,9 @@ class RaftCore:
             reply(len(data))
             return
         self._snap_recv = None
-        snap = Snapshot(SnapshotMeta(m.index, m.log_term, buf[1]), bytes(data))
+        # A read-only view of the buffer, not a copy: a snapshot can be ~90 MB
+        # (1M nodes), and nothing writes to the buffer once it is complete.
+        snap = Snapshot(SnapshotMeta(m.index, m.log_term, buf[1]), memoryview(data).toreadonly())
         self._install_snapshot(snap)
         reply(len(data), done=True)
 
@@ -941,7 +951,7 @@ class RaftCore:
             return False
         size = self.cfg.snapshot_chunk_bytes
         off = min(pr.snap_offset, len(snap.data))
-        chunk = snap.data[off:off + size]
+        chunk = bytes(snap.data[off:off + size])  # data may be a memoryview
         done = off + len(chunk) >= len(snap.data)
         self._send(Message(MsgType.SNAPSHOT, self.node_id, pid, self.term, index=snap.meta.index,
                            log_term=snap.meta.term, membership=snap.meta.membership,

@@ -97,7 +97,7 @@ class SnapshotMeta:
 @dataclass(slots=True, frozen=True)
 class Snapshot:
     meta: SnapshotMeta
-    data: bytes
+    data: bytes | memoryview  # a memoryview of a mapped file when read back from disk
 
 
 class MsgType(enum.IntEnum):

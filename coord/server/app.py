@@ -11,6 +11,7 @@ import sys
 
 import trio
 
+from coord.server.allocator import tune_allocator
 from coord.server.clientport import serve_clients
 from coord.server.config import ServerConfig
 from coord.server.sdnotify import notify
@@ -61,4 +62,5 @@ def run_app(cfg: ServerConfig) -> None:
     # it; with the default 5 ms switch interval a busy event loop made it
     # wait that long, which is write latency.  0.5 ms keeps the handoff short.
     sys.setswitchinterval(0.0005)
+    tune_allocator()  # freed log entries go back to the system (see allocator.py)
     trio.run(serve_until_signal, cfg)

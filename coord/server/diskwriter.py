@@ -23,11 +23,11 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Union
+from typing import Any, Callable, Protocol, Union, runtime_checkable
 
-from coord.raft.types import Entry, HardState, Ready, Snapshot
+from coord.raft.types import Entry, HardState, Ready, Snapshot, SnapshotMeta
 
-__all__ = ["DiskWriter", "LogStore", "SaveSnapshot", "DiskWork", "merge_entries"]
+__all__ = ["AdoptSnapshot", "DiskWriter", "LogStore", "SaveSnapshot", "SnapshotFiles", "DiskWork", "merge_entries"]
 
 
 class LogStore(Protocol):
@@ -40,6 +40,27 @@ class LogStore(Protocol):
     def compact(self, index: int) -> None: ...
 
 
+@runtime_checkable
+class SnapshotFiles(Protocol):
+    """A LogStore whose snapshot files a forked child can write
+    (coord.server.snapshotter); DiskStorage is one."""
+
+    def write_snapshot_file(self, snapshot: Snapshot) -> None:
+        """In the child: write the file atomically and durably, touch nothing else."""
+
+    def adopt_snapshot(self, meta: SnapshotMeta) -> None:
+        """In the disk thread, once the child has exited: the file is this server's newest snapshot."""
+
+    def discard_snapshot_file(self, meta: SnapshotMeta, pid: int) -> None:
+        """What a failed child ``pid`` left behind goes."""
+
+    def snapshot_data(self, meta: SnapshotMeta) -> bytes | memoryview:
+        """The file's data for the Raft core (mapped, not copied)."""
+
+    def release_snapshot_data(self, data: bytes | memoryview) -> None:
+        """Data from here was used up (restored): its pages may leave the process's RSS."""
+
+
 @dataclass(slots=True, frozen=True)
 class SaveSnapshot:
     """A snapshot of this server's own state machine: store it, then drop the
@@ -50,7 +71,17 @@ class SaveSnapshot:
     compact_to: int
 
 
-DiskWork = Union[Ready, SaveSnapshot]
+@dataclass(slots=True, frozen=True)
+class AdoptSnapshot:
+    """A snapshot file a child process has written and made durable: adopt
+    it, then drop the log up to ``compact_to`` (only now: the file is
+    durable before this is queued)."""
+
+    meta: SnapshotMeta
+    compact_to: int
+
+
+DiskWork = Union[Ready, SaveSnapshot, AdoptSnapshot]
 
 
 def merge_entries(acc: list[Entry], new: list[Entry]) -> list[Entry]:
@@ -153,6 +184,12 @@ class DiskWriter:
                 if dirty:
                     flush()
                 self.store.save_snapshot(work.snapshot)
+                self.store.compact(work.compact_to)
+                continue
+            if type(work) is AdoptSnapshot:
+                if dirty:
+                    flush()
+                self.store.adopt_snapshot(work.meta)
                 self.store.compact(work.compact_to)
                 continue
             rd = work

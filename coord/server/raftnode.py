@@ -16,6 +16,13 @@ carried out exactly as ``coord.raft.types.Ready`` prescribes:
 * a change of leader, role or term (``Ready.soft_state``) is reported to
   ``on_soft_state`` and wakes ``wait_leader``.
 
+Snapshots of the state machine are due by ``snapshotschedule`` and written
+by a forked child (``snapshotter``): the loop pauses for the fork only, the
+WAL is compacted once the file is durable, and the core keeps the data
+mapped from the file.  A snapshot installed from the leader is restored in
+steps by a task of its own (``StateMachine.restore_steps``), the state
+machine's part of the readies after it waiting, in order, meanwhile.
+
 Callers wait on ``Future``s (``future.py``): ``propose``, ``read_index``,
 ``applied``, ``propose_membership``, ``transfer_leadership``.  The clock is
 a parameter (``ticker``), so tests can drive time.
@@ -23,6 +30,7 @@ a parameter (``ticker``), so tests can drive time.
 
 from __future__ import annotations
 
+import collections
 import heapq
 import itertools
 import logging
@@ -30,7 +38,7 @@ import math
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol, runtime_checkable
 
 import trio
 
@@ -46,11 +54,14 @@ from coord.raft.types import (
     Ready,
     Role,
     Snapshot,
+    SnapshotMeta,
     SoftState,
 )
 from coord.observe.stats import RaftStats
-from coord.server.diskwriter import DiskWork, DiskWriter, LogStore, SaveSnapshot
+from coord.server.diskwriter import AdoptSnapshot, DiskWork, DiskWriter, LogStore, SaveSnapshot, SnapshotFiles
 from coord.server.future import Future
+from coord.server.snapshotschedule import SnapshotSchedule
+from coord.server.snapshotter import ChildSnapshot, SnapshotFailed, fork_snapshot
 
 log = logging.getLogger("coord.raftnode")
 
@@ -63,6 +74,7 @@ __all__ = [
     "RaftNode",
     "ReadFailed",
     "StateMachine",
+    "SteppedRestore",
 ]
 
 
@@ -81,6 +93,16 @@ class StateMachine(Protocol):
         """Replace the whole state by a snapshot's."""
 
 
+@runtime_checkable
+class SteppedRestore(Protocol):
+    """A state machine that can also restore in steps (optional)."""
+
+    def restore_steps(self, data: bytes | memoryview) -> Iterator[None]:
+        """``restore`` in steps of bounded work, the state replaced at the
+        end: the driver then installs a snapshot from the leader without
+        holding its loop for the whole of it."""
+
+
 class NotLeader(ProposalDropped):
     """This server is not the leader; ``leader`` names the one it knows of (or 0)."""
 
@@ -97,12 +119,18 @@ class ReadFailed(Exception):
 @dataclass(slots=True, frozen=True)
 class NodeOptions:
     tick_seconds: float = 0.05
-    snapshot_entries: int = 10_000  # snapshot the state machine after this many applied entries
-    snapshot_retain: int = 1_000  # keep this many entries before a snapshot for lagging followers
+    snapshot_entries: int = 10_000  # snapshot the state machine after this many applied entries...
+    snapshot_jitter: float = 0.25  # ...plus a random part of up to this share of them, so servers do not all at once
+    snapshot_log_bytes: int = 64 << 20  # ...or once the entries applied since the last one reach this size
+    snapshot_retain: int = 1_000  # keep this many entries before a snapshot for lagging followers...
+    snapshot_retain_bytes: int = 4 << 20  # ...or fewer, up to this many bytes of them (S1: 1,000 multis were 38 MB)
+    snapshot_in_child: bool = True  # in a forked child (snapshotter.py), if the store writes files; else on the loop
+    snapshot_nice: int = 19  # the child's niceness: it takes the CPU the servers leave
     max_batch: int = 4096  # proposals per core.propose_batch call
 
     def __post_init__(self) -> None:
-        if self.tick_seconds <= 0 or self.snapshot_entries < 1 or self.snapshot_retain < 0 or self.max_batch < 1:
+        if (self.tick_seconds <= 0 or self.snapshot_entries < 1 or self.snapshot_retain < 0 or self.max_batch < 1
+                or not 0 <= self.snapshot_jitter <= 1 or self.snapshot_retain_bytes < 0 or self.snapshot_log_bytes < 1):
             raise ValueError(f"bad node options: {self}")
 
 
@@ -156,6 +184,24 @@ class _DiskFailed:
 
 
 @dataclass(slots=True, frozen=True)
+class _SnapshotWritten:
+    """The child writing the snapshot of ``meta`` has exited (``error``: it failed)."""
+
+    meta: SnapshotMeta
+    job: ChildSnapshot
+    error: str | None
+
+
+@dataclass(slots=True, frozen=True)
+class _Restored:
+    """The task restoring ``ready``'s snapshot has finished (``error``: it failed)."""
+
+    ready: Ready
+    error: Exception | None
+    seconds: float
+
+
+@dataclass(slots=True, frozen=True)
 class _CoreCall:
     """Run ``fn(core)`` inside the loop; its result or error resolves ``future``."""
 
@@ -202,6 +248,8 @@ class RaftNode:
         self._ticker = ticker
         if recovered_snapshot is not None and recovered_snapshot.meta.index > 0:
             state_machine.restore(recovered_snapshot.data)
+            if isinstance(store, SnapshotFiles):
+                store.release_snapshot_data(recovered_snapshot.data)  # mapped: its pages need not stay in RSS
         self.core = RaftCore(
             node_id,
             raft_config,
@@ -214,7 +262,15 @@ class RaftNode:
         self.soft = SoftState(0, Role.FOLLOWER, self.core.term)
         self._recovering = self.core.recovering
         self._led_term = -1  # the last term in which this server was leader
-        self._last_snapshot_index = self.core.snapshot_meta.index
+        o = options
+        self._schedule = SnapshotSchedule(
+            entries=o.snapshot_entries, jitter=o.snapshot_jitter, log_bytes=o.snapshot_log_bytes,
+            retain=o.snapshot_retain, retain_bytes=o.snapshot_retain_bytes,
+            last_index=self.core.snapshot_meta.index, seed=node_id if seed is None else seed)
+        self._snapshot_job: ChildSnapshot | None = None  # a child writing a snapshot
+        self._restoring = False  # a task is restoring an installed snapshot into the state machine
+        self._backlog: collections.deque[Ready] = collections.deque()  # readies whose state machine part waits
+        self._nursery: trio.Nursery | None = None
         self._send_in, self._recv_in = trio.open_memory_channel(math.inf)
         self.obs = RaftStats(self.core)  # observability counters (coord.observe)
         self.disk = DiskWriter(store, recovered_hard_state, name=f"coord-disk-{node_id}", stats=self.obs)
@@ -383,6 +439,7 @@ class RaftNode:
         self.disk.start(done, failed)
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 nursery.start_soon(self._ticker, self)
                 self._process_ready()
                 task_status.started()
@@ -438,6 +495,10 @@ class RaftNode:
                 item.future.set(item.fn(core))
             except Exception as e:  # the caller's answer (ConfChangeError, ProposalDropped, ...)
                 item.future.fail(e)
+        elif t is _SnapshotWritten:
+            self._snapshot_written(item)
+        elif t is _Restored:
+            self._restored(item)
         elif t is _DiskFailed:
             raise item.error  # a storage error is fatal: stop the server rather than lie
         else:
@@ -479,9 +540,7 @@ class RaftNode:
                 if rd.hard_state is not None:
                     self.disk.set_lazy(rd.hard_state)
                 self._after_persist(rd)
-        if self._to_disk:
-            batch, self._to_disk = self._to_disk, []
-            self.disk.submit(batch)  # one hand-off per loop iteration (each may wake the thread)
+        self._flush_disk()
         if soft is not None:
             self.obs.observe_core(core)  # observability: elections, leader changes
             self._soft_state_changed(soft)
@@ -493,6 +552,11 @@ class RaftNode:
             self._membership_seen = m
             if self.on_membership is not None:
                 self.on_membership(m)
+
+    def _flush_disk(self) -> None:
+        if self._to_disk:
+            batch, self._to_disk = self._to_disk, []
+            self.disk.submit(batch)  # one hand-off per loop iteration (each may wake the thread)
 
     def _soft_state_changed(self, soft: SoftState) -> None:
         self.soft = soft
@@ -508,20 +572,69 @@ class RaftNode:
         self._to_disk.append(work)
 
     def _after_persist(self, work: DiskWork) -> None:
-        if type(work) is SaveSnapshot:
+        if type(work) is SaveSnapshot or type(work) is AdoptSnapshot:
             return
         rd: Ready = work
-        core = self.core
         for m in rd.messages_after_persist:
             self.send(m)
-        core.on_persisted(rd)
+        self.core.on_persisted(rd)
+        for ctx in rd.failed_reads:
+            f = self._reads.pop(ctx, None)
+            if f is not None:
+                f.fail(ReadFailed("no leader could confirm the read"))
+        if self._restoring or self._backlog:
+            self._backlog.append(rd)  # the state machine is being restored: its part waits, in order
+        else:
+            self._to_state_machine(rd)
+
+    def _to_state_machine(self, rd: Ready) -> None:
+        """The state machine's part of a durable ready: install its snapshot,
+        apply its committed entries, resolve read barriers.  A snapshot is
+        restored in steps by a task of its own when the state machine can
+        (``restore_steps``), the rest of this ready and of the ones after it
+        waiting until it is in."""
         if rd.snapshot is not None:
             self.obs.snapshot_installed(len(rd.snapshot.data))  # observability
+            if isinstance(self.sm, SteppedRestore) and self._nursery is not None:
+                self._restoring = True
+                self._nursery.start_soon(self._restore, rd, self.sm.restore_steps(rd.snapshot.data))
+                return
             self.sm.restore(rd.snapshot.data)
-            self._last_snapshot_index = rd.snapshot.meta.index
-            self._set_applied(rd.snapshot.meta.index)
-            for idx in [i for i in self._waiters if i <= rd.snapshot.meta.index]:
-                self._waiters.pop(idx)[1].fail(ProposalDropped("replaced by a snapshot"))
+            self._installed(rd)
+        self._apply_ready(rd)
+
+    async def _restore(self, rd: Ready, steps: Iterator[None]) -> None:
+        """Run ``restore_steps`` with a checkpoint after each (bounded) step,
+        so the loop goes on serving reads, heartbeats and the log meanwhile."""
+        error = None
+        t0 = time.perf_counter()
+        try:
+            for _ in steps:
+                await trio.sleep(0)
+        except Exception as e:  # a damaged snapshot: raised in the loop, which stops the server as before
+            error = e
+        self._send_in.send_nowait(_Restored(rd, error, time.perf_counter() - t0))
+
+    def _restored(self, item: "_Restored") -> None:
+        if item.error is not None:
+            raise item.error
+        self._restoring = False
+        log.info("server %d: installed the snapshot at index %d in %.2f s of steps", self.node_id,
+                 item.ready.snapshot.meta.index, item.seconds)
+        self._installed(item.ready)
+        self._apply_ready(item.ready)
+        backlog = self._backlog
+        while backlog and not self._restoring:
+            self._to_state_machine(backlog.popleft())
+
+    def _installed(self, rd: Ready) -> None:
+        index = rd.snapshot.meta.index
+        self._schedule.taken(index)
+        self._set_applied(index)
+        for idx in [i for i in self._waiters if i <= index]:
+            self._waiters.pop(idx)[1].fail(ProposalDropped("replaced by a snapshot"))
+
+    def _apply_ready(self, rd: Ready) -> None:
         for e in rd.committed:
             self._apply(e)
         if rd.committed:
@@ -531,10 +644,6 @@ class RaftNode:
             f = self._reads.pop(rs.context, None)
             if f is not None:
                 self._when_applied(rs.index, f)
-        for ctx in rd.failed_reads:
-            f = self._reads.pop(ctx, None)
-            if f is not None:
-                f.fail(ReadFailed("no leader could confirm the read"))
 
     def _apply(self, e: Entry) -> None:
         result = None
@@ -544,6 +653,7 @@ class RaftNode:
         except Exception as exc:  # a deterministic state machine error is the proposer's answer
             error = exc
         self.entries_applied += 1
+        self._schedule.applied(len(e.data))
         if e.term == self._led_term and e.kind == EntryKind.NORMAL:
             self.obs.proposals_committed += 1  # observability: proposed here, as leader of its term
         pending = self._waiters.pop(e.index, None) if self._waiters else None
@@ -570,14 +680,76 @@ class RaftNode:
             target, _, f = heapq.heappop(w)
             f.set(target)
 
+    # ------------------------------------------------------------------
+    # snapshots
+    # ------------------------------------------------------------------
     def _maybe_snapshot(self) -> None:
-        if self._applied - self._last_snapshot_index < self.opts.snapshot_entries:
+        """A snapshot when one is due (``snapshotschedule``), in a forked
+        child when the store can write files from one (``snapshotter``),
+        else on the loop."""
+        if self._snapshot_job is not None or not self._schedule.is_due(self._applied):
             return
+        self._schedule.started()
         index = self._applied
+        meta = self.core.snapshot_meta_at(index)
+        store = self.disk.store
+        if self.opts.snapshot_in_child and isinstance(store, SnapshotFiles) and self._nursery is not None:
+            try:
+                job = fork_snapshot(self.sm.snapshot, lambda data: store.write_snapshot_file(Snapshot(meta, data)),
+                                    nice=self.opts.snapshot_nice)
+            except OSError as e:
+                log.warning("server %d: cannot fork to snapshot (%s); taking it on the event loop", self.node_id, e)
+            else:
+                self._snapshot_job = job
+                self.obs.snapshot_paused(job.fork_seconds)  # observability
+                self._nursery.start_soon(self._await_snapshot, meta, job)
+                return
         t0 = time.perf_counter()  # observability
         data = self.sm.snapshot()
         self.obs.snapshot_taken(t0, len(data))  # observability
-        self.core.compact(index, data, retain=self.opts.snapshot_retain)
-        self._last_snapshot_index = index
+        self.obs.snapshot_paused(time.perf_counter() - t0)  # observability
+        log.info("server %d: snapshot at index %d (%d bytes) taken on the event loop: paused the loop %.1f ms",
+                 self.node_id, index, len(data), self.obs.snapshot_pause * 1e3)
+        self.core.compact(index, data, retain=self._to_keep(index))
+        self._schedule.taken(index)
         # The WAL keeps its entries until the snapshot file is durable (FIFO).
         self._enqueue(SaveSnapshot(Snapshot(self.core.snapshot_meta, data), index))
+
+    def _to_keep(self, index: int) -> int:
+        return self._schedule.to_keep(index, self.core.log.first_index(), self.core.entries)
+
+    async def _await_snapshot(self, meta: SnapshotMeta, job: ChildSnapshot) -> None:
+        error = None
+        try:
+            await job.wait()
+        except SnapshotFailed as e:
+            error = str(e)
+        self._send_in.send_nowait(_SnapshotWritten(meta, job, error))
+
+    def _snapshot_written(self, item: _SnapshotWritten) -> None:
+        """In the loop: the child is gone.  On success its file is durable:
+        the core gets the data (mapped, for lagging followers), then the
+        disk thread adopts the file and only then compacts the WAL."""
+        self._snapshot_job = None
+        store = self.disk.store
+        meta = item.meta
+        data = None
+        error = item.error
+        if error is None:
+            try:
+                data = store.snapshot_data(meta)
+            except Exception as e:  # noqa: BLE001 - StorageError, OSError: the file is not usable
+                error = f"cannot read back {meta}: {e!r}"
+        if error is not None:
+            store.discard_snapshot_file(meta, item.job.pid)
+            self._schedule.failed(self._applied)
+            log.error("server %d: snapshot at index %d failed: %s; the log keeps growing until one succeeds",
+                      self.node_id, meta.index, error)
+            return
+        self.obs.snapshot_taken(item.job.started, len(data))  # observability
+        log.info("server %d: snapshot at index %d (%d bytes) written by a child in %.2f s; fork paused the loop "
+                 "%.1f ms", self.node_id, meta.index, len(data), time.perf_counter() - item.job.started,
+                 item.job.fork_seconds * 1e3)
+        self.core.compact(meta.index, data, retain=self._to_keep(meta.index))
+        self._schedule.taken(meta.index)
+        self._enqueue(AdoptSnapshot(meta, meta.index))

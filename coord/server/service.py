@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import resource
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import trio
 
@@ -80,6 +80,9 @@ class ServiceStateMachine:
 
     def restore(self, data: bytes) -> None:
         self.ns.restore(data)
+
+    def restore_steps(self, data: bytes) -> Iterator[None]:
+        return self.ns.restore_steps(data)
 
 
 class CoordService:

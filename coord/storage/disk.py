@@ -25,7 +25,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from coord.raft.types import Entry, HardState, Snapshot
+from coord.raft.types import Entry, HardState, Snapshot, SnapshotMeta
 from coord.storage.errors import (
     InconsistentStateError,
     LogLossError,
@@ -35,7 +35,7 @@ from coord.storage.errors import (
 )
 from coord.storage.fileio import FileIO
 from coord.storage.hardstate import HardStateFile
-from coord.storage.snapshots import SnapshotStore
+from coord.storage.snapshots import SnapshotStore, release_pages
 from coord.storage.wal import DEFAULT_SEGMENT_BYTES, WAL
 
 __all__ = ["DiskStorage", "Recovered"]
@@ -172,6 +172,40 @@ class DiskStorage:
         self._check_open()
         self._snaps.save(snapshot)
         self._snapshot_index = max(self._snapshot_index, snapshot.meta.index)
+
+    # -- snapshots written by a forked child (coord.server.snapshotter) ------------
+    def write_snapshot_file(self, snapshot: Snapshot) -> None:
+        """Write a snapshot file atomically and durably, and change nothing
+        else: what a forked child runs (its own temp name, no pruning, no
+        state of this object touched), while the parent's disk thread goes
+        on.  The parent then calls ``adopt_snapshot``."""
+        self._check_open()
+        self._snaps.write(snapshot, tmp_suffix=f".{os.getpid()}.tmp")
+
+    def adopt_snapshot(self, meta: SnapshotMeta) -> None:
+        """A snapshot file written by ``write_snapshot_file`` (in a child that
+        has exited) is durable: count it as this server's newest snapshot
+        (so ``compact`` may drop the log up to it) and prune older files."""
+        self._check_open()
+        self._snapshot_index = max(self._snapshot_index, meta.index)
+        self._snaps.prune()
+
+    def discard_snapshot_file(self, meta: SnapshotMeta, pid: int) -> None:
+        """Remove what a failed or killed child left of its snapshot file."""
+        try:
+            os.unlink(self._snaps.path_for(meta) + f".{pid}.tmp")
+        except FileNotFoundError:
+            pass
+
+    def release_snapshot_data(self, data: bytes | memoryview) -> None:
+        """Snapshot data read from here has been used (restored): its pages may leave RSS."""
+        release_pages(data)
+
+    def snapshot_data(self, meta: SnapshotMeta) -> memoryview:
+        """The data of the snapshot file of ``meta``, mapped read-only (see
+        storage.snapshots: not a copy in the server's memory)."""
+        self._check_open()
+        return self._snaps.open_data(meta)
 
     def compact(self, index: int) -> None:
         """Delete WAL segments holding only entries <= index.  index must be

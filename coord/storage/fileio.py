@@ -85,10 +85,11 @@ class FileIO:
         finally:
             os.close(fd)
 
-    def atomic_write(self, path: str, chunks: Iterable[bytes]) -> None:
+    def atomic_write(self, path: str, chunks: Iterable[bytes], *, tmp_suffix: str = ".tmp") -> None:
         """Replace ``path`` so that a crash leaves either the old or the new
-        content, never a mix: write a temp file, fsync, rename, fsync dir."""
-        tmp = path + ".tmp"
+        content, never a mix: write a temp file (``path + tmp_suffix``),
+        fsync, rename, fsync dir."""
+        tmp = path + tmp_suffix
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             for chunk in chunks:
