@@ -37,6 +37,20 @@ async def test_tree_browser_pages_children_and_previews_data(served):
     assert binary["data"]["truncated"] and binary["data"]["size"] == 5120 > PREVIEW_BYTES
 
 
+async def test_tree_browser_names_each_nodes_kind(served):
+    async with Client(served.endpoint, session_timeout=5) as c:
+        await c.create("/kinds")
+        await c.create("/kinds/box", container=True)
+        await c.create("/kinds/cache", ttl=3600)
+        await c.create("/kinds/me", ephemeral=True)
+        page = await get_json(served.http_port, "/api/node?path=/kinds")
+        assert {ch["name"]: ch["kind"] for ch in page["children"]} == {
+            "box": "container", "cache": "ttl", "me": "ephemeral"}
+        ttl = await get_json(served.http_port, "/api/node?path=/kinds/cache")
+        assert ttl["stat"]["kind"] == "ttl" and ttl["stat"]["ttl_ms"] == 3_600_000
+        assert page["stat"]["kind"] == "persistent" and "ttl_ms" not in page["stat"]
+
+
 async def test_sessions_show_clients_and_never_secrets(served):
     async with Client(served.endpoint, session_timeout=5) as a, Client(served.endpoint, session_timeout=7) as b:
         await a.create("/e", b"", ephemeral=True)

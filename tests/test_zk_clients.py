@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 
 import pytest
 import trio
@@ -39,7 +40,8 @@ def need(ok: bool, what: str) -> None:
 
 @pytest.fixture(scope="module")
 def coord(tmp_path_factory):
-    c = Cluster(3, tmp_path_factory.mktemp("zkclients"), zookeeper=True)
+    c = Cluster(3, tmp_path_factory.mktemp("zkclients"), zookeeper=True,
+                extra_config="[namespace]\nreap_interval_ms = 100\n")
     c.start()
     trio.run(c.wait_leader)
     yield c
@@ -69,6 +71,33 @@ def test_zkcli(hosts, coord):
     assert "type:NodeDeleted path:/zkcli" in out  # the addWatch fired on delete
     with SyncClient(coord.endpoints) as c:
         assert c.exists("/zkcli") is None
+
+
+def test_zkcli_containers_ttl_nodes_and_session_listings(hosts, coord):
+    """ZooKeeper 3.8's zkCli: create -c (container), create -t (TTL),
+    getEphemerals, getAllChildrenNumber; then the leader reaps the empty
+    container and the expired TTL node, as ZooKeeper's ContainerManager."""
+    need(os.path.exists(ZKCLI) and shutil.which("java") is not None, "zkCli.sh (Debian package zookeeper)")
+    script = "\n".join([
+        "create -c /box", "create /box/item", "stat /box", "create -t 800 /ttl x", "stat /ttl",
+        "create /tree", "create /tree/a", "create /tree/a/b", "getAllChildrenNumber /tree",
+        "create -e /tree/mine", "getEphemerals /tree", "delete /box/item", "quit", ""])
+    p = subprocess.run([ZKCLI, "-server", hosts.split(",")[0]], input=script, capture_output=True, text=True,
+                       timeout=120)
+    out = p.stdout
+    assert "Created /box" in out + p.stderr and "Created /ttl" in out + p.stderr
+    assert "ephemeralOwner = 0x8000000000000000" in out  # stat /box: ZooKeeper's container marker
+    assert "ephemeralOwner = 0xff00000000000320" in out  # stat /ttl: 0xFF << 56 | 800
+    assert "\n2\n" in out  # getAllChildrenNumber /tree: /tree/a and /tree/a/b
+    assert "[/tree/mine]" in out  # getEphemerals /tree (the session's own)
+    with SyncClient(coord.endpoints) as c:
+        deadline = time.monotonic() + 20
+        while (c.exists("/box") or c.exists("/ttl")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert c.exists("/box") is None, "the empty container was not reaped"
+        assert c.exists("/ttl") is None, "the expired TTL node was not reaped"
+        assert c.exists("/tree/a/b") is not None  # plain nodes stay
+        assert c.exists("/tree/mine") is None  # zkCli's session ended: its ephemeral went
 
 
 def test_node_zookeeper_client(hosts, coord):

@@ -25,7 +25,9 @@ from coord.zookeeper.records import (
     GetACLRequest,
     GetChildren2Request,
     GetChildrenRequest,
+    GetAllChildrenNumberRequest,
     GetDataRequest,
+    GetEphemeralsRequest,
     Id,
     MultiOp,
     MultiRequest,
@@ -71,11 +73,20 @@ def test_every_coord_error_has_a_zookeeper_code():
     assert t.error_code(None) == Code.SYSTEM_ERROR
 
 
-@pytest.mark.parametrize("flags, eph, sq", [(0, False, False), (1, True, False), (2, False, True), (3, True, True),
-                                            (4, False, False)])
-def test_create_is_coords_create(flags, eph, sq):
-    planned = t.plan(OpCode.CREATE, CreateRequest("/a", b"d", OPEN, flags), CTX)
-    expected = ops.create("/a", b"d", ephemeral=eph, sequential=sq)  # what the SDK sends, plus the ACL
+@pytest.mark.parametrize("flags, eph, sq, container", [(0, False, False, False), (1, True, False, False),
+                                                       (2, False, True, False), (3, True, True, False),
+                                                       (4, False, False, True)])
+def test_create_is_coords_create(flags, eph, sq, container):
+    op = OpCode.CREATE_CONTAINER if container else OpCode.CREATE
+    planned = t.plan(op, CreateRequest("/a", b"d", OPEN, flags), CTX)
+    expected = ops.create("/a", b"d", ephemeral=eph, sequential=sq, container=container)  # what the SDK sends
+    assert planned == t.Plan(({**expected, "acl": [[31, "world", "anyone"]]},))
+
+
+@pytest.mark.parametrize("flags, sq", [(5, False), (6, True)])
+def test_create_ttl_is_coords_create_with_a_ttl(flags, sq):
+    planned = t.plan(OpCode.CREATE_TTL, CreateTTLRequest("/a", b"d", OPEN, flags, 1500), CTX)
+    expected = ops.create("/a", b"d", sequential=sq, ttl=1.5)
     assert planned == t.Plan(({**expected, "acl": [[31, "world", "anyone"]]},))
 
 
@@ -89,8 +100,11 @@ def test_create_replies():
 
 
 def test_create_refusals():
-    assert t.plan(OpCode.CREATE_TTL, CreateTTLRequest("/a", b"", OPEN, 5, 1000), CTX).err == Code.UNIMPLEMENTED
-    assert t.plan(OpCode.CREATE, CreateRequest("/a", b"", OPEN, 6), CTX).err == Code.UNIMPLEMENTED
+    # as ZooKeeper's EphemeralType.validateTTL: a TTL mode needs 0 < ttl <= 2^40-1, other modes no ttl
+    for ttl in (0, -1, 1 << 40):
+        assert t.plan(OpCode.CREATE_TTL, CreateTTLRequest("/a", b"", OPEN, 5, ttl), CTX).err == Code.BAD_ARGUMENTS
+    assert t.plan(OpCode.CREATE_TTL, CreateTTLRequest("/a", b"", OPEN, 0, 1000), CTX).err == Code.BAD_ARGUMENTS
+    assert t.plan(OpCode.CREATE, CreateRequest("/a", b"", OPEN, 6), CTX).err == Code.BAD_ARGUMENTS
     assert t.plan(OpCode.CREATE, CreateRequest("/a", b"", OPEN, 99), CTX).err == Code.BAD_ARGUMENTS
     assert t.plan(OpCode.CREATE, CreateRequest("/a", b"", (), 0), CTX).err == Code.INVALID_ACL
     digest = (ACL(31, Id("digest", "u:hash")),)
@@ -207,9 +221,9 @@ def test_multi_failure_is_reported_per_op_as_zookeeper_does():
                                                       Code.RUNTIME_INCONSISTENCY]
     # an op refused before reaching coord fails the multi the same way
     bad = MultiRequest((MultiOp(OpCode.DELETE, DeleteRequest("/a", -1)),
-                        MultiOp(OpCode.CREATE_TTL, CreateTTLRequest("/t", b"", OPEN, 5, 10))))
+                        MultiOp(OpCode.CREATE_TTL, CreateTTLRequest("/t", b"", OPEN, 5, 0))))
     r = t.plan(OpCode.MULTI, bad, CTX)
-    assert [x.record.err for x in r.body.results] == [0, Code.UNIMPLEMENTED]
+    assert [x.record.err for x in r.body.results] == [0, Code.BAD_ARGUMENTS]
     # a whole-request failure is the header's
     assert run(OpCode.MULTI, body, fail("SessionExpired")).err == Code.SESSION_EXPIRED
     # reads in a multi are refused
@@ -251,10 +265,27 @@ def test_check_sync_and_add_watch():
     assert t.plan(OpCode.ADD_WATCH, AddWatchRequest("/p", 7), CTX).err == Code.BAD_ARGUMENTS
 
 
-@pytest.mark.parametrize("op", [OpCode.GET_ALL_CHILDREN_NUMBER, OpCode.GET_EPHEMERALS, OpCode.SASL,
-                                OpCode.DELETE_CONTAINER, 555])
+@pytest.mark.parametrize("op", [OpCode.SASL, OpCode.DELETE_CONTAINER, 555])
 def test_unsupported_ops_are_unimplemented(op):
     assert t.plan(op, None, CTX).err == Code.UNIMPLEMENTED
+
+
+def test_get_all_children_number():
+    planned = t.plan(OpCode.GET_ALL_CHILDREN_NUMBER, GetAllChildrenNumberRequest("/a"), CTX)
+    assert planned == t.Plan(({"op": "descendants", "path": "/a", "lin": False},))
+    assert run(OpCode.GET_ALL_CHILDREN_NUMBER, GetAllChildrenNumberRequest("/a"), ok({"count": 7})).body.totalNumber == 7
+    # the root counts /zookeeper, /zookeeper/config and /zookeeper/quota, as ZooKeeper's does
+    assert run(OpCode.GET_ALL_CHILDREN_NUMBER, GetAllChildrenNumberRequest("/"), ok({"count": 7})).body.totalNumber == 10
+    assert t.plan(OpCode.GET_ALL_CHILDREN_NUMBER, GetAllChildrenNumberRequest("/zookeeper"), CTX).body.totalNumber == 2
+    assert run(OpCode.GET_ALL_CHILDREN_NUMBER, GetAllChildrenNumberRequest("/x"), fail("NoNode")).err == Code.NO_NODE
+
+
+def test_get_ephemerals():
+    planned = t.plan(OpCode.GET_EPHEMERALS, GetEphemeralsRequest("/a"), CTX)
+    assert planned == t.Plan(({"op": "ephemerals", "prefix": "/a", "lin": False},))
+    assert t.plan(OpCode.GET_EPHEMERALS, GetEphemeralsRequest(None), CTX).calls[0]["prefix"] == "/"
+    r = run(OpCode.GET_EPHEMERALS, GetEphemeralsRequest("/"), ok({"paths": ["/a", "/b"]}))
+    assert r.body.ephemerals == ("/a", "/b")
 
 
 def test_reconfig():

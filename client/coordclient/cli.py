@@ -197,18 +197,24 @@ def set_(c: _Ctx, path: str, data: str, version: int) -> None:
 @click.option("-e", "--ephemeral", is_flag=True, help="Delete the node when this session ends (i.e. at once).")
 @click.option("-s", "--sequential", is_flag=True, help="Append a unique increasing counter to the name.")
 @click.option("-p", "--parents", is_flag=True, help="Create missing parent nodes.")
+@click.option("-c", "--container", is_flag=True,
+              help="A container: deleted by the ensemble once it has had children and has none left.")
+@click.option("-t", "--ttl", type=click.FloatRange(min=0.001), metavar="SECONDS",
+              help="A TTL node: deleted once it has no children and has not changed for SECONDS.")
 @click.option("--acl", "acl_entries", multiple=True, metavar="SCHEME:ID:PERMS",
               help="An ACL entry (repeat for more), e.g. digest:bob:HASH:cdrwa, world:anyone:r; "
                    "default: the server's default ACL.")
 @pass_ctx
-def create(c: _Ctx, path: str, data: str, ephemeral: bool, sequential: bool, parents: bool,
-           acl_entries: tuple[str, ...]) -> None:
+def create(c: _Ctx, path: str, data: str, ephemeral: bool, sequential: bool, parents: bool, container: bool,
+           ttl: float | None, acl_entries: tuple[str, ...]) -> None:
     """Create a node and print its path."""
     acl = _parse_acl(acl_entries) if acl_entries else None
+    if (ephemeral, container, ttl is not None).count(True) > 1:
+        raise click.UsageError("a node is at most one of --ephemeral, --container and --ttl")
 
     async def action(client: Client) -> None:
         created = await client.create(path, data.encode(), ephemeral=ephemeral, sequential=sequential,
-                                      make_parents=parents, acl=acl)
+                                      make_parents=parents, acl=acl, container=container, ttl=ttl)
         c.emit(created, {"path": created})
 
     c.run(action)
@@ -268,9 +274,12 @@ def whoami(c: _Ctx) -> None:
     c.run(action)
 
 
+_KIND_MARK = {"ephemeral": "e", "container": "c", "ttl": "t", "persistent": "-"}
+
+
 @cli.command()
 @click.argument("path")
-@click.option("-l", "long_", is_flag=True, help="Show version, data length and child count.")
+@click.option("-l", "long_", is_flag=True, help="Show version, data length, child count and kind (e ephemeral, c container, t TTL).")
 @pass_ctx
 def ls(c: _Ctx, path: str, long_: bool) -> None:
     """List a node's children."""
@@ -278,7 +287,7 @@ def ls(c: _Ctx, path: str, long_: bool) -> None:
     async def action(client: Client) -> None:
         if long_:
             entries = await client.children(path, stats=True)
-            lines = [f"{s.version:>6} {s.data_length:>9} {s.num_children:>6} {'e' if s.ephemeral_owner else '-'} {name}"
+            lines = [f"{s.version:>6} {s.data_length:>9} {s.num_children:>6} {_KIND_MARK[s.kind]} {name}"
                      for name, s in entries]
             c.emit("\n".join(lines) if lines else None,
                    {"path": path, "children": [{"name": n, "stat": _stat(s)} for n, s in entries]})

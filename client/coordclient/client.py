@@ -677,14 +677,21 @@ class Client:
 
     async def create(self, path: str, data: bytes = b"", *, ephemeral: bool = False, sequential: bool = False,
                      make_parents: bool = False, acl: Iterable[ACL | str] | None = None,
-                     include_stat: bool = False) -> Any:
+                     include_stat: bool = False, container: bool = False, ttl: float | None = None) -> Any:
         """Create a node; return its path (with the suffix, if ``sequential``),
         or with ``include_stat`` ``(path, Stat)`` (ZooKeeper's create2, kazoo's
         ``include_data``): ``stat.czxid`` is the create's zxid.
         ``make_parents`` creates missing (persistent, empty) ancestors, with the
         same ACL.  ``acl``: ``coordclient.acl`` entries or ``"scheme:id:perms"``
-        strings; None gives the server's default (open unless configured)."""
-        msg = ops.create(path, data, ephemeral=ephemeral, sequential=sequential, make_parents=make_parents, acl=acl)
+        strings; None gives the server's default (open unless configured).
+        ``container`` (ZooKeeper's CONTAINER): the ensemble deletes the node
+        once it has had children and the last one is gone -- a parent for
+        locks or queues that cleans itself up.  ``ttl`` (seconds, ZooKeeper's
+        TTL modes): the ensemble deletes the node once it has no children and
+        has not been changed for ``ttl``.  Both are deleted by the leader's
+        periodic check ([namespace] reap_interval_ms), so some time after."""
+        msg = ops.create(path, data, ephemeral=ephemeral, sequential=sequential, make_parents=make_parents, acl=acl,
+                         container=container, ttl=ttl)
         r = await self._call(msg)
         return (r["path"], Stat.from_wire(r["stat"])) if include_stat else r["path"]
 
@@ -740,6 +747,18 @@ class Client:
         if stats:
             return [(name, Stat.from_wire(stat)) for name, stat in r["children"]]
         return list(r["children"])
+
+    async def descendant_count(self, path: str, *, linearizable: bool = False) -> int:
+        """How many nodes are under ``path``, at any depth, itself excluded
+        (ZooKeeper's getAllChildrenNumber); needs READ on the node.  The
+        server counts the whole subtree: meant for tools, not hot paths."""
+        return (await self._call(messages.descendants(path, linearizable=linearizable)))["count"]
+
+    async def ephemerals(self, prefix: str = "/", *, linearizable: bool = False) -> list[str]:
+        """This session's ephemeral nodes whose path starts with ``prefix``
+        (a string prefix, as ZooKeeper's getEphemerals: "/a" matches "/ab"),
+        sorted."""
+        return list((await self._call(messages.ephemerals(prefix, linearizable=linearizable)))["paths"])
 
     async def set(self, path: str, data: bytes, *, version: int = -1) -> Stat:
         """Replace the data if ``version`` matches (-1: any); return the new stat."""

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Sequence
 from coordclient.acl import ACL, acl_to_wire
 
 from coordclient.errors import CoordError, InvalidPathError, MultiError, TooLargeError
-from coordclient.protocol import DEFAULT_MAX_DATA, Err, Op, validate_path
+from coordclient.protocol import DEFAULT_MAX_DATA, MAX_TTL_MS, Err, Op, validate_path
 from coordclient.types import Stat
 
 __all__ = [
@@ -87,13 +87,26 @@ class ops:  # noqa: N801 - a namespace, used as ``coordclient.ops.create(...)``
 
     @staticmethod
     def create(path: str, data: bytes = b"", *, ephemeral: bool = False, sequential: bool = False,
-               make_parents: bool = False, acl: Iterable[ACL | str] | None = None) -> dict:
+               make_parents: bool = False, acl: Iterable[ACL | str] | None = None, container: bool = False,
+               ttl: float | None = None) -> dict:
         """``acl``: ``coordclient.acl.ACL`` entries or their text forms
-        (``"world:anyone:r"``); None: the server's default ACL."""
+        (``"world:anyone:r"``); None: the server's default ACL.
+        ``container``: the server deletes the node once it has had children
+        and has none left; ``ttl`` (seconds): once it has no children and has
+        not changed for that long.  Neither goes with ``ephemeral``."""
         msg = {"op": "create", "path": check_path(path, allow_root=False), "data": check_data(data),
                "eph": bool(ephemeral), "sq": bool(sequential), "parents": bool(make_parents)}
         if acl is not None:
             msg["acl"] = acl_to_wire(acl)
+        if (bool(ephemeral), bool(container), ttl is not None).count(True) > 1:
+            raise ValueError("a node is at most one of ephemeral, container and TTL")
+        if container:
+            msg["container"] = True
+        if ttl is not None:
+            ms = round(ttl * 1000)
+            if not 1 <= ms <= MAX_TTL_MS:
+                raise ValueError(f"ttl must be between 0.001 and {MAX_TTL_MS / 1000:.0f} seconds")
+            msg["ttl"] = ms
         return msg
 
     @staticmethod
@@ -157,6 +170,16 @@ def exists(path: str, *, watch: bool = False, linearizable: bool = False) -> dic
 def children(path: str, *, watch: bool = False, stats: bool = False, linearizable: bool = False) -> dict:
     return {"op": Op.CHILDREN.value, "path": check_path(path), "watch": watch, "stats": bool(stats),
             "lin": bool(linearizable)}
+
+
+def descendants(path: str, *, linearizable: bool = False) -> dict:
+    return {"op": Op.DESCENDANTS.value, "path": check_path(path), "lin": bool(linearizable)}
+
+
+def ephemerals(prefix: str = "/", *, linearizable: bool = False) -> dict:
+    if not isinstance(prefix, str) or not prefix.startswith("/"):
+        raise ValueError("prefix must be a string starting with '/'")
+    return {"op": Op.EPHEMERALS.value, "prefix": prefix, "lin": bool(linearizable)}
 
 
 def sync() -> dict:

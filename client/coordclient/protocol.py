@@ -33,6 +33,7 @@ MAX_PATH_LENGTH = 1024
 MAX_PATH_DEPTH = 64
 DEFAULT_MAX_DATA = 1 << 20
 SEQUENTIAL_DIGITS = 10
+MAX_TTL_MS = (1 << 40) - 1  # a TTL node's longest TTL: what ZooKeeper's ephemeralOwner encoding holds
 
 
 class Op(str, enum.Enum):
@@ -50,6 +51,8 @@ class Op(str, enum.Enum):
     EXISTS = "exists"
     CHILDREN = "children"
     SYNC = "sync"
+    DESCENDANTS = "descendants"  # how many nodes are under a node (ZooKeeper's getAllChildrenNumber)
+    EPHEMERALS = "ephemerals"  # the session's own ephemeral nodes (ZooKeeper's getEphemerals)
     # access control
     GET_ACL = "get_acl"
     SET_ACL = "set_acl"  # a write: carries "seq"

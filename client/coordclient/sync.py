@@ -70,8 +70,8 @@ from coordclient.watches import DEFAULT_WATCH_BUFFER, WatchStream
 __all__ = ["SyncClient", "SyncWatch", "BLOCKING_CALLS"]
 
 # The async client's calls that SyncClient offers, derived from them.
-BLOCKING_CALLS = ("create", "get", "exists", "children", "set", "delete", "multi", "sync", "status",
-                  "get_acl", "set_acl", "add_auth", "whoami")
+BLOCKING_CALLS = ("create", "get", "exists", "children", "descendant_count", "ephemerals", "set", "delete", "multi",
+                  "sync", "status", "get_acl", "set_acl", "add_auth", "whoami")
 
 # After the call's own deadline, how long the caller waits for the loop to
 # settle it before giving up on the loop itself.
@@ -547,6 +547,8 @@ class SyncClient:
     get = _blocking("get")
     exists = _blocking("exists")
     children = _blocking("children")
+    descendant_count = _blocking("descendant_count")
+    ephemerals = _blocking("ephemerals")
     set = _blocking("set")
     delete = _blocking("delete")
     multi = _blocking("multi")

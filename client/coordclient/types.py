@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable, Sequence, Union
 
 from coordclient.errors import CoordError
-from coordclient.protocol import STAT_FIELDS
+from coordclient.protocol import MAX_TTL_MS, STAT_FIELDS
 
 __all__ = ["RESYNC", "ConnState", "Stat", "WatchCallback", "WatchEvent"]
 
@@ -51,6 +51,33 @@ class Stat:
     data_length: int
     num_children: int
     aversion: int = 0  # ACL changes (set_acl) of the node
+
+    # ``ephemeral_owner`` holds what ZooKeeper's ephemeralOwner does: the
+    # owning session of an ephemeral node, or a marker of a container
+    # (0x8000000000000000) or TTL node (0xFF00000000000000 | ttl in ms),
+    # read as a signed 64-bit number (negative for both markers).
+    @property
+    def ephemeral(self) -> bool:
+        return self.ephemeral_owner > 0
+
+    @property
+    def container(self) -> bool:
+        return self.ephemeral_owner == -(1 << 63)
+
+    @property
+    def ttl(self) -> float | None:
+        """A TTL node's time to live in seconds; None for any other node."""
+        ms = self.ephemeral_owner + (1 << 56)
+        return ms / 1000 if 0 < ms <= MAX_TTL_MS else None
+
+    @property
+    def kind(self) -> str:
+        """"ephemeral", "container", "ttl" or "persistent"."""
+        if self.ephemeral:
+            return "ephemeral"
+        if self.container:
+            return "container"
+        return "ttl" if self.ttl is not None else "persistent"
 
     @classmethod
     def from_wire(cls, raw: Sequence[int]) -> "Stat":

@@ -6,7 +6,8 @@ A command is a map::
      number, 0 = no dedup), ...op fields}
 
     create         path: str, data: bytes = b"", eph/sq/parents: bool = False,
-                   acl: [[perms, scheme, id], ...] (absent: open to everybody)
+                   acl: [[perms, scheme, id], ...] (absent: open to everybody),
+                   container: bool = False, ttl: int = 0 (ms; a TTL node)
     delete         path: str, version: int = -1, recursive: bool = False
     set            path: str, data: bytes = b"", version: int = -1
     set_acl        path: str, acl: [[perms, scheme, id], ...], version: int = -1 (of the ACL)
@@ -16,6 +17,8 @@ A command is a map::
     session_close  -
     session_expire sids: [int > 0]
     add_auth       ids: [[scheme, id], ...] (digest identities the session gains)
+    reap           paths: [str] (containers and TTL nodes the leader found
+                   due; each is deleted only if it is still due when applied)
 
 Writes that touch nodes also carry who asked (``acl.Auth``): ``ids``, the
 request's identities as [[scheme, id], ...], and ``su``, whether a
@@ -66,7 +69,7 @@ from coordclient.errors import (
     UnimplementedError,
 )
 from coord.namespace.acl import Auth, acl_from_wire, acl_to_wire
-from coordclient.protocol import Err, validate_path
+from coordclient.protocol import MAX_TTL_MS, Err, validate_path
 
 
 @dataclass(slots=True)
@@ -77,6 +80,8 @@ class Create:
     sq: bool = False
     parents: bool = False
     acl: Any = None  # ACL (tuple of ACLEntry) once parsed; None: open to everybody
+    container: bool = False  # deleted once its last child is (ZooKeeper's CONTAINER)
+    ttl: int = 0  # ms: deleted once childless and unchanged for this long (ZooKeeper's TTL modes)
 
 
 @dataclass(slots=True)
@@ -133,6 +138,11 @@ class SessionExpire:
 
 
 @dataclass(slots=True)
+class Reap:
+    paths: tuple[str, ...]
+
+
+@dataclass(slots=True)
 class Command:
     op: str
     body: Any  # one of the classes above
@@ -170,6 +180,23 @@ def _identities(raw: list) -> tuple[tuple[str, str], ...]:
 def _check_acl_field(b: Any) -> None:
     if b.acl is not None:
         b.acl = acl_from_wire(b.acl, allow_auth=True)
+
+
+MAX_REAP = 10_000
+
+
+def _check_create(b: Create) -> None:
+    _check_acl_field(b)
+    if not 0 <= b.ttl <= MAX_TTL_MS:
+        raise BadArgumentsError(f"'ttl' must be between 1 and {MAX_TTL_MS} ms")
+    if (b.eph, b.container, b.ttl > 0).count(True) > 1:
+        raise BadArgumentsError("a node is at most one of ephemeral, container and TTL")
+
+
+def _check_reap(b: Reap) -> None:
+    if len(b.paths) > MAX_REAP or any(type(p) is not str for p in b.paths):
+        raise BadArgumentsError(f"'paths' must be a list of at most {MAX_REAP} paths")
+    b.paths = tuple(b.paths)
 
 
 def _check_set_acl(b: SetACL) -> None:
@@ -217,7 +244,8 @@ class _Spec:
 
 _SCHEMA: dict[str, _Spec] = {
     "create": _Spec(Create, (("path", str, _REQUIRED), ("data", bytes, b""), ("eph", bool, False),
-                             ("sq", bool, False), ("parents", bool, False), ("acl", list, None)), _check_acl_field),
+                             ("sq", bool, False), ("parents", bool, False), ("acl", list, None),
+                             ("container", bool, False), ("ttl", int, 0)), _check_create),
     "delete": _Spec(Delete, (("path", str, _REQUIRED), ("version", int, -1), ("recursive", bool, False)),
                     _check_version),
     "set": _Spec(SetData, (("path", str, _REQUIRED), ("data", bytes, b""), ("version", int, -1)), _check_version),
@@ -229,6 +257,7 @@ _SCHEMA: dict[str, _Spec] = {
     "session_open": _Spec(SessionOpen, (("timeout_ms", int, _REQUIRED), ("secret", bytes, b"")), _check_open),
     "session_close": _Spec(SessionClose, ()),
     "session_expire": _Spec(SessionExpire, (("sids", list, _REQUIRED),), _check_expire),
+    "reap": _Spec(Reap, (("paths", list, _REQUIRED),), _check_reap),
 }
 
 

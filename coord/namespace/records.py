@@ -26,9 +26,12 @@ from __future__ import annotations
 
 import struct
 
+from coordclient.protocol import MAX_TTL_MS
+
 __all__ = [
     "AVERSION", "CTIME", "CVERSION", "CZXID", "EXTERNAL", "HDR", "INLINE_MAX", "MTIME", "MZXID", "OWNER", "PZXID",
-    "VERSION", "WORD", "acl_number", "fields", "make", "owner", "pack", "repack",
+    "VERSION", "WORD", "CONTAINER", "MAX_TTL_MS", "acl_number", "fields", "make", "owner", "owner_for", "pack",
+    "repack", "ttl_of",
 ]
 
 _REC = struct.Struct("<9qI")
@@ -80,8 +83,38 @@ def repack(rec: bytes, czxid: int, mzxid: int, pzxid: int, ctime: int, mtime: in
 
 
 def owner(rec: bytes) -> int:
-    """The session owning an ephemeral node, 0 for a persistent one."""
+    """The owner field, ZooKeeper's ``ephemeralOwner``: the session of an
+    ephemeral node (> 0), 0 for a plain persistent node, and for the nodes
+    that are reaped when empty (< 0): ``CONTAINER``, or a TTL node's
+    ``owner_for(ttl_ms=...)``."""
     return _OWNER.unpack_from(rec, _OWNER_AT)[0]
+
+
+# Containers and TTL nodes are told apart by the owner field, with the values
+# ZooKeeper puts in ephemeralOwner (its EphemeralType): a container is
+# 0x8000000000000000, a TTL node 0xFF00000000000000 | ttl (ms, 40 bits).  As
+# signed int64 both are negative, and sessions (coord's are zxids) positive,
+# so "ephemeral" stays ``owner > 0`` and a ZooKeeper client reads the same
+# ephemeralOwner it would from ZooKeeper.
+CONTAINER = -(1 << 63)
+_TTL_BASE = -(1 << 56)
+
+
+def owner_for(*, session: int = 0, container: bool = False, ttl_ms: int = 0) -> int:
+    """The owner field of a new node (at most one of the three is set)."""
+    if session:
+        return session
+    if container:
+        return CONTAINER
+    if ttl_ms:
+        return _TTL_BASE + ttl_ms
+    return 0
+
+
+def ttl_of(owner_field: int) -> int:
+    """A TTL node's time to live in ms; 0 for any other node."""
+    ttl = owner_field - _TTL_BASE
+    return ttl if 0 < ttl <= MAX_TTL_MS else 0
 
 
 def acl_number(rec: bytes) -> int:

@@ -41,7 +41,7 @@ from coord.namespace.commands import Command, LogCommand, decode_entry
 from coord.namespace.history import Event, EventHistory
 from coord.namespace.sessions import DEFAULT_DEDUP_WINDOW, SessionTable
 from coord.namespace.tree import Tree, TreeBuilder, join, tree_from_columns
-from coord.namespace.txn import Txn, require
+from coord.namespace.txn import Txn, due, require
 from coord.raft.types import Entry, EntryKind
 from coordclient.errors import CoordError, InvalidPathError, MultiError, NoAuthError, NoNodeError, SessionExpiredError
 from coordclient.protocol import DEFAULT_MAX_DATA, parent_of, validate_path
@@ -92,6 +92,7 @@ class NamespaceStateMachine:
             "session_open": self._session_open,
             "session_close": self._session_close,
             "session_expire": self._session_expire,
+            "reap": lambda cmd, txn: {"reaped": txn.reap(cmd.body.paths)},
         }
 
     # ------------------------------------------------------------------
@@ -232,6 +233,48 @@ class NamespaceStateMachine:
         if not (allowed(acl, auth, READ) or allowed(acl, auth, ADMIN)):
             raise NoAuthError(f"get_acl needs READ or ADMIN permission on {path}", path=path)
         return acl_to_wire(acl), self._tree.stat(path, rec)
+
+    def descendant_count(self, path: str, auth: Auth = UNCHECKED) -> int:
+        """Nodes under ``path``, itself excluded (ZooKeeper's
+        getAllChildrenNumber); needs READ on the node.  O(subtree)."""
+        tree = self._tree
+        require(tree.acl(self._node(path)), auth, READ, path, "descendants")
+        dirs = tree.dirs
+        n = 0
+        top = "" if path == "/" else path
+        stack = [top] if top in dirs else []
+        while stack:
+            key = stack.pop()
+            kids = dirs[key]
+            n += len(kids)
+            stack.extend(c for c in (key + "/" + name for name in kids) if c in dirs)
+        return n
+
+    def ephemerals(self, sid: int, prefix: str = "/") -> list[str]:
+        """The session's ephemeral nodes whose path starts with ``prefix``
+        (as a string, as ZooKeeper's getEphemerals), sorted."""
+        s = self._sessions.get(sid)
+        if s is None:
+            return []
+        if prefix in ("", "/"):
+            return sorted(s.ephemerals)
+        return sorted(p for p in s.ephemerals if p.startswith(prefix))
+
+    def reap_candidates(self, now_ms: int, limit: int) -> list[str]:
+        """Up to ``limit`` containers and TTL nodes due at ``now_ms`` (the
+        leader proposes their ``reap``; applying it checks again)."""
+        tree = self._tree
+        out = []
+        for path in tree.reapable:
+            if due(tree, path, now_ms):
+                out.append(path)
+                if len(out) >= limit:
+                    break
+        return sorted(out)
+
+    @property
+    def reapable_count(self) -> int:
+        return len(self._tree.reapable)
 
     def may_read(self, path: str, auth: Auth) -> bool:
         """Whether ``auth`` may know about a change at ``path`` (a watch event):

@@ -14,7 +14,20 @@ from __future__ import annotations
 
 from coord.namespace.acl import ADMIN, ACL, CREATE, DELETE, OPEN_ACL, READ, UNCHECKED, WRITE, Auth, allowed, expand
 from coord.namespace.commands import Check, Create, Delete, SetACL, SetData, multi_failure
-from coord.namespace.records import CVERSION, EXTERNAL, OWNER, VERSION, fields, make, owner, repack
+from coord.namespace.records import (
+    CONTAINER,
+    CVERSION,
+    EXTERNAL,
+    MTIME,
+    OWNER,
+    VERSION,
+    fields,
+    make,
+    owner,
+    owner_for,
+    repack,
+    ttl_of,
+)
 from coord.namespace.sessions import SessionTable
 from coord.namespace.tree import Tree
 from coordclient.errors import (
@@ -49,6 +62,22 @@ def require(acl: ACL, auth: Auth, perm: int, path: str, what: str) -> None:
     """NoAuth unless ``auth`` has ``perm`` on a node with ``acl`` (at ``path``)."""
     if not allowed(acl, auth, perm):
         raise NoAuthError(f"{what} needs {_PERM_NAMES[perm]} permission on {path}", path=path)
+
+
+def due(tree: Tree, path: str, now_ms: int) -> bool:
+    """Is ``path`` a container or TTL node that ZooKeeper would delete now?
+    A container once it has had children and has none left (cversion > 0);
+    a TTL node once it has no children and has not changed for its TTL
+    (mtime + ttl < now, on the leader's clock that stamps both)."""
+    rec = tree.get(path)
+    if rec is None or path == "/" or tree.children(path):
+        return False
+    f = fields(rec)
+    o = f[OWNER]
+    if o == CONTAINER:
+        return f[CVERSION] > 0
+    ttl = ttl_of(o)
+    return ttl > 0 and now_ms - f[MTIME] > ttl
 
 
 class Txn:
@@ -96,16 +125,21 @@ class Txn:
         self._put(ppath, repack(rec, cz, mz, self.zxid, ct, mt, v, cv + 1, o, av, w),
                   tree.blobs[ppath] if w & EXTERNAL else None)
 
-    def _insert(self, path: str, data: bytes, owner_sid: int, acl: ACL = OPEN_ACL) -> bytes:
+    def _insert(self, path: str, data: bytes, owner_field: int, acl: ACL = OPEN_ACL) -> bytes:
+        """``owner_field``: records.owner_for(...) of the new node."""
         z, t = self.zxid, self.t
-        rec, blob = make(data, z, z, z, t, t, 0, 0, owner_sid, 0, self.tree.acls.number(acl))
+        rec, blob = make(data, z, z, z, t, t, 0, 0, owner_field, 0, self.tree.acls.number(acl))
         self._put(path, rec, blob)
         ppath = self._parent_of(path)
         self._touch_children(ppath)
-        if owner_sid:
-            eph = self.sessions.get(owner_sid).ephemerals
+        if owner_field > 0:
+            eph = self.sessions.get(owner_field).ephemerals
             eph.add(path)
             self.undo.append((eph.discard, path))
+        elif owner_field < 0:
+            reapable = self.tree.reapable
+            reapable.add(path)
+            self.undo.append((reapable.discard, path))
         self.events += ((CREATED, path), (CHILDREN, ppath))
         return rec
 
@@ -115,11 +149,14 @@ class Txn:
         ppath = self._parent_of(path)
         self._touch_children(ppath)
         sid = owner(rec)
-        if sid:
+        if sid > 0:
             session = self.sessions.get(sid)
             if session is not None:
                 session.ephemerals.discard(path)
                 self.undo.append((session.ephemerals.add, path))
+        elif sid < 0:
+            self.tree.reapable.discard(path)
+            self.undo.append((self.tree.reapable.add, path))
         self.events += ((DELETED, path), (CHILDREN, ppath))
 
     def _lookup(self, path: str) -> bytes | None:
@@ -179,14 +216,15 @@ class Txn:
         else:
             require(tree.acl(parent), self.auth, CREATE, ppath, "create")
         pf = fields(parent)
-        if pf[OWNER]:
+        if pf[OWNER] > 0:
             raise NoChildrenForEphemeralsError(f"{ppath} is ephemeral", path=path)
         if op.sq:
             path = f"{path}{pf[CVERSION]:010d}"
             check_path(path)
         if tree.get(path) is not None:
             raise NodeExistsError(f"{path} already exists", path=path)
-        rec = self._insert(path, op.data, sid if op.eph else 0, acl)
+        rec = self._insert(path, op.data, owner_for(session=sid if op.eph else 0, container=op.container,
+                                                    ttl_ms=op.ttl), acl)
         return {"path": path, "stat": tree.stat(path, rec)}
 
     def _make_parents(self, ppath: str, path: str, acl: ACL) -> bytes:
@@ -200,7 +238,7 @@ class Txn:
             missing.append(p)
             p = parent_of(p)
         require(tree.acl(anchor), self.auth, CREATE, p, "create")
-        if owner(anchor):
+        if owner(anchor) > 0:
             raise NoChildrenForEphemeralsError(f"{p} is ephemeral", path=path)
         for p in reversed(missing):
             self._insert(p, b"", 0, acl)
@@ -270,6 +308,17 @@ class Txn:
             except CoordError as e:
                 raise multi_failure(i, e, len(ops)) from None
         return {"results": results}
+
+    def reap(self, paths: tuple[str, ...]) -> list[str]:
+        """Delete those of ``paths`` that are due now (``due``); the others
+        are left alone (a child was added, the node was changed or deleted
+        since the leader looked).  Returns the deleted paths."""
+        reaped = []
+        for path in dict.fromkeys(paths):
+            if due(self.tree, path, self.t):
+                self._remove(path)
+                reaped.append(path)
+        return reaped
 
     def add_session_ids(self, sid: int, ids: tuple[tuple[str, str], ...]) -> None:
         session = self.sessions.get(sid)

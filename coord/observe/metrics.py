@@ -181,6 +181,10 @@ class CoordCollector(Collector):
                        s.liveness.expired_total)
         yield _gauge("coord_nodes", "Nodes in the tree, the root included (zk_znode_count)", ns.node_count)
         yield _gauge("coord_ephemeral_nodes", "Ephemeral nodes (zk_ephemerals_count)", ns.ephemeral_count)
+        yield _gauge("coord_reapable_nodes", "Containers and TTL nodes (deleted when empty / expired)",
+                     ns.reapable_count)
+        yield _counter("coord_reaped_nodes_total", "Containers and TTL nodes this server deleted as leader",
+                       s.reaper.reaped_total)
         yield _gauge("coord_data_bytes", "Bytes of node data in the tree (zk_approximate_data_size)",
                      ns.data_bytes)
         yield _gauge("coord_watches", "Watches registered on this server (zk_watch_count)", s.watches.count())

@@ -24,6 +24,7 @@ from urllib.parse import unquote
 from coord.namespace.acl import UNCHECKED, Auth, perms_text
 from coordclient.errors import CoordError, NoAuthError
 from coordclient.protocol import STAT_FIELDS, validate_path
+from coordclient.types import Stat
 from coordclient.recipes._core import parse as parse_participant
 
 MAX_PAGE = 500
@@ -49,8 +50,16 @@ def check_path(path: str) -> str:
     return path
 
 
-def named_stat(stat: list[int]) -> dict[str, int]:
-    return dict(zip(STAT_FIELDS, stat))
+def named_stat(stat: list[int]) -> dict[str, Any]:
+    """The stat as a map, plus ``kind`` (ephemeral, container, ttl,
+    persistent) and a TTL node's ``ttl_ms``: a browser cannot read the
+    owner markers itself (they need 64 bits; JavaScript numbers have 53)."""
+    d: dict[str, Any] = dict(zip(STAT_FIELDS, stat))
+    st = Stat(*stat)
+    d["kind"] = st.kind
+    if st.ttl is not None:
+        d["ttl_ms"] = round(st.ttl * 1000)
+    return d
 
 
 def _as_text(head: bytes, cut: bool) -> str | None:
@@ -102,7 +111,8 @@ def node_view(ns: Any, path: str, after: str = "", limit: int = 100, auth: Auth 
         if st is not None:
             named = named_stat(st)
             children.append({"name": name, "num_children": named["num_children"],
-                             "data_length": named["data_length"], "ephemeral_owner": named["ephemeral_owner"]})
+                             "data_length": named["data_length"], "ephemeral_owner": named["ephemeral_owner"],
+                             "kind": named["kind"]})
     return {
         "path": path, "stat": named_stat(stat), "data": preview(data), "acl": acl_texts(acl), "zxid": ns.last_zxid,
         "children": children, "total_children": total, "next": names[-1] if more else None,

@@ -49,7 +49,7 @@ from coordclient.errors import (
     SessionExpiredError,
     UnimplementedError,
 )
-from coordclient.protocol import SESSIONLESS_OPS, SNAPSHOT_CHUNK, Err, Op, validate_path
+from coordclient.protocol import MAX_PATH_LENGTH, SESSIONLESS_OPS, SNAPSHOT_CHUNK, Err, Op, validate_path
 from coordclient.wire import DEFAULT_MAX_FRAME, FrameError, FramedStream, encode_frames
 
 log = logging.getLogger("coord.clientport")
@@ -470,6 +470,23 @@ class RequestHandler:
             out["wid"] = self._watch_now(path, "children")
         return out
 
+    def read_descendants(self, req: dict) -> dict:
+        return {"count": self.ns.descendant_count(arg_path(req), self.auth())}
+
+    async def op_descendants(self, req: dict) -> dict:
+        await self._before_read(req)
+        return self.read_descendants(req)
+
+    def read_ephemerals(self, req: dict) -> dict:
+        prefix = req.get("prefix", "/")
+        if type(prefix) is not str or len(prefix) > MAX_PATH_LENGTH:
+            raise _bad("'prefix' must be a string (a path prefix)")
+        return {"paths": self.ns.ephemerals(self.sid, prefix)}
+
+    async def op_ephemerals(self, req: dict) -> dict:
+        await self._before_read(req)
+        return self.read_ephemerals(req)
+
     def read_get_acl(self, req: dict) -> dict:
         acl, stat = self.ns.get_acl(arg_path(req), self.auth())
         return {"acl": acl, "stat": stat}
@@ -750,6 +767,8 @@ INLINE_READS: dict[str, Callable[[RequestHandler, dict], dict]] = {
     Op.GET_ACL.value: RequestHandler.read_get_acl,
     Op.EXISTS.value: RequestHandler.read_exists,
     Op.CHILDREN.value: RequestHandler.read_children,
+    Op.DESCENDANTS.value: RequestHandler.read_descendants,
+    Op.EPHEMERALS.value: RequestHandler.read_ephemerals,
     Op.PING.value: RequestHandler.read_ping,  # keepalives: thousands per second with many sessions
 }
 

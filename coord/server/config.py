@@ -124,6 +124,9 @@ class ServerConfig:
     admins: frozenset = frozenset()  # of (scheme, id)
     default_acl: Any = None  # coord.namespace.acl.ACL
     status_requires_admin: bool = False
+    # [namespace]: how often the leader looks for empty containers and
+    # expired TTL nodes to delete (ZooKeeper's znode.container.checkIntervalMs).
+    reap_interval_ms: int = 5000
 
     @property
     def admin_restricted(self) -> bool:
@@ -204,7 +207,7 @@ def _parse_tls(doc: dict, base_dir: str) -> TLSConfig | None:
     return TLSConfig(cert, key, ca, client_auth, timeout)
 
 
-SECTIONS = frozenset({"server", "cluster", "raft", "limits", "health", "tls", "auth", "zookeeper"})  # the tables a file may have
+SECTIONS = frozenset({"server", "cluster", "raft", "limits", "health", "tls", "auth", "zookeeper", "namespace"})  # the tables a file may have
 
 
 def parse_config(doc: dict, *, base_dir: str = ".") -> ServerConfig:
@@ -309,6 +312,11 @@ def parse_config(doc: dict, *, base_dir: str = ".") -> ServerConfig:
     zk_addr = _get(srv, "zookeeper_address", "server.zookeeper_address", str, None)
     zk_addr = parse_addr(zk_addr, "server.zookeeper_address") if zk_addr is not None else None
     words, zk_buf, zk_reconfig = _zookeeper_section(_table(doc, "zookeeper"))
+    nsec = _table(doc, "namespace")
+    for k in nsec:
+        if k != "reap_interval_ms":
+            raise ConfigError(f"namespace.{k}: unknown setting (expected reap_interval_ms)")
+    reap_ms = _get(nsec, "reap_interval_ms", "namespace.reap_interval_ms", int, 5000, minimum=10)
     return ServerConfig(
         zookeeper_address=zk_addr, zk_four_letter_words=words, zk_max_buffer=zk_buf, zk_reconfig_enabled=zk_reconfig,
         superusers=superusers, admins=admins, default_acl=default_acl, status_requires_admin=status_admin,
@@ -318,7 +326,7 @@ def parse_config(doc: dict, *, base_dir: str = ".") -> ServerConfig:
         snapshot_entries=snapshot_entries, max_data_bytes=max_data, fsync=fsync,
         min_session_timeout_ms=min_st, max_session_timeout_ms=max_st, wal_segment_bytes=wal_segment_bytes, **limits,
         http_address=http, ready_max_lag=ready_lag, ready_read_timeout_ms=ready_timeout,
-        tls=tls, peer_secret_file=peer_secret_file, insecure_peer_network=insecure_peers,
+        tls=tls, peer_secret_file=peer_secret_file, insecure_peer_network=insecure_peers, reap_interval_ms=reap_ms,
     )
 
 

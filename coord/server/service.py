@@ -10,6 +10,8 @@ connections, the Raft node and the namespace state machine.
   by the reads that arrive together) make a read linearizable.
 * Sessions (``liveness.SessionLiveness``): keepalives to the leader, expiry
   by the leader only.
+* Empty containers and expired TTL nodes are deleted by the leader
+  (``reaper.Reaper``).
 * Membership and leadership transfer (``admin.AdminService``).
 * Questions between members for the dashboard (``info.MemberInfo``): this
   server's status and client connections, asked over the peer links.
@@ -35,6 +37,7 @@ from coord.server.future import Future
 from coord.server.info import MemberInfo
 from coord.server.liveness import SessionLiveness
 from coord.server.raftnode import ReadFailed
+from coord.server.reaper import Reaper
 from coord.server.serve import Server
 from coord.server.watches import WatchRegistry
 from coord.server.writes import WritePath
@@ -101,6 +104,7 @@ class CoordService:
             cfg.server_id, self.node, self.ns, self.writes, self._send,
             min_session_timeout=cfg.min_session_timeout_ms / 1000, write_timeout=self.write_timeout,
             drop_session_clients=self._drop_session_clients)
+        self.reaper = Reaper(self.node, self.ns, self.writes, interval=cfg.reap_interval_ms / 1000)
         self.admin = AdminService(self.node, timeout=self.write_timeout, leader_client_addr=self._client_addr_of)
         self.info = MemberInfo(cfg.server_id, self._send, self._peer_connected,
                                answers={"status": self.status, "connections": self.connections_doc})
@@ -170,6 +174,7 @@ class CoordService:
             self.writes.expire(now)
             self._expire_parked_reads(now)
             self.liveness.on_period(now, stalled, nursery)
+            self.reaper.on_period(now, nursery)
 
     @property
     def server_id(self) -> int:

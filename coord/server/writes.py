@@ -112,7 +112,7 @@ class WritePath:
         node = self.node
         if node.is_leader:
             try:
-                node.propose_nowait(entry_data(p.data, t=self._now_ms(), origin=self.server_id, rid=rid))
+                node.propose_nowait(entry_data(p.data, t=self.now_ms(), origin=self.server_id, rid=rid))
                 p.data = b""
                 return
             except ProposalDropped:
@@ -189,7 +189,8 @@ class WritePath:
         else:
             p.future.set(value)
 
-    def _now_ms(self) -> int:
+    def now_ms(self) -> int:
+        """The clock stamped into entries (``t``: node ctime/mtime), in ms."""
         return int(self._clock() * 1000)
 
     # -- the leader ----------------------------------------------------------------------
@@ -197,7 +198,7 @@ class WritePath:
         """Propose what a follower forwarded, each behind a header naming it;
         what cannot be proposed goes back at once with the reason."""
         node = self.node
-        t = self._now_ms()
+        t = self.now_ms()
         rejected: list[tuple[int, str]] = []
         for rid, data in m.items:
             try:

@@ -37,7 +37,7 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
-from coord.zookeeper.codes import CONFIG_NODE, AddWatchMode, Code, CreateMode, OpCode, Perms, WatcherType
+from coord.zookeeper.codes import CONFIG_NODE, ZOOKEEPER_NODE, AddWatchMode, Code, CreateMode, OpCode, Perms, WatcherType
 from coord.zookeeper.mapping import (
     connect_response,
     error_code,
@@ -63,6 +63,10 @@ from coord.zookeeper.records import (
     CreateTTLRequest,
     DeleteRequest,
     ErrorResponse,
+    GetAllChildrenNumberRequest,
+    GetAllChildrenNumberResponse,
+    GetEphemeralsRequest,
+    GetEphemeralsResponse,
     ExistsResponse,
     GetACLResponse,
     GetChildren2Response,
@@ -84,6 +88,7 @@ from coord.zookeeper.records import (
     WhoAmIResponse,
 )
 from coord.zookeeper.seam import Context, Kind, Options, Plan, Reply, WatchClass, WatchKey, error
+from coordclient.protocol import MAX_TTL_MS
 from coord.zookeeper.subtree import in_subtree, root_plus, virtual_plan, virtual_reply, virtual_stat
 
 __all__ = ["Context", "Kind", "OPS", "Options", "Plan", "Reply", "WatchClass", "WatchKey", "connect_response",
@@ -133,18 +138,26 @@ def _create_fields(op: int, rec: CreateRequest | CreateTTLRequest) -> dict | Rep
         mode = CreateMode(rec.flags)
     except ValueError:
         return error(Code.BAD_ARGUMENTS, f"invalid create flags {rec.flags}")
-    if op == OpCode.CREATE_TTL or mode.ttl:
-        # As ZooKeeper without zookeeper.extendedTypesEnabled.
-        return error(Code.UNIMPLEMENTED, "TTL nodes are not supported")
+    ttl = rec.ttl if isinstance(rec, CreateTTLRequest) else -1
+    if mode.ttl:
+        if not 0 < ttl <= MAX_TTL_MS:  # as ZooKeeper's EphemeralType.validateTTL
+            return error(Code.BAD_ARGUMENTS, f"ttl {ttl} is not between 1 and {MAX_TTL_MS} ms")
+    elif ttl >= 0:
+        return error(Code.BAD_ARGUMENTS, f"a ttl for create mode {mode.name}")
     acl = _acl_wire(rec.acl)
     if isinstance(acl, Reply):
         return acl
     if in_subtree(rec.path):
         return error(Code.NO_AUTH, "the /zookeeper subtree is read-only")
-    # Containers (op createContainer or flag 4) are created as persistent
-    # nodes: same behaviour except that coord does not reap empty ones yet.
-    return {"op": "create", "path": rec.path, "data": rec.data or b"", "eph": mode.ephemeral,
-            "sq": mode.sequential, "parents": False, "acl": acl}
+    f = {"op": "create", "path": rec.path, "data": rec.data or b"", "eph": mode.ephemeral,
+         "sq": mode.sequential, "parents": False, "acl": acl}
+    # The mode decides, as in ZooKeeper (whose clients send createContainer
+    # and createTTL for those modes): a container, or a TTL node.
+    if mode == CreateMode.CONTAINER:
+        f["container"] = True
+    elif mode.ttl:
+        f["ttl"] = ttl
+    return f
 
 
 def _delete_fields(rec: DeleteRequest) -> dict | Reply:
@@ -572,6 +585,39 @@ def _finish_reconfig(op: int, rec: ReconfigRequest, calls: tuple, resps: tuple, 
     return Reply(body=GetDataResponse(data, virtual_stat(CONFIG_NODE, data, r)))
 
 
+def _plan_count(op: int, rec: GetAllChildrenNumberRequest, ctx: Context) -> Plan | Reply:
+    path = _path_or_refuse(rec)
+    if isinstance(path, Reply):
+        return path
+    if ctx.options.zookeeper_subtree and in_subtree(path):
+        return Reply(body=GetAllChildrenNumberResponse(2 if path == ZOOKEEPER_NODE else 0))
+    return Plan(({"op": "descendants", "path": path, "lin": False},))
+
+
+def _finish_count(op: int, rec: GetAllChildrenNumberRequest, calls: tuple, resps: tuple, ctx: Context) -> Reply:
+    r = result_of(resps[0])
+    if r is None:
+        return error_reply(resps[0])
+    n = int(r["count"])
+    if ctx.options.zookeeper_subtree and rec.path == "/":
+        n += 3  # /zookeeper, /zookeeper/config and /zookeeper/quota, as ZooKeeper counts them
+    return Reply(body=GetAllChildrenNumberResponse(min(n, (1 << 31) - 1)))
+
+
+def _plan_ephemerals(op: int, rec: GetEphemeralsRequest, ctx: Context) -> Plan | Reply:
+    prefix = rec.prefixPath or "/"
+    if not prefix.startswith("/"):
+        prefix = "/" + prefix.strip()  # what ZooKeeper's filter could never match: nothing, not an error
+    return Plan(({"op": "ephemerals", "prefix": prefix, "lin": False},))
+
+
+def _finish_ephemerals(op: int, rec: GetEphemeralsRequest, calls: tuple, resps: tuple, ctx: Context) -> Reply:
+    r = result_of(resps[0])
+    if r is None:
+        return error_reply(resps[0])
+    return Reply(body=GetEphemeralsResponse(tuple(p for p in r["paths"] if isinstance(p, str))))
+
+
 def _unimplemented(why: str) -> Planner:
     def plan_(op: int, rec: Any, ctx: Context) -> Plan | Reply:
         return error(Code.UNIMPLEMENTED, why)
@@ -606,15 +652,15 @@ OPS: Mapping[int, tuple[Planner, Finisher | None]] = MappingProxyType({
     OpCode.PING: (_plan_ping, _finish_empty),
     OpCode.CLOSE_SESSION: (_plan_close, _finish_close),
     OpCode.RECONFIG: (_plan_reconfig, _finish_reconfig),
-    OpCode.GET_ALL_CHILDREN_NUMBER: (_unimplemented("getAllChildrenNumber needs a server-side count"), None),
-    OpCode.GET_EPHEMERALS: (_unimplemented("getEphemerals needs a server-side listing"), None),
+    OpCode.GET_ALL_CHILDREN_NUMBER: (_plan_count, _finish_count),
+    OpCode.GET_EPHEMERALS: (_plan_ephemerals, _finish_ephemerals),
     OpCode.SASL: (_unimplemented("SASL is not supported"), None),
     OpCode.DELETE_CONTAINER: (_unimplemented("deleteContainer is internal to ZooKeeper servers"), None),
 })
 
 
 _READS = frozenset({OpCode.EXISTS, OpCode.GET_DATA, OpCode.GET_CHILDREN, OpCode.GET_CHILDREN2, OpCode.GET_ACL,
-                    OpCode.CHECK, OpCode.MULTI_READ, OpCode.PING, OpCode.ADD_WATCH,
+                    OpCode.CHECK, OpCode.GET_ALL_CHILDREN_NUMBER, OpCode.GET_EPHEMERALS, OpCode.MULTI_READ, OpCode.PING, OpCode.ADD_WATCH,
                     OpCode.SET_WATCHES, OpCode.SET_WATCHES2})
 _WRITES = frozenset({OpCode.CREATE, OpCode.CREATE2, OpCode.CREATE_CONTAINER, OpCode.CREATE_TTL, OpCode.DELETE,
                      OpCode.SET_DATA, OpCode.SET_ACL, OpCode.MULTI, OpCode.SYNC})

@@ -284,7 +284,8 @@ async function openNode(path, { keepChildren = false } = {}) {
   $("#data").textContent = d.encoding === "text" ? d.text : (d.hex.match(/.{1,32}/g) || []).map((l) => l.match(/.{1,2}/g).join(" ")).join("\n");
   const st = node.stat;
   const rows = Object.entries(st).map(([k, v]) => h("tr", {}, h("td", {}, k),
-    h("td", {}, k === "ephemeral_owner" && v ? hex(v) : (k.endsWith("time") && v ? `${v} (${new Date(v).toISOString()})` : String(v)))));
+    h("td", {}, k === "ephemeral_owner" && v ? (st.kind === "ephemeral" ? hex(v) : `(${st.kind} marker)`)
+      : (k.endsWith("time") && v ? `${v} (${new Date(v).toISOString()})` : String(v)))));
   $("#stat tbody").replaceChildren(...rows);
   $("#acl").textContent = (node.acl || []).join("\n");
   $("#child-count").textContent = `(${fmt(node.total_children)})`;
@@ -297,7 +298,7 @@ async function openNode(path, { keepChildren = false } = {}) {
 function childItem(c) {
   return h("li", { "data-name": c.name, onclick: () => openNode(joinPath(treePath, c.name)) },
     h("span", {}, c.name + (c.num_children ? "/" : "")),
-    h("span", { class: "meta" }, (c.ephemeral_owner ? "ephemeral · " : "") + `${fmt(c.data_length)} B` +
+    h("span", { class: "meta" }, (c.kind && c.kind !== "persistent" ? `${c.kind} · ` : "") + `${fmt(c.data_length)} B` +
       (c.num_children ? ` · ${fmt(c.num_children)} children` : "")));
 }
 
