@@ -153,7 +153,8 @@ def dev_config(sid: int, n: int, data_root: str, peer_ports: list[int], client_p
     ``key``, ``ca``, ``client_auth``) is given; ``superusers`` become
     ``[auth] superusers`` once the server knows an ``[auth]`` table."""
     members = "\n".join(
-        f'{i} = {{ peer = "127.0.0.1:{peer_ports[i - 1]}", client = "127.0.0.1:{client_ports[i - 1]}" }}'
+        f'{i} = {{ peer = "127.0.0.1:{peer_ports[i - 1]}", client = "127.0.0.1:{client_ports[i - 1]}"'
+        + (f', zookeeper = "127.0.0.1:{zk_ports[i - 1]}"' if zk_ports else "") + " }"
         for i in range(1, n + 1)
     )
     server_extra = []

@@ -157,7 +157,8 @@ class Cluster:
             lines.append("[cluster.members]")
             for m in members:
                 peer, client = self.advertised(m)
-                lines.append(f'{m} = {{ peer = "{peer}", client = "{client}" }}')
+                zk = f', zookeeper = "{HOST}:{self.zk_ports[m]}"' if m in self.zk_ports else ""
+                lines.append(f'{m} = {{ peer = "{peer}", client = "{client}"{zk} }}')
         lines += [
             "",
             "[raft]",

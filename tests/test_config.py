@@ -46,11 +46,25 @@ def test_valid_minimal():
     ({"cluster": {"members": {"x": "127.0.0.1:3"}}}, "cluster.members.x"),
     ({"cluster": {"join": True}}, "cluster.members"),
     ({"bogus": {}}, "bogus"),
+    ({"cluster": {"members": {"1": {"peer": "127.0.0.1:1", "zookeeper": "x"}}}}, "cluster.members.1.zookeeper"),
+    ({"cluster": {"members": {"1": {"peer": "127.0.0.1:1", "zk": "h:1"}}}}, "cluster.members.1.zk"),
+    ({"namespace": {"reap_interval_ms": 0}}, "namespace.reap_interval_ms"),
+    ({"namespace": {"reap": 1}}, "namespace.reap"),
 ])
 def test_bad_config_names_the_field(over, field):
     with pytest.raises(ConfigError) as e:
         parse_config(base(**over))
     assert str(e.value).startswith(field), str(e.value)
+
+
+def test_member_addresses_include_zookeeper_ports():
+    cfg = parse_config(base(server={"zookeeper_address": "127.0.0.1:9"},
+                            cluster={"members": {"1": "127.0.0.1:1",
+                                                 "2": {"peer": "127.0.0.1:3", "zookeeper": "127.0.0.1:4"}}},
+                            namespace={"reap_interval_ms": 250}))
+    assert cfg.members[1].zookeeper == ("127.0.0.1", 9)  # own ZooKeeper address filled in
+    assert cfg.members[2].to_wire() == {"peer": "127.0.0.1:3", "zookeeper": "127.0.0.1:4"}
+    assert cfg.reap_interval_ms == 250
 
 
 def test_missing_required_field():

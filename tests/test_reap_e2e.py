@@ -86,6 +86,8 @@ async def test_session_listings_on_any_server(ensemble):
         assert await a.ephemerals() == ["/app/a-eph"]
         assert await b.ephemerals("/app/b") == ["/app/b-eph"]
         assert await b.ephemerals("/other") == []
+        kids, st = await b.children("/app", include_stat=True)  # getChildren2: the listing and the node's stat
+        assert kids == ["a-eph", "b-eph", "x"] and st.num_children == 3 and st.cversion == 3
 
 
 def test_coordctl_creates_containers_and_ttl_nodes(ensemble):

@@ -204,9 +204,13 @@ def test_four_letter_words_and_server_version(zk):
     assert zk.server_version()[:2] == (3, 9)
 
 
-def test_config_node(zk):
+def test_config_node(zk, coord):
     data, _ = zk.get("/zookeeper/config")
-    assert data.decode().startswith("server.1=127.0.0.1:")
+    lines = data.decode().splitlines()
+    assert lines[0].startswith("server.1=127.0.0.1:")
+    # each member's client address is its ZooKeeper port, as ZooKeeper clients expect
+    for sid in range(1, 4):
+        assert lines[sid - 1].endswith(f";127.0.0.1:{coord.zk_ports[sid]}"), lines
 
 
 def test_acls_through_kazoo(proxy, zk):

@@ -147,12 +147,12 @@ def test_children_and_children2():
     r = run(OpCode.GET_CHILDREN, GetChildrenRequest("/a", True), ok({"children": ["x", "y"], "wid": 9}))
     assert r.body.children == ("x", "y") and r.add_watches == ((t.WatchKey(t.WatchClass.CHILD, "/a"), 9),)
     planned = t.plan(OpCode.GET_CHILDREN2, GetChildren2Request("/a", False), CTX)
-    assert [c["op"] for c in planned.calls] == ["children", "exists"]
+    assert planned.calls == ({"op": "children", "path": "/a", "watch": False, "stats": False, "node_stat": True,
+                              "lin": False},)  # one read: the listing and the node's stat together
     r = t.finish(OpCode.GET_CHILDREN2, GetChildren2Request("/a", False), planned,
-                 (ok({"children": ["x"]}), ok({"stat": COORD_STAT})), CTX)
+                 (ok({"children": ["x"], "stat": COORD_STAT}),), CTX)
     assert (r.body.children, r.body.stat) == (("x",), t.stat(COORD_STAT))
-    r = t.finish(OpCode.GET_CHILDREN2, GetChildren2Request("/a", False), planned,
-                 (ok({"children": ["x"]}), ok({"stat": None})), CTX)
+    r = t.finish(OpCode.GET_CHILDREN2, GetChildren2Request("/a", False), planned, (fail("NoNode"),), CTX)
     assert r.err == Code.NO_NODE
 
 
@@ -294,13 +294,16 @@ def test_reconfig():
     assert t.plan(OpCode.RECONFIG, req, CTX).err == Code.RECONFIG_DISABLED  # ZooKeeper's default
     on = t.Context(options=t.Options(reconfig_enabled=True))
     planned = t.plan(OpCode.RECONFIG, req, on)
-    assert planned.calls == ({"op": "member_change", "add_voters": [{"id": 4, "peer": "10.0.0.4:2888"}],
+    assert planned.calls == ({"op": "member_change",
+                              "add_voters": [{"id": 4, "peer": "10.0.0.4:2888", "zookeeper": "10.0.0.4:2181"}],
                               "add_learners": [{"id": 5, "peer": "10.0.0.5:2888"}], "remove": [2],
                               "version": None},)
+    with_host = ReconfigRequest("server.6=h6:1:2;0.0.0.0:2182", None, None, -1)
+    assert t.plan(OpCode.RECONFIG, with_host, on).calls[0]["add_voters"][0]["zookeeper"] == "0.0.0.0:2182"
     r = t.finish(OpCode.RECONFIG, req, planned, (ok(STATUS),), on)
     assert r.body.data == render_config(STATUS)
     assert parse_reconfig(ReconfigRequest(None, "3", None, 17))["version"] == 17
-    for bad in ("server.x=h:1", "server.4=h", "server.4=h:99999", "4"):
+    for bad in ("server.x=h:1", "server.4=h", "server.4=h:99999", "4", "server.4=h:1:2;port"):
         assert t.plan(OpCode.RECONFIG, ReconfigRequest(bad, None, None, -1), on).err == Code.BAD_ARGUMENTS
     assert t.plan(OpCode.RECONFIG, ReconfigRequest(None, None, "server.1=h:1:2", -1), on).err == \
         Code.UNIMPLEMENTED

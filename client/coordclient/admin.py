@@ -236,8 +236,11 @@ class AdminClient:
                 raise _Retry() from None
             raise
 
-    async def add_learner(self, sid: int, *, peer: str, client: str | None = None, version: int | None = None) -> dict:
-        return await self.change(add_learners=[{"id": sid, "peer": peer, "client": client}], version=version)
+    async def add_learner(self, sid: int, *, peer: str, client: str | None = None, zookeeper: str | None = None,
+                          version: int | None = None) -> dict:
+        """``zookeeper``: its ZooKeeper client address, if it has one."""
+        return await self.change(add_learners=[{"id": sid, "peer": peer, "client": client, "zookeeper": zookeeper}],
+                                 version=version)
 
     async def promote(self, *sids: int, version: int | None = None) -> dict:
         return await self.change(promote=sids, version=version)

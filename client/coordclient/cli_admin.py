@@ -72,15 +72,17 @@ def _members_table(st: dict) -> str:
 
 
 def _server_arg(value: str) -> dict:
-    """ID=PEER[,CLIENT] for `members change --add`."""
+    """ID=PEER[,CLIENT[,ZOOKEEPER]] for `members change --add`."""
     try:
         sid, _, rest = value.partition("=")
-        peer, _, client = rest.partition(",")
-        if not peer:
+        peer, _, rest = rest.partition(",")
+        client, _, zk = rest.partition(",")
+        if not peer or "," in zk:
             raise ValueError
-        return {"id": int(sid), "peer": peer, "client": client or None}
+        return {"id": int(sid), "peer": peer, "client": client or None, "zookeeper": zk or None}
     except ValueError:
-        raise click.BadParameter(f"{value!r}: expected ID=PEER_HOST:PORT[,CLIENT_HOST:PORT]") from None
+        raise click.BadParameter(
+            f"{value!r}: expected ID=PEER_HOST:PORT[,CLIENT_HOST:PORT[,ZOOKEEPER_HOST:PORT]]") from None
 
 
 def register(cli: click.Group, pass_ctx: Callable) -> None:
@@ -121,17 +123,19 @@ def register(cli: click.Group, pass_ctx: Callable) -> None:
     @click.argument("sid", type=click.IntRange(min=1))
     @click.option("--peer", required=True, metavar="HOST:PORT", help="The new server's peer address.")
     @click.option("--client", "client_addr", metavar="HOST:PORT", help="The new server's client address.")
+    @click.option("--zookeeper", "zk_addr", metavar="HOST:PORT",
+                  help="The new server's ZooKeeper client address (what ZooKeeper clients see in its config).")
     @click.option("--learner", is_flag=True, help="Leave it a learner (non-voting).")
     @click.option("--no-wait", is_flag=True, help="Return once the learner is added.")
     @click.option("--max-lag", default=64, show_default=True, help="Entries behind that count as caught up.")
     @pass_ctx
-    def members_add(c: Any, sid: int, peer: str, client_addr: str | None, learner: bool, no_wait: bool,
-                    max_lag: int) -> None:
+    def members_add(c: Any, sid: int, peer: str, client_addr: str | None, zk_addr: str | None, learner: bool,
+                    no_wait: bool, max_lag: int) -> None:
         """Add server SID: as a learner first, then (once it has caught up) as a voter.
 
         Safe to run again: an interrupted add (say, the leader failed half-way,
         leaving SID a learner) is finished, and an add already done is no error."""
-        add = [{"id": sid, "peer": peer, "client": client_addr}]
+        add = [{"id": sid, "peer": peer, "client": client_addr, "zookeeper": zk_addr}]
         _note_done(c, add=[sid], voters=not (learner or no_wait))
         st = _run(c, lambda a: a.converge(add=add, voters=not (learner or no_wait), max_lag=max_lag,
                                           progress=_progress_bar(c)))
@@ -148,7 +152,8 @@ def register(cli: click.Group, pass_ctx: Callable) -> None:
             missing = [s for s in sids if s not in members]
             if missing:
                 raise ConfChangeError(f"servers {missing} are not members: add them with `members add`")
-            add = [{"id": s, "peer": members[s].get("peer"), "client": members[s].get("client")} for s in sids]
+            add = [{"id": s, "peer": members[s].get("peer"), "client": members[s].get("client"),
+                    "zookeeper": members[s].get("zookeeper")} for s in sids]
             return await admin.converge(add=add)
 
         st = _run(c, go)
@@ -165,7 +170,7 @@ def register(cli: click.Group, pass_ctx: Callable) -> None:
         _emit(c, st, _members_table(st))
 
     @members.command("change")
-    @click.option("--add", "adds", multiple=True, type=_server_arg, metavar="ID=PEER[,CLIENT]",
+    @click.option("--add", "adds", multiple=True, type=_server_arg, metavar="ID=PEER[,CLIENT[,ZOOKEEPER]]",
                   help="A server to add as a voter (repeatable).")
     @click.option("--remove", "removes", multiple=True, type=click.IntRange(min=1), help="A server to remove.")
     @click.option("--max-lag", default=64, show_default=True)

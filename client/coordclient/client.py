@@ -738,15 +738,20 @@ class Client:
         return None if stat is None else Stat.from_wire(stat)
 
     async def children(self, path: str, *, watch: WatchCallback | None = None, stats: bool = False,
-                       linearizable: bool = False) -> list[str] | list[tuple[str, Stat]]:
+                       linearizable: bool = False, include_stat: bool = False) -> Any:
         """Return child names (sorted by the server), or (name, Stat) pairs
         with ``stats``.  ``watch`` fires once when the list changes or the
-        node is deleted."""
-        msg = messages.children(path, watch=watch is not None, stats=stats, linearizable=linearizable)
+        node is deleted.  ``include_stat`` (ZooKeeper's getChildren2, kazoo's
+        ``include_data``): ``(children, Stat of the node)``, read together."""
+        msg = messages.children(path, watch=watch is not None, stats=stats, linearizable=linearizable,
+                                node_stat=include_stat)
         r = await self._call(msg, claim=self._oneshot_claim("children", path, watch))
-        if stats:
-            return [(name, Stat.from_wire(stat)) for name, stat in r["children"]]
-        return list(r["children"])
+        kids = ([(name, Stat.from_wire(stat)) for name, stat in r["children"]] if stats else list(r["children"]))
+        if include_stat:
+            if r.get("stat") is None:
+                raise CoordError("this server is too old to return the node's stat with its children")
+            return kids, Stat.from_wire(r["stat"])
+        return kids
 
     async def descendant_count(self, path: str, *, linearizable: bool = False) -> int:
         """How many nodes are under ``path``, at any depth, itself excluded

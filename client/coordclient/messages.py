@@ -167,9 +167,13 @@ def exists(path: str, *, watch: bool = False, linearizable: bool = False) -> dic
     return {"op": Op.EXISTS.value, "path": check_path(path), "watch": watch, "lin": bool(linearizable)}
 
 
-def children(path: str, *, watch: bool = False, stats: bool = False, linearizable: bool = False) -> dict:
-    return {"op": Op.CHILDREN.value, "path": check_path(path), "watch": watch, "stats": bool(stats),
-            "lin": bool(linearizable)}
+def children(path: str, *, watch: bool = False, stats: bool = False, linearizable: bool = False,
+             node_stat: bool = False) -> dict:
+    msg = {"op": Op.CHILDREN.value, "path": check_path(path), "watch": watch, "stats": bool(stats),
+           "lin": bool(linearizable)}
+    if node_stat:
+        msg["node_stat"] = True
+    return msg
 
 
 def descendants(path: str, *, linearizable: bool = False) -> dict:

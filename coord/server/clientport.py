@@ -34,7 +34,7 @@ from coord.namespace.commands import AddAuth, Command, encode, parse_request
 from coord.security.denials import note_denied
 from coord.security.ratelog import RateLimit, RateLimitedLog
 from coord.security.tls import TransportInfo, connection_info
-from coord.server.config import ConfigError, MemberAddrs, parse_addr
+from coord.server.config import ConfigError, MemberAddrs
 from coord.server.future import Future
 from coord.server.service import CoordService
 from coord.server.watches import KINDS, WatchRegistry
@@ -466,6 +466,8 @@ class RequestHandler:
         else:
             kids = list(self.ns.children(path, self.auth()))
         out = {"children": kids}
+        if arg_bool(req, "node_stat"):  # the node's own stat, read with the listing (getChildren2)
+            out["stat"] = self.ns.exists(path)
         if watch:
             out["wid"] = self._watch_now(path, "children")
         return out
@@ -579,15 +581,14 @@ class RequestHandler:
         def servers(key: str) -> dict[int, dict]:
             raw = req.get(key) or []
             if type(raw) is not list:
-                raise _bad(f"{key!r} must be a list of {{id, peer, client}} maps")
+                raise _bad(f"{key!r} must be a list of {{id, peer, client, zookeeper}} maps")
             out = {}
             for item in raw:
                 if type(item) is not dict:
-                    raise _bad(f"{key!r} must be a list of {{id, peer, client}} maps")
+                    raise _bad(f"{key!r} must be a list of {{id, peer, client, zookeeper}} maps")
                 sid = arg_int(item, "id", lo=1)
                 try:
-                    addrs = MemberAddrs(parse_addr(item.get("peer"), f"{key}.peer"),
-                                        parse_addr(item["client"], f"{key}.client") if item.get("client") else None)
+                    addrs = MemberAddrs.from_wire({k: item.get(k) for k in ("peer", "client", "zookeeper")}, key)
                 except ConfigError as e:
                     raise _bad(str(e)) from None
                 out[sid] = addrs.to_wire()

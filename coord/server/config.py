@@ -45,21 +45,35 @@ def format_addr(a: Addr) -> str:
 
 @dataclass(slots=True, frozen=True)
 class MemberAddrs:
+    """Where a member is reached: peers, coord clients, and ZooKeeper
+    clients (what ``/zookeeper/config`` and ``conf`` show ZooKeeper clients)."""
+
     peer: Addr
     client: Addr | None = None
+    zookeeper: Addr | None = None
 
     def to_wire(self) -> dict:
         d = {"peer": format_addr(self.peer)}
         if self.client:
             d["client"] = format_addr(self.client)
+        if self.zookeeper:
+            d["zookeeper"] = format_addr(self.zookeeper)
         return d
 
     @classmethod
-    def from_wire(cls, d: Any) -> "MemberAddrs":
+    def from_wire(cls, d: Any, name: str = "") -> "MemberAddrs":
+        """From a membership's (or a request's, or a config table's) map;
+        raises ConfigError naming ``name``."""
+        pre = f"{name}." if name else ""
         if isinstance(d, dict):
-            c = d.get("client")
-            return cls(parse_addr(d.get("peer"), "peer"), parse_addr(c, "client") if c else None)
-        return cls(parse_addr(d, "peer"))
+            c, z = d.get("client"), d.get("zookeeper")
+            return cls(parse_addr(d.get("peer"), f"{pre}peer"), parse_addr(c, f"{pre}client") if c else None,
+                       parse_addr(z, f"{pre}zookeeper") if z else None)
+        return cls(parse_addr(d, name or "peer"))
+
+    def with_own(self, client: Addr | None, zookeeper: Addr | None) -> "MemberAddrs":
+        """This server's entry, its own client and ZooKeeper addresses filled in where the table left them out."""
+        return MemberAddrs(self.peer, self.client or client, self.zookeeper or zookeeper)
 
 
 CLIENT_AUTH_MODES = ("none", "request", "require")
@@ -257,9 +271,10 @@ def parse_config(doc: dict, *, base_dir: str = ".") -> ServerConfig:
         if mid < 1:
             raise ConfigError(f"{name}: member ids start at 1")
         if isinstance(v, dict):
-            c = v.get("client")
-            members[mid] = MemberAddrs(parse_addr(v.get("peer"), f"{name}.peer"),
-                                       parse_addr(c, f"{name}.client") if c is not None else None)
+            unknown = set(v) - {"peer", "client", "zookeeper"}
+            if unknown:
+                raise ConfigError(f"{name}.{sorted(unknown)[0]}: unknown setting (expected peer, client, zookeeper)")
+            members[mid] = MemberAddrs.from_wire(v, name)
         else:
             members[mid] = MemberAddrs(parse_addr(v, name))
     if join and members:
@@ -305,12 +320,12 @@ def parse_config(doc: dict, *, base_dir: str = ".") -> ServerConfig:
         if k not in limits and k not in ("max_data_bytes", "min_session_timeout_ms", "max_session_timeout_ms"):
             raise ConfigError(f"limits.{k}: unknown setting")
 
-    if not join:
-        members = {**members, sid: MemberAddrs(peer, client)} if members[sid].client is None else members
     auth = _table(doc, "auth")
     superusers, admins, default_acl, status_admin = _auth_section(auth)
     zk_addr = _get(srv, "zookeeper_address", "server.zookeeper_address", str, None)
     zk_addr = parse_addr(zk_addr, "server.zookeeper_address") if zk_addr is not None else None
+    if not join:
+        members = {**members, sid: members[sid].with_own(client, zk_addr)}
     words, zk_buf, zk_reconfig = _zookeeper_section(_table(doc, "zookeeper"))
     nsec = _table(doc, "namespace")
     for k in nsec:

@@ -56,8 +56,9 @@ def parse_reconfig(rec: ReconfigRequest) -> dict:
     """coord's ``member_change`` request for an incremental reconfig.
 
     ``joiningServers``: comma-separated
-    ``server.N=host:port[:port][:participant|observer][;client]`` (observers
-    join as learners; coord has a single peer port, the first one);
+    ``server.N=host:port[:port][:participant|observer][;[host:]port]``
+    (observers join as learners; coord has a single peer port, the first
+    one; the client address is the member's ZooKeeper address);
     ``leavingServers``: comma-separated ids; ``curConfigId`` -1 means "any
     current config".  Non-incremental reconfig (``newMembers``) is refused.
     Raises ``ReconfigRefused``."""
@@ -73,11 +74,19 @@ def parse_reconfig(rec: ReconfigRequest) -> dict:
         key, eq, value = spec.partition("=")
         if not eq or not key.startswith("server.") or not key[7:].isdigit() or int(key[7:]) < 1:
             raise _bad(spec)
-        addr = value.partition(";")[0].split(":")
+        server, _, client = value.partition(";")
+        addr = server.split(":")
         role = addr[-1] if addr[-1] in ("participant", "observer") else "participant"
         if len(addr) < 2 or not addr[0] or not addr[1].isdigit() or not 0 < int(addr[1]) < 65536:
             raise _bad(spec)
-        (voters if role == "participant" else learners).append({"id": int(key[7:]), "peer": f"{addr[0]}:{addr[1]}"})
+        item = {"id": int(key[7:]), "peer": f"{addr[0]}:{addr[1]}"}
+        if client:
+            # ZooKeeper's client address ("[host:]port"): the member's ZooKeeper port
+            host, colon, port = client.rpartition(":")
+            if not port.isdigit() or not 0 < int(port) < 65536:
+                raise _bad(spec)
+            item["zookeeper"] = f"{host if colon and host else addr[0]}:{port}"
+        (voters if role == "participant" else learners).append(item)
     for item in (rec.leavingServers or "").split(","):
         item = item.strip()
         if not item:

@@ -263,10 +263,8 @@ def _plan_read(op: int, rec: Any, ctx: Context) -> Plan | Reply:
         return Plan((_read("get", path, watch),))
     if op == OpCode.GET_CHILDREN:
         return Plan((_read("children", path, watch, stats=False),))
-    if op == OpCode.GET_CHILDREN2:
-        # coord's children answer has no stat of the node itself: read it
-        # right after (same connection, reads in order, no write between).
-        return Plan((_read("children", path, watch, stats=False), _read("exists", path)))
+    if op == OpCode.GET_CHILDREN2:  # the listing and the node's own stat, in one read
+        return Plan((_read("children", path, watch, stats=False, node_stat=True),))
     if op == OpCode.GET_ACL:
         return Plan(({"op": "get_acl", "path": path, "lin": False},))
     return error(Code.UNIMPLEMENTED, f"op {op}")
@@ -299,11 +297,7 @@ def _finish_read(op: int, rec: Any, calls: tuple, resps: tuple, ctx: Context) ->
     adds = _adds(WatchKey(WatchClass.CHILD, path), r)
     if op == OpCode.GET_CHILDREN:
         return Reply(body=GetChildrenResponse(kids), add_watches=adds)
-    r2 = result_of(resps[1])
-    if r2 is None or r2.get("stat") is None:
-        # Deleted between the two reads: as if the list had been read after.
-        return Reply(err=Code.NO_NODE if r2 is not None else error_reply(resps[1]).err, add_watches=adds)
-    return Reply(body=GetChildren2Response(kids, root_plus(stat(r2["stat"]), path, ctx)), add_watches=adds)
+    return Reply(body=GetChildren2Response(kids, root_plus(stat(r.get("stat")), path, ctx)), add_watches=adds)
 
 
 def _plan_sync(op: int, rec: Any, ctx: Context) -> Plan | Reply:
