@@ -31,6 +31,7 @@ reported too, so a disturbed window is visible.
     python bench/bench.py --workloads W1,W3 --json out.json
     python bench/bench.py --endpoints 127.0.0.1:2181,127.0.0.1:2182,127.0.0.1:2183 --workloads W1,W2,W3
     python bench/bench.py --workloads W1,W1P --http   # W1 with and without a 1 s scrape, HTTP ports on for both
+    python bench/bench.py --workloads W1,W3 --secure  # TLS on every port, clients with certificates, ACLs on the nodes
 
 With ``--endpoints`` the servers are found by their listening ports (for
 CPU figures; same user only); W6 and S1/S2 need an ensemble this script
@@ -64,6 +65,43 @@ VALUE = b"v" * 100
 KEYS = 1000
 mono = time.monotonic
 DEFAULT_WORKLOADS = "IDLE,W1,W1S,W2,W2L,W3,W3L,W3S,W4,W4I,W5,W6,S2,S1"
+
+
+# ----------------------------------------------------------------------------- --secure
+# With --secure the parent makes a CA and certificates in a directory and
+# names it here; the load-generator processes (spawned: they inherit the
+# environment) read it back, so every client connects with TLS and presents
+# the "bench" certificate, and the benchmark's nodes carry an ACL that grants
+# only that certificate's subject (every read and write is checked).
+SECURE_ENV = "COORD_BENCH_PKI"
+BENCH_SUBJECT = "CN=bench,OU=ops,O=acme"
+
+
+def secure_dir() -> str | None:
+    return os.environ.get(SECURE_ENV) or None
+
+
+def client_ssl_context():
+    """The clients' TLS context under --secure (None otherwise)."""
+    d = secure_dir()
+    if d is None:
+        return None
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=os.path.join(d, "ca.crt"))
+    ctx.load_cert_chain(os.path.join(d, "client-bench.crt"), os.path.join(d, "client-bench.key"))
+    return ctx
+
+
+def client_security() -> dict:
+    """Keyword arguments every benchmark ``Client`` takes (TLS under --secure)."""
+    ctx = client_ssl_context()
+    return {} if ctx is None else {"tls": ctx}
+
+
+def bench_acl() -> list[str] | None:
+    """The ACL of the benchmark's nodes under --secure (None: the default, open)."""
+    return None if secure_dir() is None else [f"x509:{BENCH_SUBJECT}:cdrwa"]
 
 
 def log(msg: str) -> None:
@@ -201,7 +239,16 @@ class Ensemble:
         else:
             from tests.cluster import Cluster
 
-            self.cluster = Cluster(n, base, snapshot_entries=snapshot_entries, log_level=log_level, http=http)
+            security = {}
+            if secure_dir() is not None:
+                from tests.tlsutil import TLSMaterial
+
+                material = TLSMaterial(secure_dir())
+                material.client("bench")
+                security = {"peer_secret": False, "client_ssl": client_ssl_context(),
+                            "tls": lambda sid: material.tls_table(sid, client_auth="request")}
+            self.cluster = Cluster(n, base, snapshot_entries=snapshot_entries, log_level=log_level, http=http,
+                                   **security)
             self.cluster.start()
             self.addrs = [self.cluster.client_addr(s) for s in range(1, n + 1)]
             self.metrics_urls = [f"http://127.0.0.1:{p}/metrics" for _, p in sorted(self.cluster.http_ports.items())]
@@ -232,7 +279,7 @@ class Ensemble:
         async def all_():
             out = {}
             for n in self.nodes:
-                st = await probe_status(self.addrs[n - 1], timeout=1.0)
+                st = await probe_status(self.addrs[n - 1], timeout=1.0, ssl_context=client_ssl_context())
                 if st is not None:
                     out[n] = st
             return out
@@ -289,7 +336,7 @@ async def tp_worker(kind: str, wid: int, endpoint: str, depth: int, ready_q, go_
     from coordclient.errors import CoordError
 
     st = {"wid": wid, "endpoint": endpoint, "ops": 0, "errs": 0, "err_types": {}, "lat": [], "pairs": 0}
-    async with Client(endpoint, session_timeout=30) as c:
+    async with Client(endpoint, session_timeout=30, **client_security()) as c:
         await _wait_go(ready_q, go_evt, wid)
         t0, t1 = times[0], times[1]
 
@@ -340,7 +387,7 @@ async def lock_worker(wid: int, endpoint: str, impl: str, ready_q, go_evt, times
     from coordclient import Client
 
     acq, waits, timeouts = 0, [], 0
-    async with Client(endpoint, session_timeout=30) as c:
+    async with Client(endpoint, session_timeout=30, **client_security()) as c:
         lock = make_lock(impl, c, wid)
         await _wait_go(ready_q, go_evt, wid)
         t0, t1 = times[0], times[1]
@@ -453,17 +500,19 @@ def prepare(ens: Ensemble) -> None:
     from coordclient import Client, ops
 
     async def go():
-        async with Client(ens.all_endpoints(), session_timeout=30) as c:
+        async with Client(ens.all_endpoints(), session_timeout=30, **client_security()) as c:
+            acl = bench_acl()
             for p in ("/bench", "/bench/kv", "/bench/eph", "/bench/lock"):
                 if await c.exists(p) is None:
-                    await c.create(p, b"")
+                    await c.create(p, b"", acl=acl)
             if await c.exists("/bench/r") is None:
-                await c.create("/bench/r", VALUE)
+                await c.create("/bench/r", VALUE, acl=acl)
             if await c.exists("/bench/seq") is None:
-                await c.create("/bench/seq", VALUE)
+                await c.create("/bench/seq", VALUE, acl=acl)
             if await c.exists(f"/bench/kv/{KEYS - 1:04d}") is None:
                 for base in range(0, KEYS, 500):
-                    await c.multi([ops.create(f"/bench/kv/{i:04d}", VALUE) for i in range(base, base + 500)])
+                    await c.multi([ops.create(f"/bench/kv/{i:04d}", VALUE, acl=acl)
+                                   for i in range(base, base + 500)])
 
     trio.run(go)
 
@@ -532,7 +581,7 @@ def seq_latency(ens: Ensemble, name: str, role: str, n_ops: int, warm: int = 200
     cpu = CpuWindow(ens.server_pids(), [os.getpid()])
 
     async def go():
-        async with Client(ens.endpoint(node), session_timeout=30) as c:
+        async with Client(ens.endpoint(node), session_timeout=30, **client_security()) as c:
             for _ in range(warm):
                 await c.set("/bench/seq", VALUE)
             cpu.start()
@@ -595,7 +644,7 @@ def failover(ens: Ensemble, name: str, args) -> dict:
             rec[2] = "timeout"
 
         async def go():
-            async with Client(ens.all_endpoints(), session_timeout=10) as c:
+            async with Client(ens.all_endpoints(), session_timeout=10, **client_security()) as c:
                 if await c.exists("/bench/failover") is None:
                     await c.create("/bench/failover", VALUE)
                 async with trio.open_nursery() as n:
@@ -659,7 +708,7 @@ async def _create_many(endpoint: str, start: int, stop: int, batch: int, infligh
 
     from coordclient import Client, ops
 
-    async with Client(endpoint, session_timeout=60, request_timeout=600) as c:
+    async with Client(endpoint, session_timeout=60, request_timeout=600, **client_security()) as c:
         todo = list(range(start, stop, batch))
 
         async def task():
@@ -690,7 +739,7 @@ async def _snapshot_probe(endpoints: list[str], addrs: list[tuple[str, int]], pe
 
     async def getter(n: int, ep: str) -> None:
         st = out["servers"][str(n)] = {"gets": 0, "errors": 0, "max_gap_ms": 0.0, "max_latency_ms": 0.0}
-        async with Client(ep, session_timeout=30) as c:
+        async with Client(ep, session_timeout=30, **client_security()) as c:
             last = mono()
             nxt = last
             while not stop_evt.is_set():
@@ -712,7 +761,7 @@ async def _snapshot_probe(endpoints: list[str], addrs: list[tuple[str, int]], pe
         seen = out["leaders_seen"]
         while not stop_evt.is_set():
             for a in addrs:
-                s = await probe_status(a, timeout=0.5)
+                s = await probe_status(a, timeout=0.5, ssl_context=client_ssl_context())
                 if s is not None and s.get("role") == "leader" and (s["server_id"], s["term"]) not in seen:
                     seen.append((s["server_id"], s["term"]))
             await trio.sleep(0.1)
@@ -791,7 +840,7 @@ def scale_nodes(args, base: str) -> dict:
         ep = ens.all_endpoints()
 
         async def parents():
-            async with Client(ep, session_timeout=30) as c:
+            async with Client(ep, session_timeout=30, **client_security()) as c:
                 await c.create("/s", b"")
                 for b in range(0, -(-total // 1000), 500):
                     await c.multi([ops.create(f"/s/{p:04d}", b"") for p in range(b, min(b + 500, -(-total // 1000)))])
@@ -807,7 +856,7 @@ def scale_nodes(args, base: str) -> dict:
         async def sets(count: int, until_snapshots: dict | None = None):
             """``count`` sets, or (until_snapshots: the snapshot files before)
             sets until every server has a new snapshot file, at most ``count``."""
-            async with Client(ep, session_timeout=30) as c:
+            async with Client(ep, session_timeout=30, **client_security()) as c:
                 i = 0
                 deadline = mono() + 120
                 while i < count and mono() < deadline:
@@ -1009,17 +1058,25 @@ def main() -> int:
     ap.add_argument("--http", action="store_true",
                     help="give the servers this script starts HTTP ports (implied by W1P)")
     ap.add_argument("--http-endpoints", help="with --endpoints: the servers' HTTP ports, for W1P")
+    ap.add_argument("--secure", action="store_true",
+                    help="TLS on the client and peer ports (certificates made here), clients with certificates, "
+                         "ACLs granting only that certificate on the benchmark's nodes")
     ap.add_argument("--scrape-interval", type=float, default=1.0, help="W1P's scrape period (s)")
     args = ap.parse_args()
     want = [w.strip() for w in args.workloads.split(",") if w.strip()]
     base = tempfile.mkdtemp(prefix="coord-bench-")
+    if args.secure:
+        if args.endpoints or "W1P" in want:
+            ap.error("--secure starts its own TLS ensemble (no --endpoints) and has no plain /metrics for W1P")
+        os.environ[SECURE_ENV] = os.path.join(base, "pki")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     meta = {"workload": "meta", "python": platform.python_version(), "kernel": platform.release(),
             "cpus": os.cpu_count(), "host": socket.gethostname(), "params": vars(args),
             "utc_start": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "loadavg_at_start": open("/proc/loadavg").read().split()[:3],
             "ensemble": args.endpoints or "3 servers started by bench.py (tests/cluster.py), fsync on, "
-                                           "tick 50 ms, election 10 ticks"}
+                                           "tick 50 ms, election 10 ticks"
+                                           + (", TLS on all ports, x509 ACLs on the nodes" if args.secure else "")}
     results: list[dict] = []
     ens = Ensemble(args.endpoints, 3, os.path.join(base, "main"), http=args.http or "W1P" in want,
                    http_endpoints=args.http_endpoints)

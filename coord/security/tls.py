@@ -38,6 +38,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from coord.server.config import ConfigError, TLSConfig
+from coord.security.tlsstream import TLSSocketStream
 
 __all__ = [
     "SERVER_ID_URI",
@@ -213,7 +214,7 @@ def server_ids(cert: dict[str, Any] | None) -> list[int]:
     return out
 
 
-def verified_subject(ssl_stream: trio.SSLStream) -> str | None:
+def verified_subject(ssl_stream: TLSSocketStream | trio.SSLStream) -> str | None:
     """RFC 4514 subject of the peer's certificate if it sent one and it was
     verified (an unverified one fails the handshake; with CERT_NONE none is asked for)."""
     if ssl_stream.context.verify_mode == ssl.CERT_NONE:
@@ -230,12 +231,12 @@ def verified_subject(ssl_stream: trio.SSLStream) -> str | None:
 
 
 def connection_info(stream: trio.abc.Stream) -> TransportInfo:
-    """``TransportInfo`` for a plain socket stream or an SSLStream over one
-    (after its handshake)."""
-    tls = isinstance(stream, trio.SSLStream)
-    sock_stream = stream.transport_stream if tls else stream
+    """``TransportInfo`` for a plain socket stream or a TLS one (after its
+    handshake: ``TLSSocketStream``, or an ``SSLStream`` over a socket stream)."""
+    tls = isinstance(stream, (TLSSocketStream, trio.SSLStream))
+    sock: Any = stream if isinstance(stream, TLSSocketStream) else getattr(
+        stream.transport_stream if isinstance(stream, trio.SSLStream) else stream, "socket", None)
     address, port = "", 0
-    sock = getattr(sock_stream, "socket", None)
     if sock is not None:
         try:
             name = sock.getpeername()

@@ -38,6 +38,8 @@ from coord.server.config import ConfigError, MemberAddrs
 from coord.server.future import Future
 from coord.server.service import CoordService
 from coord.server.watches import KINDS, WatchRegistry
+from coord.security.tlsstream import TLSSocketStream
+from coord.security.tlsstream import handshake as tls_handshake
 from coordclient.errors import (
     AuthFailedError,
     BadArgumentsError,
@@ -643,7 +645,7 @@ class ClientConnection(RequestHandler):
 
     def __init__(self, service: CoordService, stream: trio.abc.Stream, max_frame: int = DEFAULT_MAX_FRAME,
                  *, transport_info: TransportInfo | None = None):
-        """``stream``: a socket stream or, with TLS, an ``SSLStream`` whose handshake is done."""
+        """``stream``: a socket stream or, with TLS, a ``TLSSocketStream`` whose handshake is done."""
         super().__init__(service, transport_info if transport_info is not None else connection_info(stream))
         self.stream = stream
         self.framed = FramedStream(stream, max_frame, max_items=service.cfg.max_items_per_request)
@@ -807,7 +809,8 @@ class _Handshakes:
         self.failed = 0  # connections dropped before their handshake was done
 
 
-async def tls_accept(service: CoordService, stream: trio.SocketStream, ctx, hs: _Handshakes) -> trio.SSLStream | None:
+async def tls_accept(service: CoordService, stream: trio.SocketStream, ctx,
+                     hs: _Handshakes) -> TLSSocketStream | None:
     """Run a client's TLS handshake within the timeout; None (and the
     socket closed) if it does not finish, fails, or too many are running."""
     raw = connection_info(stream)
@@ -818,13 +821,13 @@ async def tls_accept(service: CoordService, stream: trio.SocketStream, ctx, hs: 
         await trio.aclose_forcefully(stream)
         return None
     timeout = service.server.credentials.handshake_timeout
-    tls = trio.SSLStream(stream, ctx, server_side=True)
+    tls = None
     hs.active += 1
     why = None
     try:
         with trio.move_on_after(timeout) as scope:
             try:
-                await tls.do_handshake()
+                tls = await tls_handshake(stream, ctx, server_side=True)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
                 cause = e.__cause__
                 why = getattr(cause, "reason", None) or getattr(cause, "strerror", None) or type(cause).__name__
@@ -832,7 +835,7 @@ async def tls_accept(service: CoordService, stream: trio.SocketStream, ctx, hs: 
             why = f"no TLS handshake within {timeout:g}s"
     finally:
         hs.active -= 1
-    if why is None:
+    if why is None and tls is not None:
         return tls
     hs.failed += 1
     _handshake_log.info("handshake", "client %s dropped: %s", raw.peer, why)

@@ -56,6 +56,8 @@ from coord.security.peerauth import (
     proof_ok,
 )
 from coord.security.tls import server_ids
+from coord.security.tlsstream import TLSSocketStream
+from coord.security.tlsstream import handshake as tls_handshake
 
 __all__ = ["HANDSHAKE_MAX_FRAME", "Accepted", "HandshakeRefused", "accept", "dial"]
 
@@ -87,10 +89,9 @@ def _bound(framed: FramedStream, max_frame: int) -> None:
     framed._decoder.max_frame = max_frame
 
 
-async def _tls(stream: trio.SocketStream, ctx: Any, server_side: bool) -> trio.SSLStream:
-    tls = trio.SSLStream(stream, ctx, server_side=server_side)
+async def _tls(stream: trio.SocketStream, ctx: Any, server_side: bool) -> TLSSocketStream:
     try:
-        await tls.do_handshake()
+        tls = await tls_handshake(stream, ctx, server_side=server_side)
     except trio.BrokenResourceError as exc:
         cause = exc.__cause__
         why = getattr(cause, "reason", None) or getattr(cause, "strerror", None) or type(cause).__name__
@@ -98,7 +99,7 @@ async def _tls(stream: trio.SocketStream, ctx: Any, server_side: bool) -> trio.S
     return tls
 
 
-def _bound_id(tls: trio.SSLStream) -> int:
+def _bound_id(tls: TLSSocketStream) -> int:
     ids = server_ids(tls.getpeercert())
     if len(ids) != 1:
         raise HandshakeRefused(
@@ -157,11 +158,26 @@ async def accept(stream: trio.SocketStream, *, security: PeerSecurity, cluster_i
                  admits: Callable[[int], bool], max_frame: int) -> Accepted:
     """Run the acceptor's side; the caller bounds the time.  ``admits(id)``
     says whether server ``id`` may send to us (a current member)."""
-    cert_id = None
     conn: trio.abc.Stream = stream
     if security.tls:
         conn = await _tls(stream, security.server_ssl, server_side=True)
-        cert_id = _bound_id(conn)
+    try:
+        return await _accept_on(conn, security=security, cluster_id=cluster_id, node_id=node_id, admits=admits,
+                                max_frame=max_frame)
+    except BaseException:
+        await _close_tls(conn, stream)
+        raise
+
+
+async def _close_tls(conn: trio.abc.Stream, stream: trio.SocketStream) -> None:
+    """A TLS connection owns its socket (the socket stream gave it up): close it."""
+    if conn is not stream:
+        await trio.aclose_forcefully(conn)
+
+
+async def _accept_on(conn: trio.abc.Stream, *, security: PeerSecurity, cluster_id: str, node_id: int,
+                     admits: Callable[[int], bool], max_frame: int) -> Accepted:
+    cert_id = _bound_id(conn) if security.tls else None  # type: ignore[arg-type]
     framed = FramedStream(conn, HANDSHAKE_MAX_FRAME)
     hello = await _receive(framed, "handshake")
     try:
@@ -214,10 +230,20 @@ async def dial(stream: trio.SocketStream, *, security: PeerSecurity, cluster_id:
     conn: trio.abc.Stream = stream
     if security.tls:
         conn = await _tls(stream, security.client_ssl, server_side=False)
-        bound = _bound_id(conn)
-        if bound != to:
-            raise HandshakeRefused(f"the server there presents server {bound}'s certificate, not {to}'s",
-                                   "impersonation")
+    try:
+        if security.tls:
+            bound = _bound_id(conn)  # type: ignore[arg-type]
+            if bound != to:
+                raise HandshakeRefused(f"the server there presents server {bound}'s certificate, not {to}'s",
+                                       "impersonation")
+        return await _dial_on(conn, security=security, cluster_id=cluster_id, node_id=node_id, to=to, port=port)
+    except BaseException:
+        await _close_tls(conn, stream)
+        raise
+
+
+async def _dial_on(conn: trio.abc.Stream, *, security: PeerSecurity, cluster_id: str, node_id: int, to: int,
+                   port: int) -> tuple[trio.abc.Stream, FramedStream]:
     framed = FramedStream(conn, HANDSHAKE_MAX_FRAME)
     nonce = new_nonce()
     await _send(framed, {"cluster": cluster_id, "from": node_id, "to": to, "port": port, "nonce": nonce},

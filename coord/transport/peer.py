@@ -342,6 +342,8 @@ class PeerTransport:
                     nursery.cancel_scope.cancel()
             finally:
                 out.connected = False
+                if conn is not stream:  # a TLS connection owns the socket now
+                    await trio.aclose_forcefully(conn)
         return reason
 
     async def _pump(self, out: _Outbound, stream: trio.abc.Stream) -> str:
@@ -378,9 +380,10 @@ class PeerTransport:
 
     async def _serve(self, stream: trio.SocketStream) -> None:
         try:
-            remote = "%s:%s" % stream.socket.getpeername()[:2]
+            remote_host, remote_port = stream.socket.getpeername()[:2]
+            remote = f"{remote_host}:{remote_port}"
         except OSError:
-            remote = "?"
+            remote_host, remote = None, "?"
         async with stream:
             if self._handshaking >= self.max_handshakes:
                 self.refused += 1
@@ -406,7 +409,7 @@ class PeerTransport:
                                        self.node_id, remote, self.handshake_timeout)
                 return
             peer_id = acc.peer_id
-            self._learn_return_path(peer_id, acc.hello, stream)
+            self._learn_return_path(peer_id, acc.hello, remote_host)
             old = self._inbound.get(peer_id)
             if old is not None:
                 log.info("node %d: new connection from peer %d replaces the old one", self.node_id, peer_id)
@@ -418,18 +421,16 @@ class PeerTransport:
             finally:
                 if self._inbound.get(peer_id) is scope:
                     del self._inbound[peer_id]
+                if acc.stream is not stream:  # a TLS connection owns the socket now
+                    await trio.aclose_forcefully(acc.stream)
 
-    def _learn_return_path(self, peer_id: int, hello: dict, stream: trio.SocketStream) -> None:
+    def _learn_return_path(self, peer_id: int, hello: dict, host: str | None) -> None:
         """A server that joins a cluster is contacted by the leader before its
         log tells it where anybody is.  The handshake names the port the
         sender listens on, so the joiner can answer (at the address the
         connection came from).  Membership updates later replace this."""
         port = hello.get("port")
-        if peer_id in self._out or type(port) is not int or not 0 < port < 65536:
-            return
-        try:
-            host = stream.socket.getpeername()[0]
-        except OSError:
+        if peer_id in self._out or host is None or type(port) is not int or not 0 < port < 65536:
             return
         log.info("node %d: learned return address of peer %d: %s:%d", self.node_id, peer_id, host, port)
         out = self._out[peer_id] = _Outbound(peer_id, (host, port), self._stats_for(peer_id))
