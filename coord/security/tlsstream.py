@@ -56,45 +56,36 @@ class TLSSocketStream(trio.abc.Stream):
         return self._sock.version()
 
     # -- trio.abc.Stream --------------------------------------------------------
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        await trio.lowlevel.checkpoint_if_cancelled()
+    async def _io(self, op: Any, arg: Any) -> Any:
+        """``op(arg)`` on the socket, waiting whichever way OpenSSL asks."""
         sock = self._sock
-        size = max_bytes or 65536
         while True:
             if self._closed:
                 raise trio.ClosedResourceError("this TLS connection was closed")
             try:
-                data = sock.recv(size)
+                return op(arg)
             except ssl.SSLWantReadError:
                 await trio.lowlevel.wait_readable(sock)
-                continue
             except ssl.SSLWantWriteError:
                 await trio.lowlevel.wait_writable(sock)
-                continue
             except ssl.SSLZeroReturnError:  # the peer's close_notify: a clean end
-                data = b""
+                return b""
             except _BROKEN as exc:
                 raise trio.BrokenResourceError(f"TLS connection failed: {exc}") from exc
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            return data
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        data = await self._io(self._sock.recv, max_bytes or 65536)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
-        sock = self._sock
         view = memoryview(data)
         while view:
-            if self._closed:
-                raise trio.ClosedResourceError("this TLS connection was closed")
-            try:
-                sent = sock.send(view)
-            except ssl.SSLWantWriteError:
-                await trio.lowlevel.wait_writable(sock)
-                continue
-            except ssl.SSLWantReadError:
-                await trio.lowlevel.wait_readable(sock)
-                continue
-            except _BROKEN as exc:
-                raise trio.BrokenResourceError(f"TLS connection failed: {exc}") from exc
+            sent = await self._io(self._sock.send, view)
+            if type(sent) is not int:  # the peer ended TLS (close_notify) while we write
+                raise trio.BrokenResourceError("the peer closed the TLS connection")
             view = view[sent:]
         await trio.lowlevel.cancel_shielded_checkpoint()
 
