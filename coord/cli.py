@@ -22,6 +22,29 @@ from coord.server.config import ConfigError, load_config
 # Exit status of ``coord serve`` when the data directory cannot be trusted
 # (sysexits' EX_DATAERR): systemd's unit does not restart on it.
 EXIT_DATA_ERROR = 65
+# Exit status when a write or fsync failed (EIO, ...; sysexits' EX_IOERR):
+# never retried in-process (the kernel may have dropped the data), but a
+# restart recovers from what is really on disk, so systemd restarts on it.
+EXIT_IO_ERROR = 74
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups, or ``[exc]``:
+    Trio's nurseries wrap what a task raised, and an operator should read
+    the error, not a tree of tracebacks."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
+def _main_error(exc: BaseException, kinds: tuple[type, ...]) -> BaseException | None:
+    """The first exception of ``kinds`` (in that order of preference) inside ``exc``."""
+    leaves = _leaves(exc)
+    for kind in kinds:
+        for leaf in leaves:
+            if isinstance(leaf, kind):
+                return leaf
+    return None
 
 
 def _setup_logging(level: str) -> None:
@@ -54,17 +77,32 @@ def serve(config_path: str, log_level: str, recover_lost_log: bool) -> None:
         raise click.ClickException(f"bad configuration: {e}") from None
     cfg = dataclasses.replace(cfg, recover_lost_log=recover_lost_log)
     from coord.server.app import run_app
-    from coord.storage import StorageError
+    from coord.storage import DiskIOError, NoSpaceError, StorageError
 
     try:
         run_app(cfg)
-    except KeyboardInterrupt:
-        pass
-    except ConfigError as e:  # a [tls] file or the peer secret, loaded at start
-        raise click.ClickException(f"bad configuration: {e}") from None
-    except StorageError as e:  # refused at start: the data directory needs an operator, not a restart
-        click.echo(f"coord: server {cfg.server_id} refuses to start: {e}", err=True)
-        sys.exit(EXIT_DATA_ERROR)
+    except BaseException as exc:  # noqa: BLE001 - sorted below; anything else is re-raised as it was
+        err = _main_error(exc, (DiskIOError, NoSpaceError, StorageError, ConfigError, KeyboardInterrupt))
+        if isinstance(err, NoSpaceError):  # only where it cannot be waited out: while starting
+            click.echo(f"coord: server {cfg.server_id} stopped: its disk is full ({err.path or cfg.data_dir}): "
+                       f"{err}. Free some space and start it again.", err=True)
+            sys.exit(EXIT_IO_ERROR)
+        if isinstance(err, DiskIOError):
+            # A write or fsync failed (EIO, ...): never retried in-process;
+            # a restart recovers from what is really on disk.
+            where = f" ({err.path})" if err.path else ""
+            click.echo(f"coord: server {cfg.server_id} stopped: disk I/O failed{where}: {err}. "
+                       "Nothing unwritten was acknowledged; check the disk (dmesg), then restart the server: "
+                       "it recovers from what is on disk.", err=True)
+            sys.exit(EXIT_IO_ERROR)
+        if isinstance(err, ConfigError):  # a [tls] file or the peer secret, loaded at start
+            raise click.ClickException(f"bad configuration: {err}") from None
+        if isinstance(err, StorageError):  # the data directory needs an operator, not a restart
+            click.echo(f"coord: server {cfg.server_id} refuses to start: {err}", err=True)
+            sys.exit(EXIT_DATA_ERROR)
+        if isinstance(err, KeyboardInterrupt):
+            return
+        raise
 
 
 @main.command()

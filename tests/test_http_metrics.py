@@ -98,7 +98,7 @@ async def test_health_and_ready(served):
     assert status == 200 and b'"status":"ok"' in body
     ready = await get_json(served.http_port, "/ready")
     assert ready["ready"] is True and ready["missing"] == [] and ready["role"] == "leader"
-    assert set(ready["checks"]) == {"leader", "member", "caught_up", "leader_contact", "linearizable_read"}
+    assert set(ready["checks"]) == {"leader", "member", "caught_up", "leader_contact", "linearizable_read", "disk"}
 
 
 async def test_ready_names_what_is_missing(served):

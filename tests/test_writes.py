@@ -169,3 +169,20 @@ def test_requests_parse_straight_into_the_one_schema():
     c = parse_request({"id": 4, "op": "set", "path": "/p", "data": b"x", "version": 3, "seq": 9}, sid=5, limit=10)
     assert (c.op, c.sid, c.seq, c.body.path, c.body.data, c.body.version) == ("set", 5, 9, "/p", b"x", 3)
     assert decode_entry(encode(c)).command == c  # a version-1 style read of the same bytes
+
+
+async def test_a_server_whose_disk_is_full_refuses_writes_with_no_space_at_once():
+    from coordclient.errors import NoSpaceError
+
+    for me, leader in ((1, 1), (2, 1)):  # as leader, and as a follower (it could not apply them)
+        wp, node, sent = make(me=me, leader=leader)
+        node.disk_full = True
+        f = wp.submit(cmd())
+        assert f.done and isinstance(f.error, NoSpaceError) and "disk is full" in str(f.error)
+        assert not node.proposed
+        await settle()
+        assert not sent  # nothing forwarded either
+        node.disk_full = False
+        wp.submit(cmd(seq=2))
+        await settle()
+        assert node.proposed or sent  # space is back: writes go through again

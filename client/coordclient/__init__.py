@@ -25,6 +25,8 @@ _LAZY = {
     "WatchEvent": "coordclient.types",
     "WatchOverflowError": "coordclient.watches",
     "WatchStream": "coordclient.watches",
+    "CoordError": "coordclient.errors",
+    "NoSpaceError": "coordclient.errors",
     "make_acl": "coordclient.acl",
     "make_digest_acl": "coordclient.acl",
     "ops": "coordclient.messages",
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
     from coordclient.acl import ACL, make_acl, make_digest_acl  # noqa: F401
     from coordclient.client import Client  # noqa: F401
     from coordclient.endpoints import parse_endpoints  # noqa: F401
+    from coordclient.errors import CoordError, NoSpaceError  # noqa: F401
     from coordclient.messages import ops  # noqa: F401
     from coordclient.streams import tls_context  # noqa: F401
     from coordclient.sync import SyncClient, SyncWatch  # noqa: F401

@@ -99,7 +99,8 @@ def register(cli: click.Group, pass_ctx: Callable) -> None:
             if st is None:
                 rows.append((f"{h}:{p}", "-", "unreachable", "-", "-", "-", "-", "-", "-"))
             else:
-                role = st["role"] + (" (recovering)" if st.get("recovering") else "")
+                role = st["role"] + (" (recovering)" if st.get("recovering") else "") \
+                    + (" (disk_full)" if st.get("disk_full") else "")
                 rows.append((f"{h}:{p}", str(st["server_id"]), role, str(st["term"]), str(st["leader"]),
                              str(st["commit"]), str(st["applied"]), str(st["nodes"]), str(st["sessions"])))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

@@ -111,6 +111,16 @@ class LimitExceededError(CoordError):
     code = Err.LIMIT_EXCEEDED
 
 
+class NoSpaceError(CoordError):
+    """The server's disk is full (ENOSPC/EDQUOT): it refused the write and
+    changed nothing.  It still serves reads and sessions, and accepts
+    writes again by itself once space is freed; other servers may accept
+    the write meanwhile (etcd's "database space exceeded", ZooKeeper's
+    SystemError)."""
+
+    code = Err.NO_SPACE
+
+
 class ConfChangeError(CoordError):
     code = Err.CONF_CHANGE
 

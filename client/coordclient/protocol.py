@@ -98,6 +98,7 @@ class Err(str, enum.Enum):
     NO_AUTH = "NoAuth"  # the ACL (or the admin rule) does not allow it
     INVALID_ACL = "InvalidACL"
     LIMIT_EXCEEDED = "LimitExceeded"  # a server limit ([limits]): too many sessions, watches, ...
+    NO_SPACE = "NoSpace"  # the server's disk is full: no writes there until space is freed; reads still work
     SYSTEM_ERROR = "SystemError"
     CONF_CHANGE = "ConfChange"  # membership change refused
 

@@ -106,7 +106,9 @@ class Ensemble:
                 if lag is None:
                     lag = max(0, top_commit - st.get("applied", 0))
                 health = "ok"
-                if not st.get("leader"):
+                if st.get("disk_full"):
+                    health = "disk full"  # writes refused there until space is freed (diskspace.py)
+                elif not st.get("leader"):
                     health = "no leader"
                 elif lag > s.cfg.ready_max_lag:
                     health = "lagging"

@@ -16,7 +16,10 @@ condition so an operator reading the probe output knows why not:
 * ``leader_contact``: the leader acknowledges its session keepalives (a
   server the leader cannot hear drops its clients, so it is not ready);
 * ``linearizable_read``: a ReadIndex barrier completes within
-  ``ready_read_timeout_ms``.
+  ``ready_read_timeout_ms``;
+* ``disk``: its disk accepts writes (a server whose disk is full refuses
+  writes with ``NoSpace`` until space is freed; see
+  ``coord.server.diskspace``).
 
 Probes arriving together share one read barrier, and a result is reused for
 a short while, so a probe storm costs one heartbeat round, not one each.
@@ -107,6 +110,8 @@ class Health:
                 checks["linearizable_read"] = (True, "a linearizable read was confirmed")
         else:
             checks["linearizable_read"] = (False, "not attempted without a leader and membership")
+        space = s.node.diskspace
+        checks["disk"] = (not space.full, space.describe())
         ready = all(ok for ok, _ in checks.values())
         body = {
             "ready": ready, "server_id": s.server_id, "role": role_name(s), "term": core.term,

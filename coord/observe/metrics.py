@@ -110,6 +110,13 @@ class CoordCollector(Collector):
         yield _histogram("coord_disk_wal_fsync_duration_seconds",
                          "Duration of durable log writes, fsync included (etcd_disk_wal_fsync_duration_seconds)",
                          st.fsync)
+        space = node.diskspace
+        yield _gauge("coord_disk_full", "1 while this server's disk is full: writes refused (NoSpace), retried",
+                     int(space.full))
+        yield _counter("coord_disk_full_total", "Times a write failed for lack of space after the disk had room",
+                       space.times_full)
+        yield _counter("coord_disk_full_seconds_total", "Seconds spent with a full disk (the current spell included)",
+                       space.seconds_full)
         snaps = CounterMetricFamily("coord_raft_snapshots_total",
                                     "Snapshots taken here or installed from the leader", labels=["kind"])
         snaps.add_metric(["taken"], st.snapshots_taken)

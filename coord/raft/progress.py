@@ -90,4 +90,5 @@ class Progress:
             self.inflight_bytes -= self.inflight.popleft()[1]
 
     def describe(self) -> dict:
-        return {"match": self.match, "next": self.next, "state": self.state.name.lower()}
+        return {"match": self.match, "next": self.next, "state": self.state.name.lower(),
+                "active": self.recent_active, "recovering": self.recovering}

@@ -23,6 +23,13 @@ mapped from the file.  A snapshot installed from the leader is restored in
 steps by a task of its own (``StateMachine.restore_steps``), the state
 machine's part of the readies after it waiting, in order, meanwhile.
 
+A full disk (``NoSpaceError`` from the disk thread) is waited out, see
+``diskspace``: proposals are refused with ``DiskFull`` meanwhile, a leader
+hands its leadership to an up-to-date voter, the failed write is retried
+after a back-off on this loop's clock, and a read barrier queued behind the
+stuck write still completes once the applied index reaches it.  Any other
+disk error stops the node.
+
 Callers wait on ``Future``s (``future.py``): ``propose``, ``read_index``,
 ``applied``, ``propose_membership``, ``transfer_leadership``.  The clock is
 a parameter (``ticker``), so tests can drive time.
@@ -58,6 +65,7 @@ from coord.raft.types import (
     SoftState,
 )
 from coord.observe.stats import RaftStats
+from coord.server.diskspace import DiskSpace, transfer_target
 from coord.server.diskwriter import AdoptSnapshot, DiskWork, DiskWriter, LogStore, SaveSnapshot, SnapshotFiles
 from coord.server.future import Future
 from coord.server.snapshotschedule import SnapshotSchedule
@@ -67,6 +75,7 @@ log = logging.getLogger("coord.raftnode")
 
 __all__ = [
     "CommitUnknown",
+    "DiskFull",
     "LogStore",
     "NodeOptions",
     "NodeStatus",
@@ -105,6 +114,12 @@ class SteppedRestore(Protocol):
 
 class NotLeader(ProposalDropped):
     """This server is not the leader; ``leader`` names the one it knows of (or 0)."""
+
+
+class DiskFull(ProposalDropped):
+    """This server's disk is full: it accepts no proposals until a write
+    succeeds again (``diskspace``).  A ProposalDropped, so that a leader
+    refuses forwarded writes with it (the follower retries elsewhere)."""
 
 
 class CommitUnknown(ProposalDropped):
@@ -180,6 +195,13 @@ class _Persisted:
 
 @dataclass(slots=True, frozen=True)
 class _DiskFailed:
+    error: BaseException
+
+
+@dataclass(slots=True, frozen=True)
+class _DiskFull:
+    """A write failed for lack of space; the disk thread waits for ``retry``."""
+
     error: BaseException
 
 
@@ -274,6 +296,7 @@ class RaftNode:
         self._send_in, self._recv_in = trio.open_memory_channel(math.inf)
         self.obs = RaftStats(self.core)  # observability counters (coord.observe)
         self.disk = DiskWriter(store, recovered_hard_state, name=f"coord-disk-{node_id}", stats=self.obs)
+        self.diskspace = DiskSpace(node_id, clock=lambda: trio.current_time())  # is the disk full (diskspace.py)
         self._to_disk: list[DiskWork] = []  # this loop iteration's work, handed over at its end
         self._queued_hs = recovered_hard_state  # term/vote durable or queued for writing
         self._proposals: list[tuple[bytes, Future | None]] = []
@@ -319,6 +342,12 @@ class RaftNode:
     def fsyncs(self) -> int:
         return self.disk.fsyncs
 
+    @property
+    def disk_full(self) -> bool:
+        """A write failed for lack of space and has not succeeded since: no
+        proposals are accepted (``DiskFull``)."""
+        return self.diskspace.full
+
     def status(self) -> NodeStatus:
         c = self.core
         return NodeStatus(self.node_id, c.role, c.term, c.leader_id, c.commit_index, self._applied, c.last_index,
@@ -358,6 +387,8 @@ class RaftNode:
         core = self.core
         if core.role is not Role.LEADER:
             raise NotLeader("not the leader", core.leader_id)
+        if self.diskspace.full:
+            raise DiskFull("the leader's disk is full", core.leader_id)
         if core.lead_transferee:
             raise NotLeader("leadership transfer in progress", core.leader_id)
         self._proposals.append((data, f))
@@ -404,6 +435,10 @@ class RaftNode:
         """Resolves to the (index, term) of the configuration entry, or fails
         with ConfChangeError / ProposalDropped."""
         voters, learners = list(voters), list(learners)
+        if self.diskspace.full:
+            f = Future()
+            f.fail(DiskFull("this server's disk is full", self.core.leader_id))
+            return f
         return self._call(lambda c: c.propose_membership(voters, learners, addrs, expect_version=expect_version))
 
     def transfer_leadership(self, target: int) -> Future:
@@ -436,7 +471,13 @@ class RaftNode:
             except trio.RunFinishedError:
                 pass
 
-        self.disk.start(done, failed)
+        def full(exc: BaseException) -> None:
+            try:
+                token.run_sync_soon(self._send_in.send_nowait, _DiskFull(exc))
+            except trio.RunFinishedError:
+                self.disk.stop()
+
+        self.disk.start(done, failed, full)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -483,6 +524,8 @@ class RaftNode:
         elif t is _Wake:
             pass
         elif t is _Persisted:
+            if self.diskspace.full:
+                self.diskspace.recovered()
             self._in_pipeline -= len(item.batch)
             for work in item.batch:
                 self._after_persist(work)
@@ -499,10 +542,49 @@ class RaftNode:
             self._snapshot_written(item)
         elif t is _Restored:
             self._restored(item)
+        elif t is _DiskFull:
+            self._disk_full(item.error)
         elif t is _DiskFailed:
             raise item.error  # a storage error is fatal: stop the server rather than lie
         else:
             raise TypeError(f"unknown inbox item {item!r}")
+
+    # ------------------------------------------------------------------
+    # a full disk (diskspace.py)
+    # ------------------------------------------------------------------
+    def _disk_full(self, error: BaseException) -> None:
+        """The disk thread could not write for lack of space and waits: tell
+        ``diskspace`` (logs, metrics), hand leadership on, retry later."""
+        delay = self.diskspace.failed(error)
+        self._hand_over_leadership()
+        if self._nursery is not None:
+            self._nursery.start_soon(self._retry_disk, delay)
+        else:
+            self.disk.retry()
+
+    async def _retry_disk(self, delay: float) -> None:
+        await trio.sleep(delay)
+        self.disk.retry()
+
+    def _hand_over_leadership(self) -> None:
+        """A leader that cannot write lets an up-to-date voter lead, so the
+        ensemble goes on taking writes (the core catches the target up and
+        sends it TIMEOUT_NOW; abandoned after transfer_timeout_ticks, then
+        tried again at the next failed retry)."""
+        core = self.core
+        if core.role is not Role.LEADER or core.lead_transferee:
+            return
+        target = transfer_target(self.node_id, core.membership.all_voters(), core.progress(), core.last_index)
+        if target is None:
+            log.warning("server %d: disk full and no other voter to hand leadership to: writes wait for space",
+                        self.node_id)
+            return
+        try:
+            core.transfer_leadership(target)
+        except Exception as e:  # noqa: BLE001 - ConfChangeError, ProposalDropped: tried again later
+            log.warning("server %d: disk full: could not hand leadership to server %d: %s", self.node_id, target, e)
+            return
+        log.warning("server %d: disk full: handing leadership to server %d", self.node_id, target)
 
     def _take_proposals(self) -> None:
         props, self._proposals = self._proposals, []
@@ -534,7 +616,13 @@ class RaftNode:
                 self._queued_hs = rd.hard_state
             if sync or self._in_pipeline:
                 # Readies complete strictly in order, so even one with nothing
-                # to write queues behind earlier writes.
+                # to write queues behind earlier writes.  Its read states need
+                # not wait for the disk, only for the applied index: a read
+                # is served once this server has applied its read index, and
+                # applying waits for the disk anyway (a server whose disk is
+                # full keeps answering linearizable reads it has applied).
+                if rd.read_states:
+                    self._register_reads(rd)
                 self._enqueue(rd)
             else:
                 if rd.hard_state is not None:
@@ -640,6 +728,11 @@ class RaftNode:
         if rd.committed:
             self._set_applied(rd.committed[-1].index)
             self._maybe_snapshot()
+        if rd.read_states:
+            self._register_reads(rd)
+
+    def _register_reads(self, rd: Ready) -> None:
+        """Each read barrier of ``rd`` resolves once its read index is applied here."""
         for rs in rd.read_states:
             f = self._reads.pop(rs.context, None)
             if f is not None:

@@ -359,6 +359,7 @@ class CoordService:
             "members": members, "config_version": st.membership_version,
             "nodes": self.ns.node_count, "sessions": self.ns.session_count, "watches": self.watches.count(),
             "recovering": st.recovering,
+            "disk_full": self.node.disk_full,  # a write failed for lack of space: no writes here (diskspace.py)
         }
         if self.cfg.http_address is not None:  # observability: where this server's dashboard is
             out["http"] = format_addr(self.cfg.http_address)

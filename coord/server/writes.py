@@ -18,7 +18,9 @@ the network.  What can go wrong ends in a clear, retryable error: the leader
 refuses (``ForwardRejected``, e.g. it is not the leader any more), the
 leader changes while the write is pending (it may or may not commit: the
 client retries with the same session sequence number and the state machine
-deduplicates), or nothing happens within the write timeout.  With no leader
+deduplicates), or nothing happens within the write timeout.  A server whose
+disk is full refuses writes at once with ``NoSpace`` (it could not apply
+them; see ``diskspace``).  With no leader
 known, a write waits (no task, just a list) until one is elected or its
 deadline passes.
 
@@ -41,7 +43,7 @@ from coord.namespace.commands import entry_data
 from coord.raft.types import ProposalDropped
 from coord.server.future import Future
 from coord.transport.envelope import Forward, ForwardRejected
-from coordclient.errors import NotLeaderError, OperationTimeoutError
+from coordclient.errors import NoSpaceError, NotLeaderError, OperationTimeoutError
 
 log = logging.getLogger("coord.writes")
 
@@ -110,6 +112,12 @@ class WritePath:
         if p is None:
             return
         node = self.node
+        if getattr(node, "disk_full", False):
+            # This server could not apply the entry (applying waits for its
+            # own disk): refuse at once rather than time out (diskspace.py).
+            self._finish(rid, error=NoSpaceError(
+                "this server's disk is full: it accepts no writes until space is freed (try another server)"))
+            return
         if node.is_leader:
             try:
                 node.propose_nowait(entry_data(p.data, t=self.now_ms(), origin=self.server_id, rid=rid))

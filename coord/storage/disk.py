@@ -29,6 +29,7 @@ from coord.raft.types import Entry, HardState, Snapshot, SnapshotMeta
 from coord.storage.errors import (
     InconsistentStateError,
     LogLossError,
+    NoSpaceError,
     StorageClosedError,
     StorageError,
     StorageLockedError,
@@ -59,9 +60,10 @@ class DiskStorage:
     votes on power loss, which breaks Raft's safety.
     """
 
-    def __init__(self, dirpath: str | os.PathLike, *, segment_bytes: int = DEFAULT_SEGMENT_BYTES, fsync: bool = True):
+    def __init__(self, dirpath: str | os.PathLike, *, segment_bytes: int = DEFAULT_SEGMENT_BYTES, fsync: bool = True,
+                 io: FileIO | None = None):
         self.dir = os.fspath(dirpath)
-        self._io = FileIO(fsync)
+        self._io = io if io is not None else FileIO(fsync)  # ``io``: tests inject failures through it
         self._wal = WAL(os.path.join(self.dir, "wal"), segment_bytes, self._io)
         self._hsfile = HardStateFile(os.path.join(self.dir, "hardstate"), self._io)
         self._snaps = SnapshotStore(os.path.join(self.dir, "snap"), self._io)
@@ -152,19 +154,38 @@ class DiskStorage:
         the term is not), then the snapshot (a complete file, and the log
         is reset if it does not continue from it), then entries and the
         commit index into the WAL, made durable by one fsync for the batch.
+
+        On a full disk this raises ``NoSpaceError`` with the files as they
+        were after the last successful save, plus at most some of this
+        save's parts complete and durable (the hard state, the snapshot,
+        whole WAL segments): the same call, made again, finishes the job.
+        Any other failure raises ``DiskIOError`` and poisons the storage.
         """
         self._check_open()
-        saved = self._saved
-        if hard_state is not None and (hard_state.term, hard_state.vote, hard_state.recovering) != (
-                saved.term, saved.vote, saved.recovering):
-            self._write_hard_state(hard_state, self._wal.tail)  # two extra fsyncs, only on term/vote changes
-        if snapshot is not None:
-            self.save_snapshot(snapshot)
-            self._wal.install_snapshot(snapshot.meta.index, snapshot.meta.term)
-        self._wal.append(entries)
-        if hard_state is not None:
-            self._wal.append_commit(hard_state.commit)  # no-op unless it grew
-        self._wal.sync()
+        try:
+            saved = self._saved
+            if hard_state is not None and (hard_state.term, hard_state.vote, hard_state.recovering) != (
+                    saved.term, saved.vote, saved.recovering):
+                self._write_hard_state(hard_state, self._wal.tail)  # two extra fsyncs, only on term/vote changes
+            if snapshot is not None:
+                self.save_snapshot(snapshot)
+                self._wal.install_snapshot(snapshot.meta.index, snapshot.meta.term)
+            if self._saved_tail != self._wal.tail:  # an earlier save failed right after creating a segment
+                self._write_hard_state(self._saved, self._wal.tail)
+            self._wal.append(entries)
+            if hard_state is not None:
+                self._wal.append_commit(hard_state.commit)  # no-op unless it grew
+            self._wal.sync()
+        except NoSpaceError:
+            self._wal.rollback()
+            raise
+        except StorageError:
+            raise
+        except OSError as e:  # a call outside FileIO: classified the same way
+            err = self._io.error(f"writing the log in {self.dir}", e, getattr(e, "filename", None) or self.dir)
+            if isinstance(err, NoSpaceError):
+                self._wal.rollback()
+            raise err from e
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
         """Durably store a snapshot (of this server's own state machine, or

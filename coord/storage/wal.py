@@ -47,7 +47,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from coord.raft.types import Entry
-from coord.storage.errors import CorruptLogError, CorruptRecordError, LogGapError, LogLossError, StorageError
+from coord.storage.errors import (
+    CorruptLogError,
+    CorruptRecordError,
+    LogGapError,
+    LogLossError,
+    NoSpaceError,
+    StorageError,
+)
 from coord.storage.fileio import FileIO
 from coord.storage.records import (
     TORN,
@@ -71,6 +78,7 @@ _TMP = re.compile(r"^wal-\d{20}\.seg\.tmp$")
 # Room kept free at the end of a segment for the commit record of a batch.
 _COMMIT_ROOM = 32
 _HEADER_ROOM = 48  # a segment header record is at most 8 + 1 + 2 + 1 + 9 + 9 bytes
+_PAGE = 4096  # zeroing goes page by page (see _zero)
 
 
 def segment_name(first_index: int) -> str:
@@ -123,6 +131,12 @@ class WAL:
         # record it durably and notice a deleted tail segment at the next start.
         self.on_tail: Callable[[int], None] | None = None
         self._dirty = False  # _fd written since its last fsync
+        # What is durable (see rollback): the last segment's size and entry
+        # count at the last sync, and the commit index logged by then.
+        self._synced: tuple[int, int] = (0, 0)
+        self._synced_commit = 0
+        self._erase_to = 0  # bytes of the last segment from its size up to this may be stale: zero before writing
+        self._dir_pending = False  # a segment was renamed into place but the directory not yet fsync'd
 
     @property
     def first_index(self) -> int:
@@ -198,6 +212,9 @@ class WAL:
             )
             self.reset(snapshot_index + 1)
             entries = []
+        self._erase_to = 0
+        self._dir_pending = False
+        self._mark_synced()
         return entries, self.commit
 
     def _load_segments(self, found: list[tuple[int, bool, str]], snapshot_index: int, entries: list[Entry]) -> None:
@@ -354,18 +371,37 @@ class WAL:
             os.close(fd)
 
     def _zero(self, fd: int, what: str, start: int, end: int) -> None:
-        """Overwrite [start, end) with zeros (the file keeps its size)."""
-        chunk = b"\0" * min(max(0, end - start), 1 << 20)
-        while start < end:
-            n = min(len(chunk), end - start)
-            self.io.pwrite_all(fd, chunk[:n], start, what)
-            start += n
+        """Overwrite [start, end) with zeros (the file keeps its size), from
+        the end backwards, one page at a time.  A write within one page
+        either happens or not (a full disk fails it before any byte), so if
+        this stops half-way what is left is old bytes followed by zeros:
+        read back, a run of records whose last may be torn (the end of the
+        log), never zeros with records after them (corruption)."""
+        zeros = bytes(_PAGE)
+        pos = end
+        while pos > start:
+            lo = max(start, (pos - 1) // _PAGE * _PAGE)
+            self.io.pwrite_all(fd, zeros[:pos - lo], lo, what)
+            pos = lo
 
     # --- writing --------------------------------------------------------------
+    #
+    # A failed write (a full disk: NoSpaceError) must leave a WAL that a retry
+    # or a restart can trust.  What is durable is known exactly: everything
+    # up to the last successful sync (``_mark_synced``), plus whole earlier
+    # segments (each is synced before the next one is created).  ``rollback``
+    # goes back to that point in memory; the bytes written after it are not
+    # durable and are zeroed (now if possible, else before the next write:
+    # ``_erase_to``), so no half record is ever followed by newer ones.  The
+    # retried append then finds the entries that did become durable (same
+    # index and term: by Log Matching the same entries) and writes only the
+    # rest.
 
     def append(self, entries: Sequence[Entry]) -> None:
         """Write contiguous entries; if they start at or before last_index,
-        the stored log is cut at entries[0].index first.  Not durable until sync()."""
+        the stored log is cut at entries[0].index first (entries already
+        stored with the same term are kept as they are).  Not durable until
+        sync()."""
         if not entries:
             return
         first = entries[0].index
@@ -374,7 +410,16 @@ class WAL:
         if first > self._next:
             raise LogGapError(f"append at index {first} would leave a gap after index {self._next - 1}")
         if first < self._next:
-            self._truncate(first)
+            k = 0
+            while (k < len(entries) and entries[k].index < self._next
+                   and self.first_index <= entries[k].index and self.term_at(entries[k].index) == entries[k].term):
+                k += 1  # already stored (a write retried after part of it became durable)
+            entries = entries[k:]
+            if not entries:
+                return
+            first = entries[0].index
+            if first < self._next:
+                self._truncate(first)
         chunks: list[bytes] = []
         seg = self._segments[-1] if self._segments else None
         for e in entries:
@@ -409,10 +454,56 @@ class WAL:
 
     def sync(self) -> None:
         """Make everything appended so far durable: one fsync of the active
-        segment (segments are created durable, so the directory needs none)."""
+        segment (segments are created durable, so the directory needs none,
+        unless a failure came between a segment's rename and its directory
+        fsync)."""
+        if self._dir_pending:
+            self.io.fsync_dir(self.dir)
+            self._dir_pending = False
         if self._dirty:
             self.io.fsync(self._fd, self._segments[-1].path)
             self._dirty = False
+        self._mark_synced()
+
+    def _mark_synced(self) -> None:
+        """Everything in the segments as indexed in memory is durable now."""
+        seg = self._segments[-1] if self._segments else None
+        self._synced = (seg.size, len(seg.offsets)) if seg is not None else (0, 0)
+        self._synced_commit = self.commit
+
+    def rollback(self) -> None:
+        """After a failed write (NoSpaceError): forget what was written since
+        the last sync, so memory matches what is durable, and zero those
+        bytes (before the next write at the latest).  A retry of the same
+        append then rewrites exactly what is missing."""
+        seg = self._segments[-1] if self._segments else None
+        if seg is not None and seg.alloc is not None:
+            size, count = self._synced
+            if seg.size > size:
+                self._erase_to = max(self._erase_to, seg.size)
+                seg.size = size
+                del seg.offsets[count:]
+        if seg is not None:
+            self._next = seg.last + 1
+        self.commit = self._synced_commit
+        self._dirty = False
+        if self._fd is None:
+            self._activate()
+        try:
+            self._erase()
+        except NoSpaceError:  # still no room: done before the next write instead
+            pass
+
+    def _erase(self) -> None:
+        """Zero (durably) bytes after the last segment's records that a
+        failed write left behind."""
+        seg = self._segments[-1] if self._segments else None
+        if seg is None or seg.alloc is None or self._fd is None or self._erase_to <= seg.size:
+            self._erase_to = 0
+            return
+        self._zero(self._fd, seg.path, seg.size, self._erase_to)
+        self.io.fsync(self._fd, seg.path)
+        self._erase_to = 0
 
     def _write(self, chunks: list[bytes]) -> None:
         """Write the records in ``chunks`` (already counted in the last
@@ -420,6 +511,8 @@ class WAL:
         if chunks:
             data = b"".join(chunks)
             seg = self._segments[-1]
+            if self._erase_to:
+                self._erase()
             self.io.pwrite_all(self._fd, data, seg.size - len(data), seg.path)
             chunks.clear()
             self._dirty = True
@@ -427,21 +520,26 @@ class WAL:
     def _new_segment(self, first: int, need: int) -> _Segment:
         """Create the next segment, durable and at its full size before any
         entry goes into it: written as a temporary file (header, allocation,
-        fsync), renamed into place, then the directory fsync'd."""
+        fsync), renamed into place, then the directory fsync'd.  Where this
+        fails for lack of space, the temporary file is removed again (a
+        preallocated segment is the biggest single allocation coord makes)."""
         # Sync the previous segment first: then a torn record can only ever
         # be in the last segment.  Costs one fsync per segment.
+        if self._erase_to:
+            self._erase()
         self.sync()
         self._close_fd()
         alloc = max(self.segment_bytes, _HEADER_ROOM + need + _COMMIT_ROOM)
         header = encode_record(segment_header_payload(first, alloc))
         path = os.path.join(self.dir, segment_name(first))
         tmp = path + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = self.io.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         try:
             self.io.pwrite_all(fd, header, 0, tmp)
             self.io.preallocate(fd, alloc, tmp)
             self.io.fsync(fd, tmp)
-            os.replace(tmp, path)
+            self._dir_pending = True
+            self.io.replace(tmp, path)
         except BaseException:
             os.close(fd)
             try:
@@ -449,10 +547,14 @@ class WAL:
             except OSError:
                 pass
             raise
+        # In place: from here on memory says so too, whatever fails next (a
+        # retry fsyncs the directory first, see sync, and records the tail).
         self._fd = fd
-        self.io.fsync_dir(self.dir)
         seg = _Segment(first, path, alloc, len(header))
         self._segments.append(seg)
+        self._mark_synced()
+        self.io.fsync_dir(self.dir)
+        self._dir_pending = False
         if self.on_tail is not None:
             self.on_tail(first)
         return seg
@@ -466,13 +568,21 @@ class WAL:
         if index <= self.commit:
             raise StorageError(f"refusing to overwrite committed entries: overwrite from index {index}, commit is {self.commit}")
         self.sync()
-        removed = []
-        while self._segments and self._segments[-1].first >= index:
-            removed.append(self._segments.pop())
-        if removed:
+        keep = len(self._segments)
+        while keep and self._segments[keep - 1].first >= index:
+            keep -= 1
+        if keep < len(self._segments):
             self._close_fd()
-            self._announce_tail()  # before the deletion: the recorded tail must always exist
-            for seg in removed:  # newest first: a crash midway leaves a contiguous prefix
+            if self.on_tail is not None:  # before the deletion: the recorded tail must always exist
+                last = self._segments[keep - 1] if keep else None
+                self.on_tail(last.first if last is not None and last.alloc is not None else 0)
+            removed = self._segments[keep:]
+            del self._segments[keep:]
+            if not self._segments or self._segments[-1].last < index:
+                self._next = index
+            self._erase_to = 0  # any leftovers were in the removed segment
+            self._mark_synced()  # what is left was synced above
+            for seg in reversed(removed):  # newest first: a crash midway leaves a contiguous prefix
                 os.unlink(seg.path)
             self.io.fsync_dir(self.dir)
             self._activate()
@@ -486,18 +596,20 @@ class WAL:
                     self.io.fsync(fd, seg.path)
                 finally:
                     os.close(fd)
+                del seg.offsets[index - seg.first:]
+                seg.size = cut
             else:
-                self._zero(self._fd, seg.path, cut, seg.size)
-                self.io.fsync(self._fd, seg.path)
-            del seg.offsets[index - seg.first :]
-            seg.size = cut
+                # Cut in memory first, then zero the rest durably; if that
+                # fails, it stays owed (_erase_to) and comes before any write.
+                self._erase_to = max(self._erase_to, seg.size)
+                del seg.offsets[index - seg.first:]
+                seg.size = cut
+                self._next = index
+                self._mark_synced()
+                self._erase()
             if self.commit:
                 self._write_commit()  # commit records after the cut are gone; their value is not
         self._next = index
-
-    def _announce_tail(self) -> None:
-        if self.on_tail is not None:
-            self.on_tail(self.tail)
 
     # --- snapshots and compaction --------------------------------------------
 
@@ -539,15 +651,17 @@ class WAL:
 
     def reset(self, next_index: int) -> None:
         """Delete every segment; the next append must be at next_index."""
+        if self._segments and self.on_tail is not None:
+            self.on_tail(0)  # before the deletion (and before memory forgets them): no segment is required any more
         self._close_fd()
         segments, self._segments = self._segments, []
-        if segments:
-            self._announce_tail()  # before the deletion: no segment is required any more
+        self._erase_to = 0
         for seg in reversed(segments):  # newest first: a crash midway leaves a prefix, still stale
             os.unlink(seg.path)
+        self._next = next_index
+        self._mark_synced()
         if segments:
             self.io.fsync_dir(self.dir)
-        self._next = next_index
 
     def compact(self, upto_index: int) -> None:
         """Delete segments whose entries are all <= upto_index; never the

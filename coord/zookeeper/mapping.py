@@ -38,6 +38,7 @@ ERROR_CODES: Mapping[str, int] = MappingProxyType({
     "NoAuth": Code.NO_AUTH,
     "InvalidACL": Code.INVALID_ACL,
     "LimitExceeded": Code.BAD_ARGUMENTS,
+    "NoSpace": Code.SYSTEM_ERROR,  # this server's disk is full (ZooKeeper has no code of its own for it)
 })
 
 
