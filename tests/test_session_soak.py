@@ -15,7 +15,7 @@ def _args(endpoints: str, duration: float, plant: str = "") -> object:
         "--endpoints", endpoints, "--sessions", "30", "--watches-per-session", "3", "--procs", "2",
         "--nodes", "20", "--write-rate", "20", "--duration", str(duration), "--sample-interval", "1",
         "--churn-interval", "1", "--churn-fraction", "0.1", "--move-fraction", "0.1",
-        "--session-timeout", "10", "--plant", plant])
+        "--session-timeout", "10", "--prefill-events", "0", "--plant", plant])
 
 
 def test_session_soak_checks_pass_and_catch_planted_losses(tmp_path):
