@@ -635,6 +635,7 @@ class Soak:
         self.planted: list[str] = []
         self.info: dict = {}
         self.server_pids: dict[int, int] = {}
+        self.exited: set[int] = set()
         self._ticks: dict = {}  # what the last sample saw: pid -> CPU ticks, "t", "machine"
 
     # -- processes ---------------------------------------------------------------
@@ -725,6 +726,17 @@ class Soak:
                 out[n] = st
         return out
 
+    def _check_servers_alive(self) -> None:
+        """A server this script started that exited is a violation (once), with its log's end."""
+        if not self.ens.own:
+            return
+        for sid, p in self.ens.cluster.procs.items():
+            if p.poll() is not None and sid not in self.exited:
+                self.exited.add(sid)
+                tail = self.ens.cluster.logs(sid, 1500).strip().splitlines()[-8:]
+                self.v.add("server_exited", server=sid, code=p.returncode, log_tail=tail)
+                log(f"server {sid} exited with {p.returncode}: " + " | ".join(tail[-3:]))
+
     def _pids(self) -> dict[int, int]:
         if not self.server_pids or any(proc_mem_kb(p, "VmRSS") is None for p in self.server_pids.values()):
             self.server_pids = self.ens.server_pids()
@@ -734,6 +746,7 @@ class Soak:
         import trio
 
         sts = await self.statuses()
+        self._check_servers_alive()
         pids = self._pids()
         servers = {}
         for n in self.ens.nodes:
@@ -1125,12 +1138,17 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--move-fraction", type=float, default=0.01,
                     help="sessions whose connection is dropped every interval (resumed on another server)")
     ap.add_argument("--session-timeout", type=float, default=30.0)
+    ap.add_argument("--min-session-timeout-ms", type=int, default=10_000,
+                    help="[limits] min_session_timeout_ms of the servers this script starts.  A follower drops "
+                         "all its clients when the leader has not acknowledged its keepalives for half of it: "
+                         "tests/cluster.py's 500 ms makes a busy 2-core machine push every client onto the "
+                         "leader (and see the README)")
     ap.add_argument("--sample-interval", type=float, default=10.0)
     ap.add_argument("--steady-after", type=float, default=None,
                     help="seconds into the churn where the memory slope starts (default min(120, 10%% of it))")
     ap.add_argument("--flat-threshold", type=float, default=5.0, help="flag an RSS slope above this (MB/10 min)")
     ap.add_argument("--open-concurrency", type=int, default=50, help="sessions being opened at once per process")
-    ap.add_argument("--load-timeout", type=float, default=None, help="default: max(120, sessions / 25) s")
+    ap.add_argument("--load-timeout", type=float, default=None, help="default: max(300, sessions / 15) s")
     ap.add_argument("--final-timeout", type=float, default=60.0,
                     help="how long watches may take to reach the final writes")
     ap.add_argument("--prefill-events", type=int, default=100_000,
@@ -1145,7 +1163,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args, emit=print) -> dict:
     """The whole soak; returns the summary (``violations_total`` 0: nothing lost)."""
     if args.load_timeout is None:
-        args.load_timeout = max(120.0, args.sessions / 25)
+        args.load_timeout = max(300.0, args.sessions / 15)
     args.plant = [p for p in (args.plant or "").split(",") if p] if isinstance(args.plant, str) else args.plant
     base = tempfile.mkdtemp(prefix="coord-soak-")
     meta = {"python": platform.python_version(), "kernel": platform.release(), "cpus": os.cpu_count(),
@@ -1156,7 +1174,8 @@ def run(args, emit=print) -> dict:
     import trio
 
     ens = Ensemble(args.endpoints, 3, os.path.join(base, "soak"), http=args.http,
-                   http_endpoints=args.http_endpoints)
+                   http_endpoints=args.http_endpoints,
+                   cluster_opts={"min_session_timeout_ms": args.min_session_timeout_ms})
     soak = Soak(args, ens, emit)
     try:
         ens.wait_healthy(60)
@@ -1165,10 +1184,9 @@ def run(args, emit=print) -> dict:
     finally:
         soak.stop_procs()
         ens.close()
-        if ens.own:
-            import shutil
+        import shutil
 
-            shutil.rmtree(base, ignore_errors=True)
+        shutil.rmtree(base, ignore_errors=True)
     meta["utc_end"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     out["meta"] = meta
     out["samples"] = soak.samples
