@@ -636,6 +636,7 @@ class Soak:
         self.info: dict = {}
         self.server_pids: dict[int, int] = {}
         self.exited: set[int] = set()
+        self.leaders_seen: set[tuple[int, int]] = set()  # (term, leader) in the samples' statuses
         self._ticks: dict = {}  # what the last sample saw: pid -> CPU ticks, "t", "machine"
 
     # -- processes ---------------------------------------------------------------
@@ -751,7 +752,10 @@ class Soak:
         servers = {}
         for n in self.ens.nodes:
             st = sts.get(n, {})
+            if st.get("term") is not None and st.get("leader"):
+                self.leaders_seen.add((st["term"], st["leader"]))
             servers[str(n)] = {"rss_mb": _mb(proc_mem_kb(pids.get(n), "VmRSS")), "role": st.get("role"),
+                               "term": st.get("term"),
                                "sessions": st.get("sessions"), "watches": st.get("watches"),
                                "nodes": st.get("nodes"), "applied": st.get("applied")}
         if self.ens.metrics_urls:
@@ -1075,6 +1079,8 @@ class Soak:
                 "moves": st.get("moves", 0), "moves_to_other_server": st.get("moves_to_other_server", 0),
                 "reconnects": st.get("reconnected", 0), "session_errors": st.get("session_errors", 0),
                 "arm_retries": st.get("arm_retries", 0), "final_wait_s": self.info.get("final_wait_s"),
+                "suspended": st.get("suspended", 0),
+                "leaders_seen": sorted(self.leaders_seen),
                 "server_sessions_range": [min((x["servers"][k]["sessions"] or 0) for x in srv_w for k in x["servers"]),
                                           max((x["servers"][k]["sessions"] or 0) for x in srv_w for k in x["servers"])]
                 if srv_w else None,
@@ -1128,7 +1134,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--watches-per-session", type=int, default=10)
     ap.add_argument("--persistent-fraction", type=float, default=0.5,
                     help="share of each session's watches that are persistent (the rest are one-shot, re-armed)")
-    ap.add_argument("--nodes", type=int, default=1000, help="watched nodes, shared by all sessions")
+    ap.add_argument("--nodes", type=int, default=10_000,
+                    help="watched nodes, shared by all sessions (events/s = write rate x watches / nodes)")
     ap.add_argument("--procs", type=int, default=4, help="load-generator processes")
     ap.add_argument("--duration", type=float, default=600.0, help="churn phase (s), after load-up")
     ap.add_argument("--write-rate", type=float, default=50.0, help="sets of the watched nodes per second")
@@ -1179,7 +1186,12 @@ def run(args, emit=print) -> dict:
     soak = Soak(args, ens, emit)
     try:
         ens.wait_healthy(60)
-        checks = trio.run(soak.main)
+        try:
+            checks = trio.run(soak.main)
+        except Exception as e:  # noqa: BLE001 - a run that could not finish still reports what it saw
+            log(f"the run failed: {e!r}")
+            soak.v.add("run_failed", error=repr(e)[:2000], phase=soak.phase)
+            checks = {"error": repr(e)[:2000]}
         out = soak.summary(checks)
     finally:
         soak.stop_procs()
