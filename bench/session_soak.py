@@ -1145,6 +1145,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--move-fraction", type=float, default=0.01,
                     help="sessions whose connection is dropped every interval (resumed on another server)")
     ap.add_argument("--session-timeout", type=float, default=30.0)
+    ap.add_argument("--election-ticks", type=int, default=40,
+                    help="election timeout of the servers this script starts, in 50 ms ticks (bench.py: 10). "
+                         "On a shared 2-core machine 0.5 s lets CPU starvation start elections, and every "
+                         "election makes every server drop all its clients (see the README)")
     ap.add_argument("--min-session-timeout-ms", type=int, default=10_000,
                     help="[limits] min_session_timeout_ms of the servers this script starts.  A follower drops "
                          "all its clients when the leader has not acknowledged its keepalives for half of it: "
@@ -1177,12 +1181,14 @@ def run(args, emit=print) -> dict:
             "host": socket.gethostname(), "params": vars(args),
             "utc_start": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "ensemble": args.endpoints or "3 servers started by session_soak.py (tests/cluster.py), fsync on, "
-                                           "tick 50 ms, election 10 ticks"}
+                                           f"tick 50 ms, election {args.election_ticks} ticks, "
+                                           f"min session timeout {args.min_session_timeout_ms} ms"}
     import trio
 
     ens = Ensemble(args.endpoints, 3, os.path.join(base, "soak"), http=args.http,
                    http_endpoints=args.http_endpoints,
-                   cluster_opts={"min_session_timeout_ms": args.min_session_timeout_ms})
+                   cluster_opts={"min_session_timeout_ms": args.min_session_timeout_ms,
+                                 "election_ticks": args.election_ticks})
     soak = Soak(args, ens, emit)
     try:
         ens.wait_healthy(60)
