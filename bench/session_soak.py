@@ -1165,6 +1165,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--prefill-events", type=int, default=100_000,
                     help="sets (in multis of 1000) before the load, to fill the servers' event history "
                          "(its default size) so that its filling is not taken for growth; 0: none")
+    ap.add_argument("--log-level", default="info", help="of the servers this script starts")
+    ap.add_argument("--keep-logs", help="copy the servers' logs into this directory at the end")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", help="write parameters, every sample, the summary and the checks to this file")
     ap.add_argument("--plant", default="", help=argparse.SUPPRESS)  # tests: "ephemeral,event" plants losses
@@ -1186,7 +1188,7 @@ def run(args, emit=print) -> dict:
     import trio
 
     ens = Ensemble(args.endpoints, 3, os.path.join(base, "soak"), http=args.http,
-                   http_endpoints=args.http_endpoints,
+                   http_endpoints=args.http_endpoints, log_level=args.log_level,
                    cluster_opts={"min_session_timeout_ms": args.min_session_timeout_ms,
                                  "election_ticks": args.election_ticks})
     soak = Soak(args, ens, emit)
@@ -1202,6 +1204,12 @@ def run(args, emit=print) -> dict:
     finally:
         soak.stop_procs()
         ens.close()
+        if args.keep_logs and ens.own:
+            import shutil
+
+            os.makedirs(args.keep_logs, exist_ok=True)
+            for sid in ens.nodes:
+                shutil.copy(ens.cluster.log_path(sid), os.path.join(args.keep_logs, f"server{sid}.log"))
         import shutil
 
         shutil.rmtree(base, ignore_errors=True)
