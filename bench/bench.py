@@ -231,7 +231,9 @@ class Ensemble:
     fsync on) or an external one given by its client endpoints."""
 
     def __init__(self, endpoints: str | None, n: int, base: str, snapshot_entries: int = 10_000,
-                 http: bool = False, http_endpoints: str | None = None, log_level: str = "warning"):
+                 http: bool = False, http_endpoints: str | None = None, log_level: str = "warning",
+                 cluster_opts: dict | None = None):
+        """``cluster_opts``: more keyword arguments for ``tests.cluster.Cluster``."""
         self.cluster = None
         self.metrics_urls = [f"http://{e}/metrics" for e in (http_endpoints or "").split(",") if e]
         if endpoints:
@@ -248,7 +250,7 @@ class Ensemble:
                 security = {"peer_secret": False, "client_ssl": client_ssl_context(),
                             "tls": lambda sid: material.tls_table(sid, client_auth="request")}
             self.cluster = Cluster(n, base, snapshot_entries=snapshot_entries, log_level=log_level, http=http,
-                                   **security)
+                                   **security, **(cluster_opts or {}))
             self.cluster.start()
             self.addrs = [self.cluster.client_addr(s) for s in range(1, n + 1)]
             self.metrics_urls = [f"http://127.0.0.1:{p}/metrics" for _, p in sorted(self.cluster.http_ports.items())]
