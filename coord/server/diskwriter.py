@@ -43,7 +43,8 @@ from coord.storage.errors import NoSpaceError
 
 log = logging.getLogger("coord.disk")
 
-__all__ = ["AdoptSnapshot", "DiskWriter", "LogStore", "SaveSnapshot", "SnapshotFiles", "DiskWork", "merge_entries"]
+__all__ = ["AdoptSnapshot", "DiskPipeline", "DiskWriter", "LogStore", "SaveSnapshot", "SnapshotFiles", "DiskWork",
+           "merge_entries"]
 
 
 class LogStore(Protocol):
@@ -107,6 +108,33 @@ class _Save:
     hard_state: HardState | None
     entries: list[Entry]
     snapshot: Snapshot | None
+
+
+class DiskPipeline(Protocol):
+    """What ``RaftNode`` needs from its disk pipeline (``DiskWriter`` is the
+    production one; tests/sim/simdisk.py has a simulated one).
+
+    Work is written strictly in submission order; each run of it is reported
+    back, after it is durable, with ``on_done(batch)`` (returning False once
+    the loop is gone), or the first error with ``on_failed(error)``.  The
+    callbacks may be called from any thread (the node hands them to its loop
+    with ``run_sync_soon``)."""
+
+    store: LogStore
+    fsyncs: int
+
+    def start(self, on_done: Callable[[list[DiskWork]], bool], on_failed: Callable[[BaseException], None],
+              on_full: Callable[[NoSpaceError], None] | None = None) -> None: ...
+
+    def retry(self) -> None: ...
+
+    def submit(self, batch: list[DiskWork]) -> None: ...
+
+    def set_lazy(self, hs: HardState) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def join(self) -> None: ...
 
 
 def merge_entries(acc: list[Entry], new: list[Entry]) -> list[Entry]:

@@ -31,8 +31,12 @@ stuck write still completes once the applied index reaches it.  Any other
 disk error stops the node.
 
 Callers wait on ``Future``s (``future.py``): ``propose``, ``read_index``,
-``applied``, ``propose_membership``, ``transfer_leadership``.  The clock is
-a parameter (``ticker``), so tests can drive time.
+``applied``, ``propose_membership``, ``transfer_leadership``.  The clock
+(``ticker``), the network (``send``/``deliver``), the disk pipeline
+(``disk``, a factory of a ``diskwriter.DiskPipeline``) and the snapshot
+child (``snapshotter``) are parameters, so tests can drive time and the
+simulation (tests/sim/driver.py) can run this driver on a simulated network
+and disk.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ import heapq
 import itertools
 import logging
 import math
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -66,7 +71,15 @@ from coord.raft.types import (
 )
 from coord.observe.stats import RaftStats
 from coord.server.diskspace import DiskSpace, transfer_target
-from coord.server.diskwriter import AdoptSnapshot, DiskWork, DiskWriter, LogStore, SaveSnapshot, SnapshotFiles
+from coord.server.diskwriter import (
+    AdoptSnapshot,
+    DiskPipeline,
+    DiskWork,
+    DiskWriter,
+    LogStore,
+    SaveSnapshot,
+    SnapshotFiles,
+)
 from coord.server.future import Future
 from coord.server.snapshotschedule import SnapshotSchedule
 from coord.server.snapshotter import ChildSnapshot, SnapshotFailed, fork_snapshot
@@ -260,6 +273,8 @@ class RaftNode:
         on_membership: Callable[[Membership], None] | None = None,
         on_soft_state: Callable[[SoftState], None] | None = None,
         ticker: Callable[["RaftNode"], Any] = _ticker,
+        disk: Callable[[LogStore, HardState, RaftStats], DiskPipeline] | None = None,
+        snapshotter: Callable[..., ChildSnapshot] = fork_snapshot,
     ):
         self.node_id = node_id
         self.sm = state_machine
@@ -268,6 +283,7 @@ class RaftNode:
         self.on_membership = on_membership
         self.on_soft_state = on_soft_state
         self._ticker = ticker
+        self._fork_snapshot = snapshotter  # a seam: the simulation's children are not processes
         if recovered_snapshot is not None and recovered_snapshot.meta.index > 0:
             state_machine.restore(recovered_snapshot.data)
             if isinstance(store, SnapshotFiles):
@@ -295,7 +311,11 @@ class RaftNode:
         self._nursery: trio.Nursery | None = None
         self._send_in, self._recv_in = trio.open_memory_channel(math.inf)
         self.obs = RaftStats(self.core)  # observability counters (coord.observe)
-        self.disk = DiskWriter(store, recovered_hard_state, name=f"coord-disk-{node_id}", stats=self.obs)
+        if disk is None:
+            self.disk: DiskPipeline = DiskWriter(store, recovered_hard_state, name=f"coord-disk-{node_id}",
+                                                 stats=self.obs)
+        else:
+            self.disk = disk(store, recovered_hard_state, self.obs)
         self.diskspace = DiskSpace(node_id, clock=lambda: trio.current_time())  # is the disk full (diskspace.py)
         self._to_disk: list[DiskWork] = []  # this loop iteration's work, handed over at its end
         self._queued_hs = recovered_hard_state  # term/vote durable or queued for writing
@@ -303,6 +323,10 @@ class RaftNode:
         self._waiters: dict[int, tuple[int, Future]] = {}  # index -> (term, future)
         self._reads: dict[bytes, Future] = {}
         self._read_ids = itertools.count(1)
+        # Read contexts are unique across this server's restarts too: the
+        # leader's late answer to a read asked before a restart (in the same
+        # term) must not release one asked after it with an older index.
+        self._read_prefix = os.urandom(8) if seed is None else random.Random(f"reads-{seed}").randbytes(8)
         self._applied = self.core.applied_index
         self._applied_waiters: list[tuple[int, int, Future]] = []  # heap of (index, seq, future)
         self._waiter_seq = itertools.count()
@@ -399,7 +423,7 @@ class RaftNode:
         """Linearizable read barrier (ReadIndex): resolves to the read index
         once this server has applied it (everything committed before the
         call); fails with ReadFailed if no leader could confirm it."""
-        ctx = next(self._read_ids).to_bytes(8, "big") + self.node_id.to_bytes(4, "big")
+        ctx = self._read_prefix + next(self._read_ids).to_bytes(8, "big")
         f = Future()
         self._reads[ctx] = f
         self._send_in.send_nowait(_ReadIndex(ctx))
@@ -782,14 +806,20 @@ class RaftNode:
         else on the loop."""
         if self._snapshot_job is not None or not self._schedule.is_due(self._applied):
             return
+        if self.core.snapshot_meta.index >= self._applied:
+            # A snapshot from the leader at least as new is being written or
+            # installed (behind the write whose entries were just applied):
+            # it supersedes this one, and the core no longer has these entries.
+            return
         self._schedule.started()
         index = self._applied
         meta = self.core.snapshot_meta_at(index)
         store = self.disk.store
         if self.opts.snapshot_in_child and isinstance(store, SnapshotFiles) and self._nursery is not None:
             try:
-                job = fork_snapshot(self.sm.snapshot, lambda data: store.write_snapshot_file(Snapshot(meta, data)),
-                                    nice=self.opts.snapshot_nice)
+                job = self._fork_snapshot(self.sm.snapshot,
+                                          lambda data: store.write_snapshot_file(Snapshot(meta, data)),
+                                          nice=self.opts.snapshot_nice)
             except OSError as e:
                 log.warning("server %d: cannot fork to snapshot (%s); taking it on the event loop", self.node_id, e)
             else:

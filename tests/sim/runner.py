@@ -26,9 +26,11 @@ class SeedResult:
 
 
 def repro_command(seed: int, profile: str = "default", fault_seconds: float | None = None,
-                  steps: int | None = None) -> str:
+                  steps: int | None = None, driver: bool = False, bug: str | None = None) -> str:
     """The exact command that replays ``seed`` with an event trace."""
-    cmd = f"python -m tests.sim --seed {seed}"
+    cmd = f"python -m tests.sim {'--driver ' if driver else ''}--seed {seed}"
+    if bug:
+        cmd += f" --bug {bug}"
     if profile != "default":
         cmd += f" --profile {profile}"
     if fault_seconds is not None:
@@ -39,12 +41,21 @@ def repro_command(seed: int, profile: str = "default", fault_seconds: float | No
 
 
 def run_seed(seed: int, profile: str = "default", fault_seconds: float | None = None,
-             steps: int | None = None, trace_len: int = 200) -> SeedResult:
-    """Run one seed; never raises (the result says what went wrong)."""
-    from .simulation import Simulation
-
+             steps: int | None = None, trace_len: int = 200, driver: bool = False,
+             bug: str | None = None) -> SeedResult:
+    """Run one seed; never raises (the result says what went wrong).
+    ``driver``: run the production driver (driver.py) instead of the bare
+    core (simulation.py); ``bug``: a planted disk bug (simdisk.BUGS)."""
     t0 = time.perf_counter()
-    sim = Simulation(seed, profile, fault_seconds=fault_seconds, steps=steps, trace_len=trace_len)
+    if driver:
+        from .driver import DriverSimulation
+
+        sim = DriverSimulation(seed, profile, fault_seconds=fault_seconds, steps=steps, trace_len=trace_len,
+                               bug=bug)
+    else:
+        from .simulation import Simulation
+
+        sim = Simulation(seed, profile, fault_seconds=fault_seconds, steps=steps, trace_len=trace_len)
     try:
         stats = sim.run()
     except InvariantViolation as e:
@@ -57,14 +68,14 @@ def run_seed(seed: int, profile: str = "default", fault_seconds: float | None = 
 
 
 def describe_failure(r: SeedResult, profile: str = "default", fault_seconds: float | None = None,
-                     steps: int | None = None) -> str:
+                     steps: int | None = None, driver: bool = False, bug: str | None = None) -> str:
     return (f"seed {r.seed}: {r.kind} [{r.invariant}] {r.message}\n"
-            f"  reproduce: {repro_command(r.seed, profile, fault_seconds, steps)}")
+            f"  reproduce: {repro_command(r.seed, profile, fault_seconds, steps, driver, bug)}")
 
 
 def _job(args: tuple) -> SeedResult:
-    seed, profile, fault_seconds, steps, trace_len = args
-    r = run_seed(seed, profile, fault_seconds, steps, trace_len)
+    seed, profile, fault_seconds, steps, trace_len, driver, bug = args
+    r = run_seed(seed, profile, fault_seconds, steps, trace_len, driver, bug)
     if r.ok:
         r.stats = {}  # keep the inter-process traffic small
     return r
@@ -72,9 +83,10 @@ def _job(args: tuple) -> SeedResult:
 
 def run_many(seeds: list[int], profile: str = "default", fault_seconds: float | None = None,
              steps: int | None = None, jobs: int = 1, progress: bool = False,
-             fail_fast: bool = False, out=sys.stdout) -> list[SeedResult]:
+             fail_fast: bool = False, out=sys.stdout, driver: bool = False,
+             bug: str | None = None) -> list[SeedResult]:
     """Run ``seeds`` (in ``jobs`` processes) and return the failed results, in seed order."""
-    work = [(s, profile, fault_seconds, steps, 200) for s in seeds]
+    work = [(s, profile, fault_seconds, steps, 200, driver, bug) for s in seeds]
     failures: list[SeedResult] = []
     done = 0
     t0 = time.perf_counter()
@@ -85,7 +97,7 @@ def run_many(seeds: list[int], profile: str = "default", fault_seconds: float | 
         done += 1
         if not r.ok:
             failures.append(r)
-            print(describe_failure(r, profile, fault_seconds, steps), file=out, flush=True)
+            print(describe_failure(r, profile, fault_seconds, steps, driver, bug), file=out, flush=True)
         if progress and (done % step == 0 or done == len(seeds)):
             el = time.perf_counter() - t0
             print(f"  {done}/{len(seeds)} seeds, {len(failures)} violations, {el:.1f}s", file=out, flush=True)
