@@ -160,7 +160,6 @@ class RequestHandler:
     _inline_streak = 0
     session_timeout_ms = 0
     _finished = False  # the connection has ended: late callbacks drop their results
-    _nursery: trio.Nursery | None = None
 
     def _queue(self, msg: dict) -> None:
         raise NotImplementedError  # pragma: no cover - each front end carries messages its way
@@ -194,12 +193,20 @@ class RequestHandler:
             return
         nursery.start_soon(self._serve, req, sem)
 
+    def _end_within(self, seconds: float) -> None:
+        """End the connection ``seconds`` from now at the latest.  A deadline
+        on its cancel scope rather than a task: ``close`` may be called while
+        the connection's nursery is already closed to new tasks (its last
+        task just ended, ``_finish`` not yet run), and a task started then
+        raised into the caller -- the periodic housekeeping that drops
+        every client, which took the whole server down."""
+        self._scope.deadline = min(self._scope.deadline, trio.current_time() + seconds)
+
     def _finish(self) -> None:
         """The connection is over: callbacks may still arrive (a shared read
         barrier completing, a watch firing); from now on they only drop
         their results, and the connection's watches go."""
         self._finished = True
-        self._nursery = None
         self.service.connections.discard(self)
         self.service.watches.remove_watcher(self)
 
@@ -660,7 +667,6 @@ class ClientConnection(RequestHandler):
         try:
             with self._scope:
                 async with trio.open_nursery() as nursery:
-                    self._nursery = nursery
                     nursery.start_soon(self._writer)
                     await self._reader(nursery)
                     if self.close_reason is not None:
@@ -690,12 +696,7 @@ class ClientConnection(RequestHandler):
             except trio.WouldBlock:
                 break
         self.out_send.send_nowait({"ev": "closing", "reason": reason})
-        if self._nursery is not None:
-            self._nursery.start_soon(self._close_after, CLOSE_GRACE)
-
-    async def _close_after(self, seconds: float) -> None:
-        await trio.sleep(seconds)
-        self._scope.cancel()
+        self._end_within(CLOSE_GRACE)
 
     async def _writer(self) -> None:
         recv = self.out_recv

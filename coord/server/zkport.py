@@ -68,7 +68,6 @@ class ZkConnection(RequestHandler):
         try:
             with self._scope:
                 async with trio.open_nursery() as nursery:
-                    self._nursery = nursery
                     nursery.start_soon(self._writer)
                     nursery.start_soon(self._dispatcher, nursery)
                     await self._reader()
@@ -173,12 +172,7 @@ class ZkConnection(RequestHandler):
             self.out_send.send_nowait(None)  # the writer stops after what is before it
         except trio.WouldBlock:
             self._scope.cancel()
-        if self._nursery is not None:
-            self._nursery.start_soon(self._close_after, CLOSE_GRACE)
-
-    async def _close_after(self, seconds: float) -> None:
-        await trio.sleep(seconds)
-        self._scope.cancel()
+        self._end_within(CLOSE_GRACE)
 
     def _four_letter_status(self) -> dict:
         s = self.service
