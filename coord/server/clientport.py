@@ -257,7 +257,7 @@ class RequestHandler:
             if not self.service.is_member():
                 self.close("this server is not a member of the ensemble")
                 raise ConnectionLossError("this server is not a member of the ensemble; use another")
-            if not self.service.reaches_leader():
+            if not self.service.reaches_leader(self._session_timeout(req)):
                 # Cut off from the leader (or mid-election, or the leader does
                 # not hear us): sessions are kept alive by the leader only, so
                 # pretending otherwise would let a client believe in a session
@@ -272,6 +272,16 @@ class RequestHandler:
                 raise SessionExpiredError(f"session {self.sid:#x} has expired")
             self.service.touch(self.sid)
         return rid, op, handler
+
+    def _session_timeout(self, req: dict) -> float | None:
+        """The timeout (s) of the session this request is for: this
+        connection's, or the one a ``hello`` resumes; None for a new session
+        (it is held to the shortest timeout's bound)."""
+        if self.sid:
+            return self.session_timeout_ms / 1000
+        sid = req.get("sid")
+        known = self.ns.session(sid) if type(sid) is int and sid > 0 else None
+        return known[0] / 1000 if known is not None else None
 
     def _error_response(self, rid: int | None, req: Any, exc: Exception) -> dict:
         if isinstance(exc, CoordError):

@@ -49,10 +49,11 @@ class SessionLiveness:
         self._tracked_term = -1
         self._tracked_version: tuple[int, int] = (-1, -1)  # the session table the tracker follows
         self._touched: set[int] = set()
-        # Every period a batch goes to the leader; clients are dropped at most
-        # bound + period after the newest acknowledged batch was sent (T/2 +
-        # T/8 for the shortest timeout T); a lock holder gives up a sixth of T
-        # after that: before 0.8 T, so before the leader can expire it.
+        # Every period a batch goes to the leader; a session's client is
+        # dropped at most T/2 + period after the newest acknowledged batch was
+        # sent (T its own timeout, period an eighth of the shortest); a lock
+        # holder gives up a sixth of T after that: before 0.8 T, so before
+        # the leader can expire it.
         self.period = max(0.05, min_session_timeout / 8)
         self.bound = min_session_timeout / 2
         self._seq = 0
@@ -67,18 +68,25 @@ class SessionLiveness:
         else:
             self._touched.add(sid)
 
-    def reaches_leader(self) -> bool:
-        """Whether this server may keep client sessions: it is the leader, or
-        the leader acknowledged a keepalive batch sent within the last half
-        of the shortest session timeout.  A follower that hears the leader
-        but cannot reach it (a one-way cut) fails this too: its clients'
-        keepalives go nowhere, so it must not keep telling them all is well."""
+    def reaches_leader(self, session_timeout: float | None = None) -> bool:
+        """Whether this server may keep a session whose timeout is
+        ``session_timeout`` seconds (the shortest allowed if None): it is the
+        leader, or the leader acknowledged a keepalive batch sent within the
+        last half of that timeout.  A follower that hears the leader but
+        cannot reach it (a one-way cut) fails this too: its clients'
+        keepalives go nowhere, so it must not keep telling them all is well.
+
+        Each session by its own timeout: a busy leader that acknowledges
+        late must not make a follower drop 60 s sessions after 5 s (half the
+        shortest timeout) -- thousands of clients reconnecting at once is
+        what makes a busy ensemble busier."""
         node = self.node
         if node.is_leader:
             return True
         if not node.leader_id:
             return False
-        return trio.current_time() - self._heard_us_at <= self.bound
+        bound = self.bound if session_timeout is None else max(self.bound, session_timeout / 2)
+        return trio.current_time() - self._heard_us_at <= bound
 
     def leader_changed(self, leader: int) -> None:
         """A new leader: tell it at once which sessions are alive here (and
@@ -120,7 +128,7 @@ class SessionLiveness:
             self._tracked_term = -1
             if st.leader:
                 self._send_touches(st.leader)
-            if not self.reaches_leader():
+            if not self.reaches_leader():  # some sessions may be due: each is checked by its own timeout
                 self.drop_session_clients("this server cannot reach the leader right now")
 
     def _lead(self, now: float, term: int, stalled: bool, nursery: trio.Nursery) -> None:

@@ -322,12 +322,15 @@ class CoordService:
     def touch(self, sid: int) -> None:
         self.liveness.touch(sid)
 
-    def reaches_leader(self) -> bool:
-        return self.liveness.reaches_leader()
+    def reaches_leader(self, session_timeout: float | None = None) -> bool:
+        return self.liveness.reaches_leader(session_timeout)
 
     def _drop_session_clients(self, reason: str) -> None:
+        """Drop the session clients that this server can no longer vouch
+        for, each by its own session timeout (``SessionLiveness.reaches_leader``)."""
+        reaches = self.liveness.reaches_leader
         for conn in list(self.connections):
-            if conn.sid:
+            if conn.sid and not reaches(conn.session_timeout_ms / 1000):
                 conn.close(reason)
 
     # ------------------------------------------------------------------
