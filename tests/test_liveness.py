@@ -83,3 +83,15 @@ async def test_the_period_asks_to_drop_only_when_some_session_may_be_due(autojum
     await trio.sleep(2)  # no acknowledgement of the later batches
     lv.on_period(trio.current_time(), False, nursery=None)
     assert dropped.reasons == ["this server cannot reach the leader right now"]
+
+
+async def test_an_election_alone_drops_nobody(autojump_clock):
+    dropped, sent = Dropped(), []
+    lv = follower(dropped, sent)
+    lv.on_period(trio.current_time(), False, nursery=None)
+    lv.on_ack(TouchAck(1, 2, sent[-1].seq))
+    lv.node.leader_id = 0  # the leader died; an election is on
+    await trio.sleep(1)
+    assert lv.reaches_leader(10.0)  # the old leader cannot have expired anybody yet; a new one resets timers
+    await trio.sleep(4.2)
+    assert not lv.reaches_leader(10.0)  # but not for ever: no leader for half the timeout

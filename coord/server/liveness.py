@@ -79,12 +79,13 @@ class SessionLiveness:
         Each session by its own timeout: a busy leader that acknowledges
         late must not make a follower drop 60 s sessions after 5 s (half the
         shortest timeout) -- thousands of clients reconnecting at once is
-        what makes a busy ensemble busier."""
+        what makes a busy ensemble busier.  Nor does an election by itself
+        drop anybody: until the bound passes, the leader that acknowledged us
+        cannot have expired these sessions, and a new one gives every session
+        a fresh timeout; clients wait out the election where they are."""
         node = self.node
         if node.is_leader:
             return True
-        if not node.leader_id:
-            return False
         bound = self.bound if session_timeout is None else max(self.bound, session_timeout / 2)
         return trio.current_time() - self._heard_us_at <= bound
 
