@@ -221,3 +221,24 @@ def test_a_busy_leader_repairs_a_recovering_follower():
         if not c[2].recovering:
             break
     assert not c[2].recovering
+
+
+def test_a_change_does_not_rely_on_a_voter_silent_for_a_while():
+    """A voter that stopped answering may have restarted on a shortened log
+    without having said so yet (lossy driver seed 3323: the leader removed
+    itself from {1, 2, 3} while 2, recovering, had been silent for seven
+    heartbeats, then lost its quorum; no leader could be elected again)."""
+    c = Cluster.of(3, cfg())
+    c.elect(1)
+    c[1].propose(b"a")
+    c.stabilize()
+    c.isolate(3)
+    c.tick([1], n=4)
+    c[1].propose_membership([1, 2, 3], learners=[4])  # needs nobody silent
+    c.stabilize()
+    c.tick([1], n=2)
+    with pytest.raises(ConfChangeError, match=r"\[3\].*silent"):
+        c[1].propose_membership([2, 3])
+    c.heal(3)
+    c.tick([1], n=1)
+    c[1].propose_membership([2, 3])

@@ -315,13 +315,16 @@ class RaftCore:
         # Never move to a configuration whose quorums need servers that cannot
         # vote (recovering a lost log) or that we have not heard from in this
         # term (they may be recovering, or down): it could stall for good.
-        able = self._able()
+        # Nor on servers silent for a while: they may have restarted on a
+        # shortened log and not said so yet (lossy driver seed 3323).
+        quiet = max(self.cfg.election_ticks // 2, self.cfg.heartbeat_ticks + 1)
+        able = {pid for pid in self._able() if pid == self.node_id or self.prs[pid].silent_ticks < quiet}
         for vs in (new_voters, cur.voters):
             if not quorum.has_quorum(Membership(voters=vs), vs & able):
                 doubtful = sorted(vs - able)
                 raise ConfChangeError(
-                    f"this change needs votes of servers {doubtful}, which are down, unheard from in this "
-                    "term, or recovering a lost log; retry once they have caught up"
+                    f"this change needs votes of servers {doubtful}, which are down, silent, unheard from "
+                    "in this term, or recovering a lost log; retry once they have caught up"
                 )
         members = new_voters | new_learners
         # A joint configuration still needs the addresses of the servers it removes.
@@ -763,6 +766,8 @@ class RaftCore:
     def _tick_leader(self) -> None:
         self.heartbeat_elapsed += 1
         self.election_elapsed += 1
+        for pr in self.prs.values():
+            pr.silent_ticks += 1
         if self.election_elapsed >= self.cfg.election_ticks:
             self.election_elapsed = 0
             if self.cfg.check_quorum:
@@ -846,6 +851,7 @@ class RaftCore:
         restart (in our term only we can clear its flag), and believing it
         would let a membership change depend on a server that cannot vote."""
         pr.heard = True
+        pr.silent_ticks = 0
         if recovering:
             if not pr.recovering:
                 pr.recovering = True

@@ -24,7 +24,7 @@ class Progress:
     __slots__ = (
         "match", "next", "state", "probe_sent", "inflight", "inflight_bytes",
         "recent_active", "snap", "snap_offset", "snap_inflight", "snap_stall", "commit_sent", "recovering", "heard",
-        "recover_to", "recovered_sent",
+        "recover_to", "recovered_sent", "silent_ticks",
     )
 
     def __init__(self, next_index: int):
@@ -48,6 +48,7 @@ class Progress:
         # that is (or will be) committed, and we tell it it may vote again.
         self.recover_to = 0
         self.recovered_sent = False  # we told it so (since we learned it was recovering)
+        self.silent_ticks = 0  # leader ticks since its last response
 
     def _reset(self, state: PState) -> None:
         self.state = state
