@@ -69,13 +69,15 @@ def test_seeds_that_found_driver_bugs(seed):
     _check([seed], "crashy")
 
 
-@pytest.mark.parametrize("seed", [3167])
+@pytest.mark.parametrize("seed", [3167, 3323])
 def test_lossy_seeds_that_found_core_bugs(seed):
     """3167: a server restarted on a shortened log while being sent a
     snapshot; heartbeat and snapshot replies did not say it was recovering,
     so the leader removed itself leaving voters {2, 3} with 3 unable to vote,
     stepped down before it had repaired 3, and no leader was ever elected
-    again.  (Regression tests: tests/test_raft_recovering.py.)"""
+    again.  3323: the same change while the recovering voter, silent since
+    its restart, had not said so yet; the leader then lost its quorum in the
+    joint configuration.  (Regression tests: tests/test_raft_recovering.py.)"""
     _check([seed], "lossy")
 
 
