@@ -69,6 +69,18 @@ def test_seeds_that_found_driver_bugs(seed):
     _check([seed], "crashy")
 
 
+@pytest.mark.parametrize("seed", [3167, 3323])
+def test_lossy_seeds_that_found_core_bugs(seed):
+    """3167: a server restarted on a shortened log while being sent a
+    snapshot; heartbeat and snapshot replies did not say it was recovering,
+    so the leader removed itself leaving voters {2, 3} with 3 unable to vote,
+    stepped down before it had repaired 3, and no leader was ever elected
+    again.  3323: the same change while the recovering voter, silent since
+    its restart, had not said so yet; the leader then lost its quorum in the
+    joint configuration.  (Regression tests: tests/test_raft_recovering.py.)"""
+    _check([seed], "lossy")
+
+
 def test_a_driver_seed_replays_identically():
     """Trio may run the nodes' tasks in any order; the run must not depend on it."""
     a = DriverSimulation(11, trace_len=400)

@@ -51,8 +51,10 @@ from .types import (
 )
 
 TRANSFER = b"transfer"  # context of a vote request caused by leadership transfer
-# context of an APPEND_RESP from a server that is recovering from a lost log
-# suffix, and of the leader's APPEND that tells it it has everything again.
+# context of an APPEND_RESP or SNAPSHOT_RESP from a server that is recovering
+# from a lost log suffix (a HEARTBEAT_RESP, whose context echoes the read
+# round, says so with reject=True), and of the leader's APPEND that tells it
+# it has everything again.
 RECOVERING = b"recovering"
 RECOVERED = b"recovered"
 # Terms grow by one per election.  A message whose term is further ahead of
@@ -64,6 +66,13 @@ MAX_TERM_JUMP = 1 << 32
 _LEADER_NOW = frozenset(
     {MsgType.APPEND, MsgType.HEARTBEAT, MsgType.SNAPSHOT, MsgType.TIMEOUT_NOW, MsgType.READ_INDEX_RESP}
 )
+
+
+def _says_recovering(m: Message) -> bool:
+    """Whether a follower's response says it is recovering a lost log."""
+    if m.type is MsgType.HEARTBEAT_RESP:
+        return m.reject  # its context echoes the read round
+    return m.context == RECOVERING
 
 
 def encode_membership(m: Membership) -> bytes:
@@ -306,13 +315,16 @@ class RaftCore:
         # Never move to a configuration whose quorums need servers that cannot
         # vote (recovering a lost log) or that we have not heard from in this
         # term (they may be recovering, or down): it could stall for good.
-        able = {pid for pid, pr in self.prs.items() if pr.heard and not pr.recovering} | {self.node_id}
+        # Nor on servers silent for a while: they may have restarted on a
+        # shortened log and not said so yet (lossy driver seed 3323).
+        quiet = max(self.cfg.election_ticks // 2, self.cfg.heartbeat_ticks + 1)
+        able = {pid for pid in self._able() if pid == self.node_id or self.prs[pid].silent_ticks < quiet}
         for vs in (new_voters, cur.voters):
             if not quorum.has_quorum(Membership(voters=vs), vs & able):
                 doubtful = sorted(vs - able)
                 raise ConfChangeError(
-                    f"this change needs votes of servers {doubtful}, which are down, unheard from in this "
-                    "term, or recovering a lost log; retry once they have caught up"
+                    f"this change needs votes of servers {doubtful}, which are down, silent, unheard from "
+                    "in this term, or recovering a lost log; retry once they have caught up"
                 )
         members = new_voters | new_learners
         # A joint configuration still needs the addresses of the servers it removes.
@@ -633,7 +645,9 @@ class RaftCore:
             self.election_elapsed = 0
             self.leader_id = m.frm
             self.log.commit = max(self.log.commit, min(m.commit, self.log.last_index()))
-            self._send(Message(MsgType.HEARTBEAT_RESP, self.node_id, m.frm, self.term, context=m.context))
+            # reject=True: "recovering" (the context must echo the read round).
+            self._send(Message(MsgType.HEARTBEAT_RESP, self.node_id, m.frm, self.term, context=m.context,
+                               reject=self.recovering))
             if self.recovering and m.commit > self.log.last_index():
                 # The leader believes we hold entries we lost: say so, or an
                 # idle leader would never send them again.
@@ -685,6 +699,10 @@ class RaftCore:
                            context=self._resp_context()))
 
     def _resp_context(self) -> bytes:
+        """Every reply that updates the leader's view of this server says
+        whether it is recovering: the leader's view otherwise dates from
+        before a restart on a shortened log, and it could make a membership
+        change that needs this server's vote (lossy driver seed 3167)."""
         return RECOVERING if self.recovering else b""
 
     def _handle_snapshot_chunk(self, m: Message) -> None:
@@ -692,7 +710,8 @@ class RaftCore:
 
         def reply(offset: int, *, done: bool = False, reject: bool = False) -> None:
             self._send(Message(MsgType.SNAPSHOT_RESP, self.node_id, m.frm, self.term,
-                               index=m.index, offset=offset, done=done, reject=reject))
+                               index=m.index, offset=offset, done=done, reject=reject,
+                               context=self._resp_context()))
 
         if m.index <= lg.commit:
             self._snap_recv = None
@@ -747,6 +766,8 @@ class RaftCore:
     def _tick_leader(self) -> None:
         self.heartbeat_elapsed += 1
         self.election_elapsed += 1
+        for pr in self.prs.values():
+            pr.silent_ticks += 1
         if self.election_elapsed >= self.cfg.election_ticks:
             self.election_elapsed = 0
             if self.cfg.check_quorum:
@@ -758,6 +779,10 @@ class RaftCore:
                 for pid, pr in self.prs.items():
                     if pid != self.node_id:
                         pr.recent_active = False
+        if self._removed():
+            self._maybe_leave()
+            if self.role is not Role.LEADER:
+                return
         if self.lead_transferee:
             self._transfer_elapsed += 1
             if self._transfer_elapsed >= self.cfg.transfer_timeout_ticks:
@@ -783,18 +808,16 @@ class RaftCore:
             return
         if t is MsgType.APPEND_RESP:
             pr.recent_active = True
-            pr.recovering = m.context == RECOVERING
-            pr.heard = True
+            self._note_recovering(pr, _says_recovering(m))
             if m.reject:
                 self._handle_append_reject(m.frm, pr, m)
             else:
+                if pr.recovering and _says_recovering(m) and m.index >= pr.recover_to:
+                    self._send_recovered(m.frm, pr, m.index)  # before the ack can make us step down
                 self._handle_append_ack(m.frm, pr, m.index)
-                if pr.recovering and pr.match == self.log.last_index():
-                    self._send(Message(MsgType.APPEND, self.node_id, m.frm, self.term, index=pr.match,
-                                       log_term=self.log.term(pr.match) or 0, commit=min(self.log.commit, pr.match),
-                                       context=RECOVERED))
         elif t is MsgType.HEARTBEAT_RESP:
             pr.recent_active = True
+            self._note_recovering(pr, _says_recovering(m))
             pr.probe_sent = False
             if pr.recovering:  # its next APPEND_RESP lets us tell it it is whole again
                 self._dirty.add(m.frm)
@@ -818,7 +841,42 @@ class RaftCore:
                     self._release_reads()
         elif t is MsgType.SNAPSHOT_RESP:
             pr.recent_active = True
+            self._note_recovering(pr, _says_recovering(m))
             self._handle_snapshot_resp(m.frm, pr, m)
+
+    def _note_recovering(self, pr: Progress, recovering: bool) -> None:
+        """Every response tells whether its sender is recovering a lost log.
+        The flag is sticky: until we have told the follower it is whole
+        again, an untagged response can only be a stale one from before its
+        restart (in our term only we can clear its flag), and believing it
+        would let a membership change depend on a server that cannot vote."""
+        pr.heard = True
+        pr.silent_ticks = 0
+        if recovering:
+            if not pr.recovering:
+                pr.recovering = True
+                # Everything it may have acknowledged before it restarted
+                # (which is before now) that is or will be committed is in
+                # our log up to here.
+                pr.recover_to = self.log.last_index()
+                pr.recovered_sent = False
+        elif pr.recovering and pr.recovered_sent:
+            pr.recovering = False
+
+    def _send_recovered(self, pid: int, pr: Progress, index: int) -> None:
+        """Tell a recovering follower that holds our log up to ``index`` (>=
+        ``pr.recover_to``) that it may vote again.  The follower clears its
+        flag only if its log matches ours at ``index``, so a stale or wrong
+        acknowledgement cannot clear it early."""
+        self._send(Message(MsgType.APPEND, self.node_id, pid, self.term, index=index,
+                           log_term=self.log.term(index) or 0, commit=min(self.log.commit, index),
+                           context=RECOVERED))
+        pr.recovered_sent = True
+
+    def _able(self) -> set[int]:
+        """Voters that could elect a leader, as far as we know: ourselves and
+        the servers we heard from in this term that are not recovering."""
+        return {pid for pid, pr in self.prs.items() if pr.heard and not pr.recovering} | {self.node_id}
 
     def _handle_append_ack(self, pid: int, pr: Progress, index: int) -> None:
         if index > pr.match:
@@ -841,7 +899,7 @@ class RaftCore:
     def _handle_append_reject(self, pid: int, pr: Progress, m: Message) -> None:
         rejected = m.index
         if rejected <= pr.match:
-            if not pr.recovering:
+            if not _says_recovering(m):
                 return  # stale: that position is already known to match
             # A follower that lost its log suffix: what we knew it held is
             # gone.  Forget it (a lower match only delays commits) and probe.
@@ -988,16 +1046,35 @@ class RaftCore:
                 self._append_config(Membership(m.voters, frozenset(), m.learners,
                                                {k: v for k, v in m.addrs.items() if k in final}))
             elif self.node_id not in m.voters:
-                # We are not in the committed C_new: hand over and step down.
-                best = max(
-                    (pid for pid in m.voters if pid in self.prs),
-                    key=lambda p: self.prs[p].match,
-                    default=0,
-                )
-                self._flush_leader()  # let followers learn that C_new committed
-                if best and self.prs[best].match == lg.last_index():
-                    self._send_timeout_now(best)
-                self._become_follower(self.term, 0)
+                self._maybe_leave()
+
+    def _maybe_leave(self) -> None:
+        """We are not in the committed C_new: hand over and step down, but
+        only once a quorum of C_new can elect a leader without us.  A voter
+        recovering a lost log cannot vote until a leader repairs it, and a
+        change can go through before we hear that a voter restarted so (its
+        first reply may still be on the way): leaving then would leave no
+        leader to repair it and no quorum to elect one, for good.  Until
+        then we keep leading the servers of C_new (our log commits by their
+        majority alone), and check again every tick."""
+        m = self.membership
+        if not quorum.has_quorum(m, m.voters & self._able()):
+            return
+        lg = self.log
+        best = max(
+            (pid for pid in m.voters if pid in self.prs and not self.prs[pid].recovering),
+            key=lambda p: self.prs[p].match,
+            default=0,
+        )
+        self._flush_leader()  # let followers learn that C_new committed
+        if best and self.prs[best].match == lg.last_index():
+            self._send_timeout_now(best)
+        self._become_follower(self.term, 0)
+
+    def _removed(self) -> bool:
+        """A leader that a committed configuration no longer counts as a voter."""
+        return (self.node_id not in self.membership.all_voters()
+                and self.membership_version <= self.log.commit)
 
     def _append_config(self, target: Membership) -> tuple[int, int]:
         e = Entry(self.term, self.log.last_index() + 1, EntryKind.CONFIG, encode_membership(target))

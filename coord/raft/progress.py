@@ -24,6 +24,7 @@ class Progress:
     __slots__ = (
         "match", "next", "state", "probe_sent", "inflight", "inflight_bytes",
         "recent_active", "snap", "snap_offset", "snap_inflight", "snap_stall", "commit_sent", "recovering", "heard",
+        "recover_to", "recovered_sent", "silent_ticks",
     )
 
     def __init__(self, next_index: int):
@@ -40,7 +41,14 @@ class Progress:
         self.snap_stall = 0
         self.commit_sent = 0
         self.recovering = False  # it says it lost a log suffix: its old acks may not hold
-        self.heard = False  # an AppendEntries response arrived from it (in this leader's term)
+        # A response arrived from it in this leader's term: we know whether it is recovering.
+        self.heard = False
+        # Our last index when we learned it was recovering: once it holds our
+        # log up to there, it holds everything it may ever have acknowledged
+        # that is (or will be) committed, and we tell it it may vote again.
+        self.recover_to = 0
+        self.recovered_sent = False  # we told it so (since we learned it was recovering)
+        self.silent_ticks = 0  # leader ticks since its last response
 
     def _reset(self, state: PState) -> None:
         self.state = state

@@ -138,11 +138,15 @@ class Message:
       APPEND (repair):   context=b"recovered": the follower now holds the
                          leader's whole log and may vote again.
       HEARTBEAT:         commit, context (read-index round, 8 bytes or empty).
-      HEARTBEAT_RESP:    context echoed.
+      HEARTBEAT_RESP:    context echoed; reject=True from a server that
+                         lost a log suffix (it does not refuse the heartbeat:
+                         the context is taken, and the leader must learn of
+                         the loss from every kind of reply).
       SNAPSHOT:          snapshot meta (index/log_term + membership), offset,
                          data (chunk), done.
       SNAPSHOT_RESP:     index (snapshot index), offset (bytes received so
-                         far), reject, done (installed).
+                         far), reject, done (installed), context=b"recovering"
+                         as for APPEND_RESP.
       READ_INDEX(_RESP): context (caller's request id), index (read index),
                          reject when the leader cannot serve it.
     """
