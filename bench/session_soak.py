@@ -97,6 +97,7 @@ SOAK = "/soak"
 NODES = "/soak/w"
 EPHS = "/soak/eph"
 MAX_EXAMPLES = 50
+PREFILL_TASKS = 64  # sets in flight while prefilling
 
 
 def log(msg: str) -> None:
@@ -817,11 +818,23 @@ class Soak:
             await c.multi([ops.create(node_path(i), b"0") for i in range(base, min(base + 500, a.nodes))])
         # Fill the servers' bounded structures (the event history replayed to
         # reconnecting watches, 100,000 events by default) before measuring,
-        # so that the RSS slope shows growth, not a buffer filling up.
+        # so that the RSS slope shows growth, not a buffer filling up.  One
+        # set per command, as the writer does: an event inside a multi of
+        # 1,000 costs the history a tenth of a single write's, so a history
+        # filled with multis kept growing for half an hour under the
+        # writer's load (issue 11).
+        import trio
+
         todo = [i % a.nodes for i in range(a.prefill_events)]
         t = mono()
-        for base in range(0, len(todo), 1000):
-            await c.multi([ops.set(node_path(i), b"0") for i in todo[base:base + 1000]])
+
+        async def fill(k: int) -> None:
+            for i in todo[k::PREFILL_TASKS]:
+                await c.set(node_path(i), b"0")
+
+        async with trio.open_nursery() as nursery:
+            for k in range(PREFILL_TASKS):
+                nursery.start_soon(fill, k)
         if todo:
             log(f"prefilled the event history with {len(todo)} sets in {mono() - t:.1f} s")
         for name, st in await c.children(NODES, stats=True, linearizable=True):

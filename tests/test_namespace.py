@@ -434,6 +434,73 @@ def test_event_history_bounds():
     assert ns.sm.events_since(4) == []
 
 
+def test_event_history_bounded_in_bytes():
+    """Issue 11: the history's bound was a count of events, and an event's
+    memory depends on the client (a 1,024-character path, one command per
+    event): 20,000 such events held ~24 MB live.  Now ``max_bytes`` bounds
+    what it holds, measured (tracemalloc), whatever the paths."""
+    import gc
+    import tracemalloc
+
+    from coord.namespace.history import EventHistory
+
+    long_path = "/" + "p" * 1000
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        h = EventHistory(20_000, max_bytes=2 << 20)
+        for z in range(1, 20_001):
+            h.add(z, [("changed", long_path[:-5] + f"{z % 10_000:05d}")])  # a new str each, as decoded commands are
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < (2 << 20) * 1.1, f"{held} bytes held"
+    assert h.held <= 2 << 20 and 0 < h.count < 20_000
+    # what is kept is exact: everything after the floor, nothing below
+    assert h.since(h.floor - 1) is None
+    evs = h.since(h.floor)
+    assert [e.zxid for e in evs] == list(range(h.floor + 1, 20_001))
+    assert evs[-1].type == "changed" and evs[-1].path == long_path[:-5] + f"{20_000 % 10_000:05d}"
+
+
+def test_event_history_per_event_cost():
+    """Issue 11: one write per command (what a writer does) cost ~270 bytes
+    an event held as (zxid, [(type, path)]), twice what the same events
+    cost inside a multi, so a history filled by multis grew for half an
+    hour under single writes.  Packed, a short path's event is < 180."""
+    import gc
+    import tracemalloc
+
+    from coord.namespace.state import NamespaceStateMachine
+
+    sm = NamespaceStateMachine(history_size=10_000)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for z in range(1, 10_001):
+            sm._history.add(1 << 40 | z, [("changed", "/soak/w/" + f"{z:05d}")])
+        per_event = (tracemalloc.get_traced_memory()[0] - before) / 10_000
+    finally:
+        tracemalloc.stop()
+    assert per_event < 180, f"{per_event:.0f} bytes an event"
+
+
+def test_event_history_round_trips_every_event_type():
+    from coord.namespace.history import EventHistory
+
+    h = EventHistory(100)
+    evs = [("created", "/a/b"), ("children", "/a"), ("changed", "/a/b"), ("deleted", "/a/b"), ("children", "/a"),
+           ("changed", "/"), ("created", "/\u00e9t\u00e9/\U0001f600")]
+    h.add(7, evs[:1])
+    h.add(9, evs[1:])
+    assert [(e.zxid, e.type, e.path) for e in h.since(0)] == [(7, *evs[0])] + [(9, *e) for e in evs[1:]]
+    assert [(e.type, e.path) for e in h.since(7)] == evs[1:] and h.since(9) == []
+    h.reset(20)
+    assert h.since(19) is None and h.since(20) == [] and h.held == 0 and h.count == 0
+
+
 def test_listener_failure_does_not_fail_the_write(ns):
     def boom(zxid, events):
         raise RuntimeError("listener bug")
