@@ -38,7 +38,7 @@ import math
 import os
 import socket
 import ssl
-from typing import Any, Awaitable, Callable, NamedTuple
+from typing import Any, Awaitable, Callable, NamedTuple, TypeVar
 
 import anyio
 import anyio.abc
@@ -55,11 +55,14 @@ __all__ = ["TLSSocketStream", "TrioTLSSocketStream", "connect_tls", "handshake_s
            "take_socket", "trio_handshake", "Waits"]
 
 _BROKEN = (ssl.SSLError, OSError)
+_T = TypeVar("_T", bound="_TLSSocket")
 # What a wait raises when another task closes the socket (Trio's primitives or AnyIO's).
 _WAIT_CLOSED = (trio.ClosedResourceError, anyio.ClosedResourceError)
 
 # What OpenSSL may be asked to read per receive when the caller names no size.
 DEFAULT_RECEIVE = 65536
+# Bytes asked of the socket per read: every record that has arrived, in one system call.
+RECV_CHUNK = 256 << 10
 
 
 class Waits(NamedTuple):
@@ -92,41 +95,60 @@ def loop_waits() -> Waits:
 
 
 async def handshake_socket(raw: socket.socket, ctx: ssl.SSLContext, *, server_side: bool,
-                           server_hostname: str | None = None, waits: Waits | None = None) -> ssl.SSLSocket:
+                           server_hostname: str | None = None, waits: Waits | None = None,
+                           cls: type[_T] | None = None) -> _T:
     """Run the TLS handshake on the connected socket ``raw`` (which this takes over).
 
-    Returns the non-blocking ``ssl.SSLSocket``; raises the ``ssl`` (or
-    ``OSError``) error as OpenSSL gave it (``.reason``:
+    Returns a ``cls`` stream (default ``TLSSocketStream``); raises the ``ssl``
+    (or ``OSError``) error as OpenSSL gave it (``.reason``:
     ``CERTIFICATE_VERIFY_FAILED``...), and the socket is closed then, as it
     is when the handshake is cancelled.  Bound it in time from outside."""
     w = waits or loop_waits()
-    raw.setblocking(False)
     try:
-        sock = ctx.wrap_socket(raw, server_side=server_side, server_hostname=server_hostname,
-                               do_handshake_on_connect=False)
+        raw.setblocking(False)
+        stream = (cls or TLSSocketStream)(raw, ctx, server_side=server_side, server_hostname=server_hostname,
+                                          waits=w)
     except BaseException:
         raw.close()
         raise
     ok = False
     try:
+        obj = stream._obj
         while True:
             try:
-                sock.do_handshake()
+                obj.do_handshake()
                 break
             except ssl.SSLWantReadError:
-                await w.readable(sock)
-            except ssl.SSLWantWriteError:
-                await w.writable(sock)
+                await stream._flush(w)  # our flight out before we wait for the peer's
+                await stream._fill(w)
+            except ssl.SSLError:
+                try:
+                    stream._flush_nowait()  # the alert, so that the peer learns why (best effort)
+                except stream._Broken:
+                    pass
+                raise
+        await stream._flush(w)  # the last flight (the client's Finished, the server's tickets)
         ok = True
+    except stream._Broken as exc:  # the socket failed: say so as the OSError it was
+        cause = exc.__cause__
+        raise (cause if isinstance(cause, OSError) else ConnectionError(str(exc))) from None
     finally:
         if not ok:
-            w.notify_closing(sock)
-            sock.close()
-    return sock
+            w.notify_closing(raw)
+            raw.close()
+    return stream
 
 
 class _TLSSocket:
-    """What both stream flavours share: the socket and the read/write loop.
+    """What both stream flavours share: the socket, OpenSSL, and the loops.
+
+    OpenSSL works on two memory buffers (``ssl.SSLObject``), and this class
+    moves bytes between them and the non-blocking socket itself, so that a
+    read takes everything that has arrived in one system call and then
+    decrypts record after record in C (``ssl.SSLSocket`` would make two
+    system calls per record: header, then body), and a write is one
+    ``send`` of all the records it made.  The loop is asked to wait only
+    when the socket has nothing (readable) or is full (writable).
 
     ``_Broken``, ``_Closed`` and ``_EOF`` are the exception classes of the
     flavour; its send and receive methods are ``_send`` and ``_recv``
@@ -136,95 +158,205 @@ class _TLSSocket:
     _Closed: type[Exception]
     _EOF: type[Exception] | None = None  # raised by a receive at the end (else b"" is returned)
 
-    def __init__(self, sock: ssl.SSLSocket, waits: Waits | None = None):
+    def __init__(self, sock: socket.socket, ctx: ssl.SSLContext, *, server_side: bool,
+                 server_hostname: str | None = None, waits: Waits | None = None):
+        """Not usable before its handshake: make one with ``handshake_socket``."""
         self._sock = sock
+        self._in, self._outbio = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self._obj = ctx.wrap_bio(self._in, self._outbio, server_side=server_side, server_hostname=server_hostname)
         self._waits = waits or loop_waits()
         self._closed = False
         self._send_broken = False
+        self._out = bytearray()  # records taken from OpenSSL and not sent yet (the socket was full)
 
     # -- what callers ask of a TLS connection ---------------------------------
     @property
     def context(self) -> ssl.SSLContext:
-        return self._sock.context
+        return self._obj.context
 
     @property
-    def socket(self) -> ssl.SSLSocket:
+    def socket(self) -> socket.socket:
+        """The TCP socket underneath (for its addresses and options; never read or write it)."""
         return self._sock
 
+    @property
+    def ssl_object(self) -> ssl.SSLObject:
+        return self._obj
+
     def getpeercert(self, binary_form: bool = False) -> Any:
-        return self._sock.getpeercert(binary_form)
+        return self._obj.getpeercert(binary_form)
 
     def getpeername(self) -> Any:
         return self._sock.getpeername()
 
     def version(self) -> str | None:
-        return self._sock.version()
+        return self._obj.version()
 
-    # -- the loop -----------------------------------------------------------------
-    async def _io(self, op: Any, arg: Any) -> Any:
-        """``op(arg)`` on the socket, waiting whichever way OpenSSL asks.
+    # -- moving bytes between OpenSSL and the socket ------------------------------
+    def _fail(self, exc: BaseException) -> Exception:
+        if self._closed:  # closed under us by another task
+            return self._Closed("this TLS connection was closed")
+        return self._Broken(f"TLS connection failed: {exc}")
 
-        Returns b"" when the peer ended TLS (close_notify) or the socket
-        (a ragged end, which the framing above tells from a clean one)."""
-        sock = self._sock
-        waits = self._waits
+    def _flush_nowait(self) -> bool:
+        """Send what OpenSSL has written, as far as the socket takes it now;
+        True when nothing is left."""
+        out = self._out
+        data = self._outbio.read()
+        if not out:
+            if not data:
+                return True
+            try:
+                n = self._sock.send(data)
+            except BlockingIOError:
+                n = 0
+            except OSError as exc:
+                raise self._fail(exc) from exc
+            if n == len(data):
+                return True
+            out += memoryview(data)[n:]
+            return False
+        out += data
+        while out:
+            try:
+                n = self._sock.send(out)
+            except BlockingIOError:
+                return False
+            except OSError as exc:
+                raise self._fail(exc) from exc
+            del out[:n]
+        return True
+
+    async def _flush(self, waits: Waits) -> None:
+        while not self._flush_nowait():
+            try:
+                await waits.writable(self._sock)
+            except _WAIT_CLOSED:
+                raise self._Closed("this TLS connection was closed") from None
+
+    async def _fill(self, waits: Waits) -> None:
+        """Everything the socket has now into OpenSSL (waiting for something)."""
         while True:
             if self._closed:
                 raise self._Closed("this TLS connection was closed")
             try:
-                return op(arg)
-            except ssl.SSLWantReadError:
-                wait = waits.readable
-            except ssl.SSLWantWriteError:
-                wait = waits.writable
-            except ssl.SSLZeroReturnError:  # the peer's close_notify: a clean end
-                return b""
-            except _BROKEN as exc:
-                if self._closed:  # closed under us by another task
+                chunk = self._sock.recv(RECV_CHUNK)
+            except BlockingIOError:
+                try:
+                    await waits.readable(self._sock)
+                except _WAIT_CLOSED:
                     raise self._Closed("this TLS connection was closed") from None
-                raise self._Broken(f"TLS connection failed: {exc}") from exc
-            try:
-                await wait(sock)
-            except _WAIT_CLOSED:  # aclose() by another task while this one waited
-                raise self._Closed("this TLS connection was closed") from None
+                continue
+            except OSError as exc:
+                raise self._fail(exc) from exc
+            if chunk:
+                self._in.write(chunk)
+            else:
+                self._in.write_eof()  # OpenSSL then says SSLZeroReturn (after close_notify) or SSLEOF
+            return
 
+    # -- the stream -----------------------------------------------------------------
     async def _recv(self, max_bytes: int | None = None) -> bytes:
-        """Up to ``max_bytes``; at the end b"" or, if the flavour says so, ``_EOF``."""
+        """Up to ``max_bytes``; at the end b"" or, if the flavour says so, ``_EOF``.
+
+        Decrypted data OpenSSL holds (``pending()``) and whole records already
+        read from the socket are returned before the socket is read again,
+        and all of them, up to ``max_bytes``, in one receive.  A ragged end
+        (no close_notify) reads as the end too: the framing above tells a
+        truncated frame from a clean end.  A schedule point either way: the
+        wait, or (when the data was there at once) a cancel-shielded
+        checkpoint, as Trio's sockets do."""
         waits = self._waits
         await waits.checkpoint_if_cancelled()
-        data = await self._io(self._sock.recv, max_bytes or DEFAULT_RECEIVE)
+        n = max_bytes or DEFAULT_RECEIVE
+        obj = self._obj
+        sock = self._sock
+        waited = False
+        while True:
+            if self._closed:
+                raise self._Closed("this TLS connection was closed")
+            try:
+                data = obj.read(n)
+                break
+            except ssl.SSLWantReadError:
+                pass
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):  # close_notify, or a ragged end
+                data = b""
+                break
+            except ssl.SSLError as exc:
+                raise self._fail(exc) from exc
+            if self._out or self._outbio.pending:  # a post-handshake message of ours (rare)
+                self._flush_nowait()
+            try:  # everything that has arrived, in one system call
+                chunk = sock.recv(RECV_CHUNK)
+            except BlockingIOError:
+                try:
+                    await waits.readable(sock)
+                except _WAIT_CLOSED:
+                    raise self._Closed("this TLS connection was closed") from None
+                waited = True
+                continue
+            except OSError as exc:
+                raise self._fail(exc) from exc
+            if chunk:
+                self._in.write(chunk)
+            else:
+                self._in.write_eof()
+        if data and len(data) < n and self._in.pending:  # more whole records came in that read
+            parts = [data]
+            got = len(data)
+            while got < n:
+                try:
+                    more = obj.read(n - got)
+                except ssl.SSLError:  # a partial record, the end, an error: the next receive says
+                    break
+                if not more:
+                    break
+                parts.append(more)
+                got += len(more)
+            if len(parts) > 1:
+                data = b"".join(parts)
+        if not waited:
+            await waits.cancel_shielded_checkpoint()
         if not data and self._EOF is not None:
             raise self._EOF
-        await waits.cancel_shielded_checkpoint()
         return data
 
     async def _send(self, data: bytes | bytearray | memoryview) -> None:
         waits = self._waits
         await waits.checkpoint_if_cancelled()
-        if self._send_broken and not self._closed:
+        if self._closed:
+            raise self._Closed("this TLS connection was closed")
+        if self._send_broken:
             raise self._Broken("an earlier send on this TLS connection did not finish (cancelled or failed)")
-        view = memoryview(data)
-        self._send_broken = True  # until the whole of data is out
-        while view:
-            sent = await self._io(self._sock.send, view)
-            if type(sent) is not int:  # the peer ended TLS (close_notify) while we write
-                raise self._Broken("the peer closed the TLS connection")
-            view = view[sent:]
+        if data:
+            try:
+                self._obj.write(data)
+            except ssl.SSLError as exc:
+                raise self._fail(exc) from exc
+        if self._flush_nowait():
+            await waits.cancel_shielded_checkpoint()
+            return
+        self._send_broken = True  # until the rest is out: a cancelled send leaves a record half sent
+        await self._flush(waits)
         self._send_broken = False
-        await waits.cancel_shielded_checkpoint()
 
     def _close_now(self) -> None:
         if not self._closed:
-            self._closed = True
             sock = self._sock
             try:
                 self._waits.notify_closing(sock)
             except (ValueError, OSError):  # never registered with this loop, or closed already
                 pass
             try:  # close_notify if it fits in the socket buffer now; never wait for the peer's
-                sock.unwrap()
-            except (ssl.SSLError, OSError, ValueError):
+                self._obj.unwrap()
+            except (ssl.SSLError, ValueError):
                 pass
+            try:
+                self._flush_nowait()
+            except Exception:
+                pass
+            self._closed = True
             sock.close()
 
 
@@ -242,10 +374,9 @@ class TLSSocketStream(_TLSSocket, anyio.abc.ByteStream):
                    server_hostname: str | None = None, handshake_timeout: float | None = None) -> "TLSSocketStream":
         """Handshake on the connected socket ``raw`` (taken over, closed on failure)
         within ``handshake_timeout`` seconds (``TimeoutError`` after)."""
-        waits = loop_waits()
-        with anyio.move_on_after(math.inf if handshake_timeout is None else handshake_timeout) as scope:
-            return cls(await handshake_socket(raw, ctx, server_side=server_side, server_hostname=server_hostname,
-                                              waits=waits), waits)
+        with anyio.move_on_after(math.inf if handshake_timeout is None else handshake_timeout):
+            return await handshake_socket(raw, ctx, server_side=server_side, server_hostname=server_hostname,
+                                          cls=cls)
         raise TimeoutError(f"TLS handshake not done within {handshake_timeout} s")  # (its socket is closed)
 
     receive = _TLSSocket._recv  # (max_bytes=65536) -> bytes; EndOfStream at the end
@@ -260,22 +391,22 @@ class TLSSocketStream(_TLSSocket, anyio.abc.ByteStream):
 
     @property
     def extra_attributes(self) -> dict[Any, Callable[[], Any]]:
-        sock = self._sock
+        sock, obj = self._sock, self._obj
         SA, TA = anyio.abc.SocketAttribute, anyio.streams.tls.TLSAttribute
         return {
             SA.family: lambda: sock.family,
             SA.local_address: sock.getsockname,
             SA.remote_address: sock.getpeername,
             SA.raw_socket: lambda: sock,
-            TA.alpn_protocol: sock.selected_alpn_protocol,
-            TA.cipher: sock.cipher,
-            TA.peer_certificate: lambda: sock.getpeercert(False),
-            TA.peer_certificate_binary: lambda: sock.getpeercert(True),
-            TA.server_side: lambda: sock.server_side,
-            TA.shared_ciphers: lambda: sock.shared_ciphers() if sock.server_side else None,
-            TA.ssl_object: lambda: sock,
+            TA.alpn_protocol: obj.selected_alpn_protocol,
+            TA.cipher: obj.cipher,
+            TA.peer_certificate: lambda: obj.getpeercert(False),
+            TA.peer_certificate_binary: lambda: obj.getpeercert(True),
+            TA.server_side: lambda: obj.server_side,
+            TA.shared_ciphers: lambda: obj.shared_ciphers() if obj.server_side else None,
+            TA.ssl_object: lambda: obj,
             TA.standard_compatible: lambda: False,  # a ragged end reads as EndOfStream
-            TA.tls_version: sock.version,
+            TA.tls_version: obj.version,
         }
 
 
@@ -308,11 +439,10 @@ async def trio_handshake(stream: trio.SocketStream, ctx: ssl.SSLContext, *, serv
     closed then.  Bound it in time from outside (``trio.move_on_after``)."""
     raw = socket.socket(fileno=stream.socket.detach())
     try:
-        sock = await handshake_socket(raw, ctx, server_side=server_side, server_hostname=server_hostname,
-                                      waits=TRIO_WAITS)
+        return await handshake_socket(raw, ctx, server_side=server_side, server_hostname=server_hostname,
+                                      waits=TRIO_WAITS, cls=TrioTLSSocketStream)
     except _BROKEN as exc:
         raise trio.BrokenResourceError(f"TLS handshake failed: {exc}") from exc
-    return TrioTLSSocketStream(sock, TRIO_WAITS)
 
 
 async def connect_tls(host: str, port: int, ctx: ssl.SSLContext, *, server_hostname: str | None = None,
