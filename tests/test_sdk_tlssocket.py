@@ -141,6 +141,21 @@ async def test_a_receive_returns_what_is_decrypted_before_waiting(pki, listener)
         assert bytes(data) == b"".join(b"%04d" % i * 25 for i in range(20))
 
 
+async def test_a_burst_of_records_comes_back_in_one_receive(pki, listener):
+    """Twenty small sends are twenty TLS records; once they are in the
+    socket, one receive returns them all (one recv system call, the records
+    decrypted one after another), not one record per receive."""
+    _, sctx, cctx = pki
+    server, client = await pair(listener, sctx, cctx)
+    async with server, client:
+        for i in range(20):
+            await server.send(b"%04d" % i * 25)
+        with anyio.fail_after(10):
+            await anyio.sleep(0.05)  # (loopback: they are there already)
+            data = await client.receive(65536)
+        assert data == b"".join(b"%04d" % i * 25 for i in range(20))
+
+
 async def test_end_of_stream_after_close_notify_and_closed_after_aclose(pki, listener):
     _, sctx, cctx = pki
     server, client = await pair(listener, sctx, cctx)
@@ -293,7 +308,8 @@ async def test_a_cancelled_receive_loses_nothing(pki, listener):
 
 # -- the SDK's Client over it --------------------------------------------------
 
-async def serve_fake_over_tls(listener: Listener, sctx, state: FakeState, tg, *, cut_mid_frame: bool = False):
+async def serve_fake_over_tls(listener: Listener, sctx, state: FakeState, tg, *,
+                              cut_mid_frame: bool = False) -> FakeServer:
     """The fake server behind ``listener``, TLS on every connection."""
     fake = FakeServer(state, 1, tg)
 
@@ -315,6 +331,7 @@ async def serve_fake_over_tls(listener: Listener, sctx, state: FakeState, tg, *,
             tg.start_soon(one, await listener.listener.accept())
 
     tg.start_soon(accept_loop)
+    return fake
 
 
 async def test_client_over_tls_writes_reads_and_presents_its_certificate(pki, listener):
@@ -334,6 +351,20 @@ async def test_client_over_tls_writes_reads_and_presents_its_certificate(pki, li
             for i in range(0, 200, 37):
                 results.append((await c.get(f"/tls-{i}"))[0])
             assert results == [b"%d" % i for i in range(0, 200, 37)]
+        tg.cancel_scope.cancel()
+
+
+async def test_client_reconnects_over_tls_when_the_server_drops_it(pki, listener):
+    _, sctx, cctx = pki
+    async with anyio.create_task_group() as tg:
+        fake = await serve_fake_over_tls(listener, sctx, FakeState(), tg)
+        async with Client(f"127.0.0.1:{listener.port}", tls=cctx, session_timeout=5) as c:
+            await c.create("/kept", b"1")
+            sid = c.session_id
+            fake.drop_connections()
+            with anyio.fail_after(10):
+                assert (await c.get("/kept"))[0] == b"1"  # a new TLS connection, the same session
+            assert c.session_id == sid
         tg.cancel_scope.cancel()
 
 
