@@ -280,20 +280,24 @@ class _TLSSocket:
         n = max_bytes or DEFAULT_RECEIVE
         obj = self._obj
         sock = self._sock
+        inbio = self._in
         waited = False
         while True:
             if self._closed:
                 raise self._Closed("this TLS connection was closed")
-            try:
-                data = obj.read(n)
-                break
-            except ssl.SSLWantReadError:
-                pass
-            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):  # close_notify, or a ragged end
-                data = b""
-                break
-            except ssl.SSLError as exc:
-                raise self._fail(exc) from exc
+            # Nothing in either buffer: OpenSSL could only say SSLWantRead (an
+            # exception costs microseconds), so go to the socket at once.
+            if inbio.pending or obj.pending() or inbio.eof:
+                try:
+                    data = obj.read(n)
+                    break
+                except ssl.SSLWantReadError:
+                    pass
+                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):  # close_notify, or a ragged end
+                    data = b""
+                    break
+                except ssl.SSLError as exc:
+                    raise self._fail(exc) from exc
             if self._out or self._outbio.pending:  # a post-handshake message of ours (rare)
                 self._flush_nowait()
             try:  # everything that has arrived, in one system call
@@ -308,13 +312,13 @@ class _TLSSocket:
             except OSError as exc:
                 raise self._fail(exc) from exc
             if chunk:
-                self._in.write(chunk)
+                inbio.write(chunk)
             else:
-                self._in.write_eof()
-        if data and len(data) < n and self._in.pending:  # more whole records came in that read
+                inbio.write_eof()
+        if data and len(data) < n and inbio.pending:  # more records came in that read
             parts = [data]
             got = len(data)
-            while got < n:
+            while got < n and inbio.pending:
                 try:
                     more = obj.read(n - got)
                 except ssl.SSLError:  # a partial record, the end, an error: the next receive says
