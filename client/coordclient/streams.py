@@ -37,9 +37,9 @@ def tls_connector(context: ssl.SSLContext, *, handshake_timeout: float | None = 
     address), and ``context``'s own certificate, if it has one, is the
     client's x509 identity.
 
-    TLS runs on the socket itself (``coordclient.tlssocket``: OpenSSL reads
-    and writes the non-blocking socket, the loop only waits), not over
-    AnyIO's memory buffers.  A refused handshake raises the ``ssl`` error
+    TLS runs on the socket itself (``coordclient.tlssocket``: OpenSSL fed
+    straight from the non-blocking socket, the loop only waits), not through
+    AnyIO's TLS layer over a socket stream.  A refused handshake raises the ``ssl`` error
     (``SSLCertVerificationError`` for a wrong CA or host name), one that
     does not finish within ``handshake_timeout`` seconds ``TimeoutError``."""
 
