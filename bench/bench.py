@@ -74,6 +74,9 @@ DEFAULT_WORKLOADS = "IDLE,W1,W1S,W2,W2L,W3,W3L,W3S,W4,W4I,W5,W6,S2,S1"
 # the "bench" certificate, and the benchmark's nodes carry an ACL that grants
 # only that certificate's subject (every read and write is checked).
 SECURE_ENV = "COORD_BENCH_PKI"
+# A directory: every load-generator process runs under cProfile and leaves
+# <target>-<pid>.prof there (where the SDK's CPU goes, with and without TLS).
+PROFILE_ENV = "COORD_BENCH_CPROFILE"
 BENCH_SUBJECT = "CN=bench,OU=ops,O=acme"
 
 
@@ -318,7 +321,18 @@ def _worker_main(target: str, args: tuple, ready_q, go_evt, times, result_q) -> 
     import trio
 
     fn = globals()[target]
-    result_q.put(trio.run(fn, *args, ready_q, go_evt, times))
+    prof_dir = os.environ.get(PROFILE_ENV)
+    if not prof_dir:
+        result_q.put(trio.run(fn, *args, ready_q, go_evt, times))
+        return
+    import cProfile
+
+    prof = cProfile.Profile()  # the whole run, warmup included: compare shares, not absolute times
+    try:
+        result = prof.runcall(trio.run, fn, *args, ready_q, go_evt, times)
+    finally:
+        prof.dump_stats(os.path.join(prof_dir, f"{target}-{os.getpid()}.prof"))
+    result_q.put(result)
 
 
 async def _wait_go(ready_q, go_evt, wid) -> None:

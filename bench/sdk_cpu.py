@@ -7,9 +7,11 @@ overhead shows most), and SyncClient also from several threads at once.
 
     python bench/sdk_cpu.py                      # starts one server, 5000 gets per mode
     python bench/sdk_cpu.py --endpoints $COORD_ENDPOINTS --n 20000
+    python bench/sdk_cpu.py --secure             # the same over TLS, with a client certificate
 
 Without ``--endpoints`` it starts a one-server ensemble (tests/cluster.py)
-in a temporary directory.
+in a temporary directory; with ``--secure`` that server has ``[tls]`` and
+every client connects with TLS and presents a certificate.
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "client")]
 from coordclient import Client, SyncClient  # noqa: E402
 
 PATH = "/sdk-cpu"
+TLS: dict = {}  # Client keyword arguments: {"tls": context} under --secure
 
 
 async def _async_gets(endpoints: str, n: int) -> float:
-    async with Client(endpoints, session_timeout=10) as c:
+    async with Client(endpoints, session_timeout=10, **TLS) as c:
         for _ in range(200):  # warm up
             await c.get(PATH)
         t0 = time.process_time()
@@ -47,7 +50,7 @@ def async_cpu(endpoints: str, n: int, backend: str) -> float:
 
 
 def sync_cpu(endpoints: str, n: int, backend: str, threads: int = 1) -> float:
-    with SyncClient(endpoints, session_timeout=10, backend=backend) as c:
+    with SyncClient(endpoints, session_timeout=10, backend=backend, **TLS) as c:
         for _ in range(200):
             c.get(PATH)
         per_thread = n // threads
@@ -66,7 +69,7 @@ def sync_cpu(endpoints: str, n: int, backend: str, threads: int = 1) -> float:
 
 
 def measure(endpoints: str, n: int, rounds: int) -> dict:
-    with SyncClient(endpoints) as c:
+    with SyncClient(endpoints, **TLS) as c:
         if c.exists(PATH) is None:
             c.create(PATH, b"x" * 100)
     modes = {
@@ -84,18 +87,32 @@ def measure(endpoints: str, n: int, rounds: int) -> dict:
     return out
 
 
+def secure(on: bool, tmp: str) -> dict:
+    """The Cluster's TLS arguments under --secure (and TLS set for the clients)."""
+    if not on:
+        return {}
+    from tests.tlsutil import TLSMaterial
+
+    material = TLSMaterial(os.path.join(tmp, "pki"))
+    TLS["tls"] = material.client_context(material.client("bench"))
+    return {"tls": lambda sid: material.tls_table(sid, client_auth="request"), "client_ssl": TLS["tls"]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--endpoints")
     ap.add_argument("--n", type=int, default=5000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--secure", action="store_true", help="TLS on the server's port, a client certificate")
     args = ap.parse_args()
     if args.endpoints:
+        if args.secure:
+            ap.error("--secure starts its own TLS server (no --endpoints)")
         result = measure(args.endpoints, args.n, args.rounds)
     else:
         from tests.cluster import Cluster
 
-        with tempfile.TemporaryDirectory() as tmp, Cluster(1, tmp) as cluster:
+        with tempfile.TemporaryDirectory() as tmp, Cluster(1, tmp, **secure(args.secure, tmp)) as cluster:
             cluster.start()
             anyio.run(cluster.wait_leader, backend="trio")
             result = measure(cluster.endpoints, args.n, args.rounds)

@@ -24,6 +24,7 @@ import trio
 from coordclient import messages
 from coordclient.endpoints import parse_endpoints
 from coordclient.errors import ConfChangeError, ConnectionLossError, CoordError, NotLeaderError, OperationTimeoutError
+from coordclient.tlssocket import trio_handshake
 from coordclient.wire import FramedStream
 
 Endpoint = tuple[str, int]
@@ -56,8 +57,8 @@ class AdminClient:
                        timeout: float | None = None) -> dict:
         with trio.fail_after(timeout or self.timeout):
             stream: trio.abc.Stream = await trio.open_tcp_stream(*addr)
-            if self.tls is not None:
-                stream = trio.SSLStream(stream, self.tls, server_hostname=addr[0])
+            if self.tls is not None:  # TLS on the socket itself (coordclient.tlssocket)
+                stream = await trio_handshake(stream, self.tls, server_side=False, server_hostname=addr[0])
             async with stream:
                 fs = FramedStream(stream)
                 for scheme, cred in self.auth:

@@ -15,10 +15,15 @@ from typing import Any, Awaitable, Callable, Union
 import anyio
 import anyio.abc
 
+from coordclient.tlssocket import connect_tls
+
 __all__ = ["ConnectStream", "as_byte_stream", "connect_tcp", "tls_connector", "tls_context"]
 
 # connect_stream(host, port) -> an AnyIO ByteStream (or a trio.abc.Stream).
 ConnectStream = Callable[[str, int], Awaitable[Any]]
+
+# Seconds a TLS handshake may take (the Client's connect timeout bounds it too).
+HANDSHAKE_TIMEOUT = 10.0
 
 
 async def connect_tcp(host: str, port: int) -> anyio.abc.ByteStream:
@@ -26,14 +31,20 @@ async def connect_tcp(host: str, port: int) -> anyio.abc.ByteStream:
     return await anyio.connect_tcp(host, port)
 
 
-def tls_connector(context: ssl.SSLContext) -> ConnectStream:
+def tls_connector(context: ssl.SSLContext, *, handshake_timeout: float | None = HANDSHAKE_TIMEOUT) -> ConnectStream:
     """Connect with TLS (``Client(tls=...)``): the server's certificate is
     checked against ``context``'s CAs and the endpoint's host name (or IP
     address), and ``context``'s own certificate, if it has one, is the
-    client's x509 identity."""
+    client's x509 identity.
+
+    TLS runs on the socket itself (``coordclient.tlssocket``: OpenSSL fed
+    straight from the non-blocking socket, the loop only waits), not through
+    AnyIO's TLS layer over a socket stream.  A refused handshake raises the ``ssl`` error
+    (``SSLCertVerificationError`` for a wrong CA or host name), one that
+    does not finish within ``handshake_timeout`` seconds ``TimeoutError``."""
 
     async def connect(host: str, port: int) -> anyio.abc.ByteStream:
-        return await anyio.connect_tcp(host, port, ssl_context=context, tls_hostname=host)
+        return await connect_tls(host, port, context, server_hostname=host, handshake_timeout=handshake_timeout)
 
     return connect
 

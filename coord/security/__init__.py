@@ -8,8 +8,9 @@
 ``credentials``  everything above loaded from a ``ServerConfig`` as one
                  value, so that SIGHUP can swap it whole.
 ``certs``        a small CA for ``coord certs`` and ``coord dev --secure``.
-``tlsstream``    TLS on a server socket: OpenSSL reads and writes the socket,
-                 Trio only waits (``trio.SSLStream`` cost writes ~15% more).
+``tlsstream``    TLS on a server socket: OpenSSL fed straight from the socket,
+                 Trio only waits (``trio.SSLStream`` cost writes ~15% more);
+                 the stream is the SDK's (``coordclient.tlssocket``).
 ``ratelog``      rate-limited logging of refusals (a flood of bad handshakes
                  must not become a flood of log lines).
 
