@@ -154,7 +154,7 @@ async def test_a_follower_whose_disk_fills_refuses_writes_serves_reads_and_resum
         st = await status_of(c, victim)
         assert st["disk_full"] and st["role"] == "follower" and st["leader"] == leader
         m = await metrics(c, victim)
-        assert m["coord_disk_full"] == 1 and m["coord_disk_full_total"] == 1 and m["coord_disk_full_seconds_total"] > 0
+        assert m["coord_disk_full"] == 1 and m["coord_disk_full_episodes_total"] == 1 and m["coord_disk_full_seconds_total"] > 0
         code, _, body = await http(c.http_ports[victim], "/ready")
         ready = json.loads(body)
         assert code == 503 and "disk" in ready["missing"] and "disk full" in ready["checks"]["disk"]["detail"]
@@ -171,7 +171,7 @@ async def test_a_follower_whose_disk_fills_refuses_writes_serves_reads_and_resum
         kids = set(await on_victim.children("/d"))
         assert {p.rsplit("/", 1)[1] for p in acked} <= kids and "after" in kids
         m = await metrics(c, victim)
-        assert m["coord_disk_full"] == 0 and m["coord_disk_full_total"] == 1
+        assert m["coord_disk_full"] == 0 and m["coord_disk_full_episodes_total"] == 1
     log = c.logs(victim, tail=1 << 20)
     assert 1 <= log.count("DISK FULL") <= 2, log  # once (a reminder only after 60 s), never a flood
     assert "No space left on device" in log and "disk space is back" in log

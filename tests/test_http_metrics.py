@@ -93,6 +93,17 @@ async def test_metric_set_names_and_raft_state(served):
     assert val(m, "coord_raft_voters") == 1 and val(m, "coord_raft_joint_config") == 0
 
 
+async def test_every_metric_family_is_declared_once(served):
+    """A counter ``x_total`` and a gauge ``x`` are both family ``x`` in
+    OpenMetrics (Prometheus' parser refuses the whole scrape for a second
+    TYPE line of one family)."""
+    status, _, body = await http(served.http_port, "/metrics")
+    assert status == 200
+    names = [fam.name for fam in text_string_to_metric_families(body.decode())]
+    assert len(names) > 40
+    assert sorted(n for n in set(names) if names.count(n) > 1) == []
+
+
 async def test_health_and_ready(served):
     status, _, body = await http(served.http_port, "/health")
     assert status == 200 and b'"status":"ok"' in body

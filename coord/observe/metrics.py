@@ -113,7 +113,7 @@ class CoordCollector(Collector):
         space = node.diskspace
         yield _gauge("coord_disk_full", "1 while this server's disk is full: writes refused (NoSpace), retried",
                      int(space.full))
-        yield _counter("coord_disk_full_total", "Times a write failed for lack of space after the disk had room",
+        yield _counter("coord_disk_full_episodes_total", "Times a write failed for lack of space after the disk had room",
                        space.times_full)
         yield _counter("coord_disk_full_seconds_total", "Seconds spent with a full disk (the current spell included)",
                        space.seconds_full)

@@ -86,7 +86,7 @@ class DiskSpace:
     ``failed`` is called for every write that fails for lack of space (the
     first one and each retry), ``recovered`` when a write succeeds again.
     The counters feed the metrics ``coord_disk_full``,
-    ``coord_disk_full_total`` and ``coord_disk_full_seconds_total``."""
+    ``coord_disk_full_episodes_total`` and ``coord_disk_full_seconds_total``."""
 
     def __init__(self, server_id: int, clock: Callable[[], float], *, remind_seconds: float = REMIND_SECONDS,
                  backoff: Backoff | None = None, free: Callable[[str | None], int | None] = free_bytes):
@@ -100,7 +100,7 @@ class DiskSpace:
         self.path: str | None = None  # the file the last failed write was for
         self.error = ""
         self.free_bytes: int | None = None
-        self.times_full = 0  # spells so far (coord_disk_full_total)
+        self.times_full = 0  # spells so far (coord_disk_full_episodes_total)
         self._seconds_before = 0.0  # length of the spells that have ended
         self._said_at = 0.0
         self.retries = 0  # failed retries in the current spell
