@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import time
 
@@ -19,6 +20,12 @@ import trio
 from tests.faults.checkers import SESSION_EXPIRED_UNSEEN
 from tests.faults.nemesis import FAULTS
 from tests.faults.run import recheck, run_schedule
+
+
+def _interrupt(signum, frame) -> None:
+    """SIGTERM as Ctrl-C: the schedule's ``finally`` then stops the servers it
+    started (SIGTERM's default would leave them running, orphaned)."""
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,4 +72,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted: the servers of the running schedule were stopped", file=sys.stderr, flush=True)
+        sys.exit(130)
