@@ -10,6 +10,10 @@ names the leader's client address) to the leader.
         await admin.add_learner(4, peer="10.0.0.4:2888", client="10.0.0.4:2181")
         await admin.wait_caught_up(4)
         await admin.promote(4)
+
+It runs on asyncio and on Trio (AnyIO), as ``Client`` does; a call that runs
+out of time raises ``TimeoutError`` (or the ``NotLeaderError`` of a leader
+that could not be found).
 """
 
 from __future__ import annotations
@@ -19,17 +23,44 @@ import ssl
 import zlib
 from typing import Any, Callable, Iterable
 
-import trio
+import anyio
 
 from coordclient import messages
 from coordclient.endpoints import parse_endpoints
 from coordclient.errors import ConfChangeError, ConnectionLossError, CoordError, NotLeaderError, OperationTimeoutError
-from coordclient.tlssocket import trio_handshake
-from coordclient.wire import FramedStream
+from coordclient.streams import connect_tcp, tls_connector
+from coordclient.wire import FrameDecoder, FrameError, MalformedFrame, encode_frame
 
 Endpoint = tuple[str, int]
 
 PROBE_TIMEOUT = 1.0  # one status probe; a server slower than this counts as unreachable for that round
+
+# A server that could not be reached or answered nothing usable (a TLS
+# failure is an ssl.SSLError, an OSError; a timeout is a TimeoutError, one too).
+_UNREACHABLE = (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, FrameError)
+
+
+class _Frames:
+    """Whole frames over an AnyIO byte stream, one request at a time."""
+
+    def __init__(self, stream: anyio.abc.ByteStream):
+        self.stream = stream
+        self._decoder = FrameDecoder()
+        self._pending: list[Any] = []
+
+    async def send(self, obj: Any) -> None:
+        await self.stream.send(encode_frame(obj))
+
+    async def receive(self) -> Any:
+        while not self._pending:
+            try:
+                data = await self.stream.receive()
+            except anyio.EndOfStream:
+                if self._decoder.buffered:
+                    raise MalformedFrame("the server closed the connection inside a frame") from None
+                raise
+            self._pending.extend(self._decoder.feed(data))
+        return self._pending.pop(0)
 
 
 class AdminClient:
@@ -55,12 +86,11 @@ class AdminClient:
     # -- plumbing -------------------------------------------------------------
     async def _request(self, addr: Endpoint, msg: dict, on_chunk: Callable[[bytes], None] | None = None,
                        timeout: float | None = None) -> dict:
-        with trio.fail_after(timeout or self.timeout):
-            stream: trio.abc.Stream = await trio.open_tcp_stream(*addr)
-            if self.tls is not None:  # TLS on the socket itself (coordclient.tlssocket)
-                stream = await trio_handshake(stream, self.tls, server_side=False, server_hostname=addr[0])
+        with anyio.fail_after(timeout or self.timeout):
+            connect = connect_tcp if self.tls is None else tls_connector(self.tls, handshake_timeout=None)
+            stream = await connect(*addr)
             async with stream:
-                fs = FramedStream(stream)
+                fs = _Frames(stream)
                 for scheme, cred in self.auth:
                     rid = next(self._ids)
                     await fs.send({**messages.add_auth(scheme, cred), "id": rid})
@@ -83,26 +113,26 @@ class AdminClient:
         for addr in self.endpoints:
             try:
                 return await self._request(addr, msg, **kw)
-            except (OSError, trio.TooSlowError, trio.BrokenResourceError, trio.EndOfChannel) as e:
-                last = e  # (a TLS failure is a BrokenResourceError too)
+            except _UNREACHABLE as e:
+                last = e
         raise CoordError.from_code("ConnectionLoss", f"no server answered: {last}")
 
     async def _on_leader(self, msg: dict, timeout: float | None = None) -> dict:
         """Send to the leader, finding it across all servers and waiting out
         elections (a paused or dead server costs one short probe, not the
         whole timeout)."""
-        deadline = trio.current_time() + (timeout or self.timeout)
+        deadline = anyio.current_time() + (timeout or self.timeout)
         while True:
-            addr, _ = await self.find_leader(timeout=max(0.1, deadline - trio.current_time()))
+            addr, _ = await self.find_leader(timeout=max(0.1, deadline - anyio.current_time()))
             try:
-                resp = await self._request(addr, msg, timeout=max(0.5, deadline - trio.current_time()))
-            except (OSError, trio.TooSlowError, trio.BrokenResourceError, trio.EndOfChannel):
+                resp = await self._request(addr, msg, timeout=max(0.5, deadline - anyio.current_time()))
+            except _UNREACHABLE:
                 resp = None
             if resp is not None and (resp.get("ok") or resp.get("err") != "NotLeader"):
                 return _result(resp)
-            if trio.current_time() >= deadline:
+            if anyio.current_time() >= deadline:
                 raise NotLeaderError("no leader could be reached")
-            await trio.sleep(0.1)
+            await anyio.sleep(0.1)
 
     # -- status -----------------------------------------------------------------
     async def status(self, server: Endpoint | None = None) -> dict:
@@ -120,12 +150,12 @@ class AdminClient:
                 out[addr] = _result(await self._request(addr, {"op": "status"}, timeout=timeout))
             except CoordError as e:
                 out[addr] = e
-            except (OSError, trio.TooSlowError, trio.BrokenResourceError, trio.EndOfChannel):
+            except _UNREACHABLE:
                 out[addr] = None
 
-        async with trio.open_nursery() as n:
+        async with anyio.create_task_group() as tg:
             for a in dict.fromkeys(addrs):
-                n.start_soon(one, a)
+                tg.start_soon(one, a)
         return out
 
     async def all_statuses(self) -> dict[Endpoint, dict | None]:
@@ -137,10 +167,10 @@ class AdminClient:
         once (and any leader they name), round after round, until one says it
         leads or ``timeout`` passes: an election in progress is waited out, and
         one hung server does not hold up the answer."""
-        deadline = trio.current_time() + (timeout or self.timeout)
+        deadline = anyio.current_time() + (timeout or self.timeout)
         hinted: list[Endpoint] = []
         while True:
-            remaining = deadline - trio.current_time()
+            remaining = deadline - anyio.current_time()
             sts = await self._probe([*self.endpoints, *hinted], min(PROBE_TIMEOUT, max(0.1, remaining)))
             leaders = [(a, st) for a, st in sts.items() if isinstance(st, dict) and st.get("role") == "leader"]
             if leaders:
@@ -150,11 +180,11 @@ class AdminClient:
             if errors and len(errors) == sum(st is not None for st in sts.values()):
                 raise errors[0]  # every server that answered refused (NoAuth, say): waiting will not help
             hinted = [h for st in sts.values() if isinstance(st, dict) for h in [_leader_hint(st)] if h]
-            if trio.current_time() >= deadline:
+            if anyio.current_time() >= deadline:
                 seen = sum(isinstance(st, dict) for st in sts.values())
                 raise NotLeaderError(f"no leader within {timeout or self.timeout:g}s "
                                      f"({seen} of {len(sts)} servers answered; an election may be under way)")
-            await trio.sleep(0.1)
+            await anyio.sleep(0.1)
 
     async def leader_status(self, timeout: float | None = None) -> dict:
         """The leader's status (it alone knows every member's progress)."""
@@ -171,11 +201,11 @@ class AdminClient:
         committed, whichever leader finishes it; the leader's status."""
         msg = {"op": "member_change", "add_voters": list(add_voters), "add_learners": list(add_learners),
                "remove": list(remove), "promote": list(promote), "version": version, "wait": False}
-        with trio.fail_after(timeout):
+        with anyio.fail_after(timeout):
             await self._on_leader(msg, timeout=timeout)
             st = await self.leader_status(timeout=timeout)
             while wait and change_in_progress(st):
-                await trio.sleep(0.1)
+                await anyio.sleep(0.1)
                 st = await self.leader_status(timeout=timeout)
         return st
 
@@ -197,11 +227,11 @@ class AdminClient:
         remove = list(remove)
         if {a["id"] for a in add} & set(remove):
             raise ConfChangeError("a server cannot be both added and removed")
-        with trio.fail_after(timeout):
+        with anyio.fail_after(timeout):
             while True:
                 st = await self.leader_status()
                 if change_in_progress(st):
-                    await trio.sleep(0.1)  # the leader finishes C_new by itself
+                    await anyio.sleep(0.1)  # the leader finishes C_new by itself
                     continue
                 members = {int(k): v for k, v in st["members"].items()}
                 for a in add:
@@ -222,7 +252,7 @@ class AdminClient:
                     else:
                         return st
                 except _Retry:
-                    await trio.sleep(0.2)
+                    await anyio.sleep(0.2)
 
     async def _step(self, **change: Any) -> None:
         """Propose one change; raise _Retry where computing it again from a
@@ -255,7 +285,7 @@ class AdminClient:
         leader for ``rounds`` consecutive polls.  ``progress`` gets {id: lag}."""
         sids = list(sids)
         ok_rounds = 0
-        with trio.fail_after(timeout):
+        with anyio.fail_after(timeout):
             while True:
                 st = await self.leader_status()
                 prog = st.get("progress", {})
@@ -265,7 +295,7 @@ class AdminClient:
                 ok_rounds = ok_rounds + 1 if all(lag <= max_lag for lag in lags.values()) else 0
                 if ok_rounds >= rounds:
                     return
-                await trio.sleep(0.2)
+                await anyio.sleep(0.2)
 
     async def transfer_leadership(self, to: int = 0) -> dict:
         """Move leadership to server ``to`` (0: the most up-to-date other voter)."""

@@ -23,9 +23,9 @@ One definition serves both sides (the rule for the wire format too):
 
 * ``TLSSocketStream``: an AnyIO ``ByteStream`` (asyncio or Trio), what the
   SDK's ``Client(tls=...)`` connects with (``connect_tls``);
+* ``TLSSocketStream`` is ``AdminClient``'s too;
 * ``TrioTLSSocketStream``: the same as a ``trio.abc.Stream``, for the
-  Trio-only ``AdminClient`` and for the server (``coord.security.tlsstream``
-  re-exports it with ``trio_handshake``);
+  server (``coord.security.tlsstream`` re-exports it with ``trio_handshake``);
 * ``handshake_socket``: the handshake both use.
 
 Under Trio the primitives are Trio's own, called directly (no AnyIO dispatch
@@ -424,7 +424,7 @@ class TLSSocketStream(_TLSSocket, anyio.abc.ByteStream):
 
 
 class TrioTLSSocketStream(_TLSSocket, trio.abc.Stream):
-    """A TLS connection as a ``trio.abc.Stream`` (the server's, ``AdminClient``'s).
+    """A TLS connection as a ``trio.abc.Stream`` (the server's).
 
     ``receive_some`` returns b"" at the end; failures are
     ``trio.BrokenResourceError`` with the ``ssl``/``OS`` error as ``__cause__``."""

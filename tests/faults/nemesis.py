@@ -160,7 +160,7 @@ async def membership(ctx: Ctx) -> tuple[str, Heal] | None:
         await admin.wait_caught_up([sid], timeout=8)
         await attempt(promote=[sid])
         outcome = "voter"
-    except (CoordError, trio.TooSlowError) as e:
+    except (CoordError, TimeoutError) as e:
         outcome = f"incomplete: {e!r}"[:120]
 
     async def heal() -> None:
@@ -176,7 +176,7 @@ async def membership(ctx: Ctx) -> tuple[str, Heal] | None:
                         await trio.sleep(0.5)
             if sid in {int(m) for m in st.get("members", {})}:
                 await attempt(remove=[sid])
-        except (CoordError, trio.TooSlowError):
+        except (CoordError, TimeoutError, trio.TooSlowError):
             return  # still a member as far as we know: it stays up, and the checks run with it
         cluster.members.discard(sid)
         cluster.crash(sid)
