@@ -99,6 +99,34 @@ async def test_a_silent_or_byte_a_second_client_is_dropped(srv):
         n.cancel_scope.cancel()
 
 
+async def test_a_session_quiet_after_its_hello_is_held_to_its_own_timeout(srv):
+    """The wait for the request after a hello began under the handshake
+    timeout (0.6 s here) and was not moved when the hello gave the
+    connection a session: a client with nothing to ask right after opening
+    or resuming its session (5 s timeout) was dropped after 0.6 s."""
+    stream, fs, r = await connect(srv)  # hello, timeout 5 s
+    assert r["ok"], r
+    await trio.sleep(1.5)  # quiet: longer than the handshake timeout, well within the session's
+    await fs.send({"id": 2, "op": "ping"})
+    with trio.fail_after(5):
+        m = await fs.receive()
+    assert m.get("id") == 2 and m.get("ok"), m
+    # resumed on a new connection: the same
+    stream2 = await trio.open_tcp_stream(*srv.client_addr(1))
+    fs2 = FramedStream(stream2)
+    await fs2.send({"id": 1, "op": "hello", "timeout_ms": 5000, "sid": r["r"]["sid"], "secret": r["r"]["secret"],
+                    "last_zxid": 0})
+    assert (await fs2.receive())["ok"]
+    await trio.sleep(1.5)
+    await fs2.send({"id": 2, "op": "ping"})
+    with trio.fail_after(5):
+        m = await fs2.receive()
+    assert m.get("id") == 2 and m.get("ok"), m
+    await fs2.send({"id": 3, "op": "close"})
+    await stream.aclose()
+    await stream2.aclose()
+
+
 async def test_sessions_and_watches_are_bounded(srv):
     conns = []
     errs = []

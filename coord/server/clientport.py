@@ -159,6 +159,7 @@ class RequestHandler:
     _inflight = 0
     _inline_streak = 0
     session_timeout_ms = 0
+    _read_scope: trio.CancelScope | None = None  # the reader's wait for the next request (its deadline)
     _finished = False  # the connection has ended: late callbacks drop their results
 
     def _queue(self, msg: dict) -> None:
@@ -422,9 +423,20 @@ class RequestHandler:
             timeout_ms = known[0]
         self.sid = sid
         self.session_timeout_ms = timeout_ms
+        self._session_began()
         self.service.touch(sid)
         return {"sid": sid, "secret": secret, "timeout_ms": timeout_ms,
                 "server_id": self.service.server_id, "zxid": self.service.applied}
+
+    def _session_began(self) -> None:
+        """The client's next request is due within the session's timeout,
+        from now, not within the handshake timeout the reader set while the
+        hello was being served (a client quiet for longer than that after a
+        hello, as one that has just resumed its session and has nothing to
+        ask, was dropped although its session's timeout was far off)."""
+        scope = self._read_scope
+        if scope is not None:
+            scope.deadline = max(scope.deadline, trio.current_time() + self.session_timeout_ms / 1000)
 
     def read_ping(self, req: dict) -> dict:
         return {}
@@ -735,13 +747,18 @@ class ClientConnection(RequestHandler):
             # A connection must say hello in time, and a session's client
             # speaks at least every session timeout (pings): a request that
             # takes longer to arrive (a byte a second) is not a client's.
+            # The wait for the request after a hello starts before the hello
+            # is answered (it is served by a task of its own): the hello
+            # moves this deadline to the session's timeout (``_session_began``).
             timeout = (self.session_timeout_ms if self.sid else self.service.cfg.handshake_timeout_ms) / 1000
             try:
-                with trio.fail_after(timeout):
+                with trio.CancelScope(deadline=trio.current_time() + timeout) as scope:
+                    self._read_scope = scope
                     req = await self.framed.receive()
-            except trio.TooSlowError:
-                self.close(f"no complete request within {timeout:g} s")
-                await trio.sleep_forever()  # the writer ends the connection
+                if scope.cancelled_caught:
+                    timeout = (self.session_timeout_ms if self.sid else self.service.cfg.handshake_timeout_ms) / 1000
+                    self.close(f"no complete request within {timeout:g} s")
+                    await trio.sleep_forever()  # the writer ends the connection
             except trio.EndOfChannel:
                 return
             except FrameError as e:
