@@ -28,6 +28,7 @@ from coordclient import Client
 from coordclient.errors import ConnectionLossError
 from coordclient.tlssocket import TLSSocketStream, connect_tls, take_socket
 from tests.fakeserver import FakeServer, FakeState
+from tests.tlsutil import trustme_contexts
 
 pytestmark = pytest.mark.anyio
 
@@ -36,17 +37,7 @@ BLOB = bytes(range(256)) * 8192  # 2 MiB
 
 @pytest.fixture(scope="module")
 def pki():
-    ca = trustme.CA()
-    server = ca.issue_cert("127.0.0.1", "localhost")
-    client = ca.issue_cert("client.invalid", common_name="alice")
-    sctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server.configure_cert(sctx)
-    ca.configure_trust(sctx)
-    sctx.verify_mode = ssl.CERT_OPTIONAL
-    cctx = ssl.create_default_context()
-    ca.configure_trust(cctx)
-    client.configure_cert(cctx)
-    return ca, sctx, cctx
+    return trustme_contexts("127.0.0.1", "localhost", client_cn="alice")
 
 
 async def open_fds() -> int:
@@ -62,6 +53,17 @@ class Listener:
     def __init__(self, listener: anyio.abc.SocketListener):
         self.listener = listener
         self.port = listener.extra(anyio.abc.SocketAttribute.local_port)
+
+    def accept_silently(self, tg: anyio.abc.TaskGroup) -> list[anyio.abc.SocketStream]:
+        """Accept one connection in ``tg`` and never say anything on it (a
+        server that stalls the handshake); the list gets the connection."""
+        accepted: list[anyio.abc.SocketStream] = []
+
+        async def accept() -> None:
+            accepted.append(await self.listener.accept())
+
+        tg.start_soon(accept)
+        return accepted
 
     async def accept_tls(self, sctx: ssl.SSLContext) -> TLSSocketStream:
         return await TLSSocketStream.wrap(await take_socket(await self.listener.accept()), sctx, server_side=True,
@@ -237,12 +239,7 @@ async def test_a_handshake_that_never_finishes_times_out_and_closes_its_socket(p
     _, _, cctx = pki
     before = await open_fds()
     async with anyio.create_task_group() as tg:
-        accepted: list[anyio.abc.SocketStream] = []
-
-        async def accept_and_say_nothing() -> None:
-            accepted.append(await listener.listener.accept())
-
-        tg.start_soon(accept_and_say_nothing)
+        accepted = listener.accept_silently(tg)
         start = anyio.current_time()
         with pytest.raises(TimeoutError, match="TLS handshake"):
             await connect_tls("127.0.0.1", listener.port, cctx, handshake_timeout=0.3)
@@ -260,12 +257,7 @@ async def test_an_outer_cancel_during_the_handshake_closes_the_socket(pki, liste
     _, _, cctx = pki
     before = await open_fds()
     async with anyio.create_task_group() as tg:
-        accepted: list[anyio.abc.SocketStream] = []
-
-        async def accept_and_say_nothing() -> None:
-            accepted.append(await listener.listener.accept())
-
-        tg.start_soon(accept_and_say_nothing)
+        accepted = listener.accept_silently(tg)
         with anyio.move_on_after(0.3) as scope:
             await connect_tls("127.0.0.1", listener.port, cctx)
         assert scope.cancelled_caught

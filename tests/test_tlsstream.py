@@ -9,21 +9,12 @@ import trio
 import trustme
 
 from coord.security.tlsstream import TLSSocketStream, handshake
+from tests.tlsutil import trustme_contexts
 
 
 @pytest.fixture(scope="module")
 def pki():
-    ca = trustme.CA()
-    server = ca.issue_cert("127.0.0.1")
-    client = ca.issue_cert("client.invalid", common_name="client")
-    sctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server.configure_cert(sctx)
-    ca.configure_trust(sctx)
-    sctx.verify_mode = ssl.CERT_OPTIONAL
-    cctx = ssl.create_default_context()
-    ca.configure_trust(cctx)
-    client.configure_cert(cctx)
-    return ca, sctx, cctx
+    return trustme_contexts("127.0.0.1", client_cn="client")
 
 
 async def _pair(sctx, cctx, nursery) -> tuple[TLSSocketStream, TLSSocketStream]:

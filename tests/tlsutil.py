@@ -23,6 +23,23 @@ from coordclient.wire import FramedStream
 from coord.security.certs import Issued, issue_server
 
 
+def trustme_contexts(*server_hosts: str, client_cn: str) -> tuple[trustme.CA, ssl.SSLContext, ssl.SSLContext]:
+    """A throwaway CA, a server context for ``server_hosts`` that asks for (but
+    does not require) a client certificate, and a client context trusting
+    the CA and presenting a certificate with common name ``client_cn``."""
+    ca = trustme.CA()
+    server = ca.issue_cert(*server_hosts)
+    client = ca.issue_cert("client.invalid", common_name=client_cn)
+    sctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.configure_cert(sctx)
+    ca.configure_trust(sctx)
+    sctx.verify_mode = ssl.CERT_OPTIONAL
+    cctx = ssl.create_default_context()
+    ca.configure_trust(cctx)
+    client.configure_cert(cctx)
+    return ca, sctx, cctx
+
+
 class TLSMaterial:
     """One CA in ``directory`` (``ca.crt``, ``ca.key``) and what it issues."""
 
