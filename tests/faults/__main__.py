@@ -75,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # SIGINT may come ignored (a background job of a non-interactive shell,
+    # as CI runs it): Trio then installs no handler, and Ctrl-C, SIGTERM too,
+    # would do nothing.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         code = main()
